@@ -1,0 +1,171 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestMain lets the test binary act as a child role: with SUPERVISOR_CHILD
+// set it sends READY=1 (after an optional delay) and then WATCHDOG=1 pings
+// until told otherwise, the way a real role uses NOTIFY_SOCKET.
+func TestMain(m *testing.M) {
+	if mode := os.Getenv("SUPERVISOR_CHILD"); mode != "" {
+		actAsChild(mode)
+		return
+	}
+	os.Exit(m.Run())
+}
+
+func actAsChild(mode string) {
+	send := func(s string) {
+		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: os.Getenv("NOTIFY_SOCKET"), Net: "unixgram"})
+		if err != nil {
+			os.Exit(3)
+		}
+		c.Write([]byte(s))
+		c.Close()
+	}
+	if mode == "badconfig" {
+		os.Exit(ExitNoRestart)
+	}
+	if mode == "slow" {
+		time.Sleep(300 * time.Millisecond)
+	}
+	send(fmt.Sprintf("READY=1\nSTATUS=serving as %s", mode))
+	if mode == "hang" { // ready, then never pings the watchdog
+		select {}
+	}
+	for {
+		time.Sleep(50 * time.Millisecond)
+		send("WATCHDOG=1")
+	}
+}
+
+func newTestSupervisor(t *testing.T, roles ...Role) (*Supervisor, context.CancelFunc, chan error) {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range roles {
+		roles[i].Args = []string{"-test.run=^$"}
+	}
+	started := make(chan struct{})
+	var once sync.Once
+	s := New(Options{
+		Exe:            exe,
+		Roles:          roles,
+		ReadyTimeout:   5 * time.Second,
+		RestartBackoff: 50 * time.Millisecond,
+		StopTimeout:    2 * time.Second,
+		OnStarted:      func() { once.Do(func() { close(started) }) },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	select {
+	case <-started:
+	case err := <-done:
+		t.Fatalf("Run ended early: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("roles never started")
+	}
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return s, cancel, done
+}
+
+// childEnv gives each child its mode through the environment, which the
+// supervisor passes on.
+func setModes(t *testing.T, mode string) { t.Setenv("SUPERVISOR_CHILD", mode) }
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestStartsInOrderAndReadsReady(t *testing.T) {
+	setModes(t, "slow")
+	s, _, _ := newTestSupervisor(t, Role{Name: "a"}, Role{Name: "b"})
+	st := s.Status()
+	if len(st) != 2 {
+		t.Fatalf("status has %d children, want 2", len(st))
+	}
+	// OnStarted fires only after each READY=1 in turn: both are ready now.
+	for _, c := range st {
+		if !c.Ready || c.PID == 0 || !strings.HasPrefix(c.Status, "serving as slow") {
+			t.Errorf("child %+v: want ready with a STATUS line", c)
+		}
+	}
+}
+
+func TestRestartsKilledChild(t *testing.T) {
+	setModes(t, "ok")
+	s, _, _ := newTestSupervisor(t, Role{Name: "a"})
+	old := s.Status()[0].PID
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "restart", func() bool {
+		c := s.Status()[0]
+		return c.PID != old && c.Ready && c.Restarts == 1
+	})
+}
+
+func TestNoRestartOnConfigExit(t *testing.T) {
+	setModes(t, "badconfig")
+	exe, _ := os.Executable()
+	s := New(Options{Exe: exe, Roles: []Role{{Name: "a", Args: []string{"-test.run=^$"}}}, ReadyTimeout: 300 * time.Millisecond, RestartBackoff: 10 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c := s.Status()[0]; c.Restarts != 0 {
+		t.Fatalf("restarted %d times after exit status %d, want 0", c.Restarts, ExitNoRestart)
+	}
+}
+
+func TestWatchdogAbortsHungChild(t *testing.T) {
+	setModes(t, "hang")
+	s, _, _ := newTestSupervisor(t, Role{Name: "a", Watchdog: 300 * time.Millisecond})
+	old := s.Status()[0].PID
+	waitFor(t, "watchdog restart", func() bool {
+		c := s.Status()[0]
+		return c.PID != old && c.Restarts >= 1
+	})
+}
+
+func TestStopTerminatesChildren(t *testing.T) {
+	setModes(t, "ok")
+	s, cancel, done := newTestSupervisor(t, Role{Name: "a"}, Role{Name: "b"})
+	var pids []int
+	for _, c := range s.Status() {
+		pids = append(pids, c.PID)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	done <- nil // for the cleanup
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("child %d still alive after stop", pid)
+		}
+	}
+}
