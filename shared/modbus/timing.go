@@ -1,6 +1,10 @@
 package modbus
 
-import "time"
+import (
+	"time"
+
+	"golang.org/x/sys/unix"
+)
 
 // BitsPerChar is the length of one RTU character on the line: start bit,
 // 8 data bits, parity or a second stop bit, stop bit.
@@ -27,4 +31,20 @@ func Silence(baud int) time.Duration {
 		return 1750 * time.Microsecond
 	}
 	return CharTime(baud) * 7 / 2
+}
+
+// sleep waits d with nanosleep(2): the Go timer rounds short waits up to
+// a millisecond, which is several characters above 19200 baud.
+func sleep(d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	ts := unix.NsecToTimespec(int64(d))
+	for {
+		var rem unix.Timespec
+		if err := unix.Nanosleep(&ts, &rem); err != unix.EINTR {
+			return
+		}
+		ts = rem
+	}
 }
