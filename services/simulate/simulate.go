@@ -131,7 +131,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	fmt.Fprintln(stdout, sim.Path())
-	log.Info("serving", "path", sim.Path(), "pty", sim.pty.SlavePath, "units", sim.Device.Units(),
+	var units []int
+	for _, id := range sim.Device.Units() {
+		units = append(units, int(id))
+	}
+	log.Info("serving", "path", sim.Path(), "pty", sim.pty.SlavePath, "units", units,
 		"baud", m.Baud, "byte_timing", m.ByteTiming)
 	err = sim.Wait()
 	s := sim.Device.Stats()

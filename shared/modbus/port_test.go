@@ -1,0 +1,61 @@
+package modbus
+
+import (
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// openPTY returns the slave path of a new pseudo-terminal pair; the pair
+// is closed at the end of the test.
+func openPTY(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	master := os.NewFile(uintptr(fd), "ptmx")
+	t.Cleanup(func() { master.Close() })
+	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatal(err)
+	}
+	n, err := unix.IoctlGetUint32(fd, unix.TIOCGPTN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "/dev/pts/" + strconv.Itoa(int(n))
+}
+
+func TestOpen(t *testing.T) {
+	path := openPTY(t)
+	p, err := Open(path, PortConfig{Baud: 19200, Parity: "E", StopBits: 1})
+	if err != nil {
+		t.Fatalf("Open(%s): %v", path, err)
+	}
+	p.Close()
+
+	// A pseudo-terminal cannot do RS-485: the error says so and names it.
+	_, err = Open(path, PortConfig{RS485: true, RS485RTSOnSend: true})
+	if !errors.Is(err, errNoRS485) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("RS-485 on a pty: %v", err)
+	}
+	// The port was closed again: it opens fine afterwards.
+	p, err = Open(path, PortConfig{})
+	if err != nil {
+		t.Fatalf("reopen after the RS-485 failure: %v", err)
+	}
+	p.Close()
+
+	for _, cfg := range []PortConfig{{Parity: "X"}, {StopBits: 3}, {DataBits: 5}} {
+		if _, err := Open(path, cfg); err == nil || !strings.Contains(err.Error(), path) {
+			t.Errorf("Open(%+v) = %v, want an error naming %s", cfg, err, path)
+		}
+	}
+	if _, err := Open("/dev/nonexistent-tty", PortConfig{}); err == nil || !strings.Contains(err.Error(), "/dev/nonexistent-tty") {
+		t.Errorf("Open of a missing device: %v", err)
+	}
+}
