@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // WriteFile writes data to path atomically: it writes a temporary file in the
@@ -24,7 +25,7 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 	if dir == "" {
 		dir = "."
 	}
-	f, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	f, err := os.CreateTemp(dir, tempPattern(base))
 	if err != nil {
 		return fmt.Errorf("atomicfile: write %s: %w", path, err)
 	}
@@ -54,6 +55,47 @@ func WriteFile(path string, data []byte, perm os.FileMode) (err error) {
 		return fmt.Errorf("atomicfile: write %s: %w", path, err)
 	}
 	return nil
+}
+
+// tempPattern names WriteFile's temporary files for a base name.
+func tempPattern(base string) string { return "." + base + ".tmp-*" }
+
+// CleanTemp removes the temporary files that WriteFile(path, ...) calls left
+// behind when the process was killed mid-write, and returns their paths. Call
+// it at start-up, when no WriteFile of path is running (it would remove that
+// call's temporary file and make it fail). The error is that of listing the
+// directory, or the first failed removal (the other leftovers are still
+// removed).
+func CleanTemp(path string) ([]string, error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("atomicfile: clean temporaries of %s: %w", path, err)
+	}
+	prefix := strings.TrimSuffix(tempPattern(base), "*")
+	var matches []string
+	for _, e := range ents {
+		// os.CreateTemp puts decimal digits in place of the '*'.
+		rest, ok := strings.CutPrefix(e.Name(), prefix)
+		if ok && rest != "" && strings.Trim(rest, "0123456789") == "" && e.Type().IsRegular() {
+			matches = append(matches, filepath.Join(dir, e.Name()))
+		}
+	}
+	var removed []string
+	var first error
+	for _, m := range matches {
+		if err := os.Remove(m); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) && first == nil {
+				first = fmt.Errorf("atomicfile: clean temporaries of %s: %w", path, err)
+			}
+			continue
+		}
+		removed = append(removed, m)
+	}
+	return removed, first
 }
 
 // Claim moves src to dst with one rename, so that of several processes

@@ -191,3 +191,33 @@ func TestClaimRace(t *testing.T) {
 		t.Errorf("%d claims succeeded, want exactly 1", won)
 	}
 }
+
+func TestCleanTemp(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.json")
+	if err := WriteFile(path, []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// What a kill -9 during WriteFile leaves: temporaries of state.json.
+	left := []string{filepath.Join(dir, ".state.json.tmp-123"), filepath.Join(dir, ".state.json.tmp-456")}
+	others := []string{filepath.Join(dir, ".other.json.tmp-1"), filepath.Join(dir, "state.json.tmp-2"),
+		filepath.Join(dir, ".state.json.tmp-x.tmp-3")} // a temporary of "state.json.tmp-x"
+	for _, p := range append(left, others...) {
+		if err := os.WriteFile(p, []byte("partial"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := CleanTemp(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(removed) != fmt.Sprint(left) {
+		t.Errorf("removed %q, want %q", removed, left)
+	}
+	if n := names(t, dir); len(n) != 4 {
+		t.Errorf("directory holds %q, want state.json and the three unrelated files", n)
+	}
+	if removed, err := CleanTemp(path); len(removed) != 0 || err != nil {
+		t.Errorf("second CleanTemp = %q, %v; want nothing", removed, err)
+	}
+}

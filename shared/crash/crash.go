@@ -235,8 +235,8 @@ func Reports(dir string) ([]string, error) {
 // and to <dir>/<role>-<pid>-<unix-ms>.stacks (written atomically; dir is
 // created if missing), and the process keeps running. At most MaxStacks dumps
 // of role are kept; older ones are removed. It returns at once, with the
-// signal already caught; it stops catching SIGUSR1 when ctx ends. Failures to
-// write a dump are logged.
+// signal already caught; when ctx ends it stops catching SIGUSR1, whose
+// default action then ends the process. Failures to write a dump are logged.
 func DumpOnSignal(ctx context.Context, dir, role string, log *slog.Logger) {
 	log = orDiscard(log)
 	sig := make(chan os.Signal, 1)
