@@ -1,0 +1,160 @@
+// Package testpeer starts the outside programs that tests drive as real
+// peers (Debian's mosquitto broker and clients, socat, mbpoll, ...), and
+// makes a missing tool a skip locally but a failure in CI (CI=true).
+package testpeer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// Need returns the path of tool, or skips the test when it is missing, or
+// fails it when CI=true.
+func Need(t testing.TB, tool string) string {
+	t.Helper()
+	p, err := exec.LookPath(tool)
+	if err == nil {
+		return p
+	}
+	Missing(t, fmt.Sprintf("%s not found on PATH (Debian: see .ci/run for the packages)", tool))
+	return ""
+}
+
+// Missing skips the test with why, or fails it when CI=true.
+func Missing(t testing.TB, why string) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true and the test cannot run: %s", why)
+	}
+	t.Skip(why)
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// WaitPort waits until addr accepts TCP connections or the timeout passes.
+func WaitPort(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not accepting connections after %v: %w", addr, timeout, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Mosquitto starts Debian's mosquitto broker on 127.0.0.1:port, anonymous
+// access, no persistence, and stops it when the test ends. It returns the
+// process so a test can kill it.
+func Mosquitto(t testing.TB, port int) *exec.Cmd {
+	t.Helper()
+	bin := Need(t, "mosquitto")
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "mosquitto.conf")
+	body := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\nlog_type error\n", port)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-c", conf)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	if err := WaitPort("127.0.0.1:"+strconv.Itoa(port), 10*time.Second); err != nil {
+		t.Fatalf("mosquitto: %v; stderr: %s", err, stderr.String())
+	}
+	return cmd
+}
+
+// Sub runs mosquitto_sub with args (host and port added) and delivers each
+// output line on the returned channel until the test ends.
+func Sub(t testing.TB, port int, args ...string) <-chan string {
+	t.Helper()
+	bin := Need(t, "mosquitto_sub")
+	ctx, cancel := context.WithCancel(context.Background())
+	all := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)
+	cmd := exec.CommandContext(ctx, bin, all...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := make(chan string, 1024)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(out)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		_ = cmd.Wait()
+		if t.Failed() && stderr.Len() > 0 {
+			t.Logf("mosquitto_sub stderr: %s", stderr.String())
+		}
+	})
+	return lines
+}
+
+// Pub runs mosquitto_pub once with args (host and port added) and returns
+// its combined output and error.
+func Pub(t testing.TB, port int, args ...string) (string, error) {
+	t.Helper()
+	bin := Need(t, "mosquitto_pub")
+	all := append([]string{"-h", "127.0.0.1", "-p", strconv.Itoa(port)}, args...)
+	out, err := exec.Command(bin, all...).CombinedOutput()
+	return string(out), err
+}
+
+// Expect reads lines until one satisfies match, failing the test after
+// timeout. It returns that line.
+func Expect(t testing.TB, lines <-chan string, timeout time.Duration, what string, match func(string) bool) string {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("waiting for %s: subscriber ended", what)
+			}
+			if match(l) {
+				return l
+			}
+		case <-deadline:
+			t.Fatalf("waiting for %s: nothing after %v", what, timeout)
+		}
+	}
+}

@@ -1,0 +1,302 @@
+// Package service is the runtime every tinyscada role shares: crash capture,
+// stack dumps, the broker connection, the retained state topic, heartbeats
+// and sd_notify readiness.
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tinyscada/tinyscada/shared/bus"
+	"github.com/tinyscada/tinyscada/shared/clock"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/crash"
+	"github.com/tinyscada/tinyscada/shared/credentials"
+	"github.com/tinyscada/tinyscada/shared/sdnotify"
+	"github.com/tinyscada/tinyscada/shared/topics"
+	"github.com/tinyscada/tinyscada/shared/version"
+)
+
+// States a service goes through. Lost is the broker's last will for it.
+const (
+	Starting = "starting"
+	Ready    = "ready"
+	Stopping = "stopping"
+	Lost     = "lost"
+)
+
+// State is the payload of the retained tinyscada/svc/<svc>/state topic.
+type State struct {
+	State   string `json:"state"`
+	PID     int    `json:"pid"`
+	Boot    string `json:"boot,omitempty"`
+	Version string `json:"version,omitempty"`
+	// Since is the wall time (Unix ms) the service entered this state.
+	Since  int64  `json:"since"`
+	Status string `json:"status,omitempty"`
+}
+
+// Heartbeat is the payload of tinyscada/svc/<svc>/heartbeat. Extra holds
+// role-specific fields, flattened into the JSON object.
+type Heartbeat struct {
+	PID      int
+	Seq      uint64
+	Progress uint64
+	Uptime   time.Duration
+	Idle     bool
+	Extra    map[string]any
+}
+
+// MarshalJSON writes the heartbeat as one flat object.
+func (h Heartbeat) MarshalJSON() ([]byte, error) {
+	m := make(map[string]any, len(h.Extra)+5)
+	for k, v := range h.Extra {
+		m[k] = v
+	}
+	m["pid"] = h.PID
+	m["seq"] = h.Seq
+	m["progress"] = h.Progress
+	m["uptime_s"] = h.Uptime.Truncate(time.Millisecond).Seconds()
+	if h.Idle {
+		m["idle"] = true
+	}
+	return json.Marshal(m)
+}
+
+// Publisher sends one message; *bus.Client satisfies it through Attach's
+// adapter, and the broker's inline client through its own.
+type Publisher interface {
+	Publish(ctx context.Context, m bus.Message) error
+}
+
+// Service is one role's runtime. Create it with New (the broker, which has
+// no client connection) or Start (every other role).
+type Service struct {
+	Name   string
+	Config *config.Config
+	Log    *slog.Logger
+	Topics topics.Tree
+	// Bus is the role's broker connection; nil for the broker itself.
+	Bus *bus.Client
+
+	clock    clock.Clock
+	started  clock.Stamp
+	progress atomic.Uint64
+	idle     atomic.Bool
+
+	mu     sync.Mutex
+	pub    Publisher
+	state  State
+	extra  func() map[string]any
+	hbSeq  uint64
+	status string
+}
+
+// New prepares the runtime of role name without connecting anywhere: it
+// turns crash leftovers into reports, captures crashes from now on and
+// dumps stacks on SIGUSR1 until ctx ends.
+func New(ctx context.Context, name string, cfg *config.Config, log *slog.Logger) (*Service, error) {
+	clk := clock.System()
+	s := &Service{
+		Name:    name,
+		Config:  cfg,
+		Log:     log,
+		Topics:  topics.Tree{Prefix: cfg.TopicPrefix},
+		clock:   clk,
+		started: clk.Now(),
+	}
+	crashDir := filepath.Join(cfg.StateDir, "crash")
+	c, err := crash.Capture(crashDir, name, log)
+	if err != nil {
+		return nil, fmt.Errorf("%s: crash capture: %w", name, err)
+	}
+	for _, r := range c.Reports {
+		log.Warn("previous run crashed; report kept for upload", "report", r)
+	}
+	go crash.DumpOnSignal(ctx, crashDir, name, log)
+	s.state = s.newState(Starting)
+	return s, nil
+}
+
+// Start is New plus the broker connection: it connects with the role's
+// credential (waiting for the broker, retrying with backoff, until ctx
+// ends), with the retained "lost" state as last will, and publishes
+// "starting". On every reconnect the current state is published again, since
+// the broker keeps nothing across its restarts. The caller says Ready once
+// the role is functional.
+func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logger) (*Service, error) {
+	s, err := New(ctx, name, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	_ = sdnotify.Status("connecting to broker at %s", cfg.Bus.Address)
+	will, _ := json.Marshal(s.newState(Lost))
+	bc, err := bus.Dial(ctx, bus.Options{
+		Address:      cfg.Bus.Address,
+		ClientID:     "tinyscada-" + name,
+		CleanSession: true,
+		Credentials: func() (string, string, error) {
+			p, err := credentials.Read(cfg.StateDir, name)
+			return name, p, err
+		},
+		Will:      &bus.Message{Topic: s.Topics.SvcState(name), QoS: 1, Retain: true, Payload: will},
+		KeepAlive: cfg.Bus.KeepAlive.Duration,
+		RetryMax:  cfg.Bus.RetryMax.Duration,
+		Log:       log.With("component", "bus"),
+		OnConnect: func(*bus.Client) { s.publishState(context.Background()) },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: connect to broker: %w", name, err)
+	}
+	s.Bus = bc
+	s.Attach(bc)
+	return s, nil
+}
+
+func (s *Service) newState(st string) State {
+	now := s.clock.Now()
+	return State{
+		State:   st,
+		PID:     os.Getpid(),
+		Boot:    now.Boot,
+		Version: version.String(),
+		Since:   now.Wall.UnixMilli(),
+		Status:  s.status,
+	}
+}
+
+// Attach sets where state and heartbeats go and publishes the current state
+// there.
+func (s *Service) Attach(p Publisher) {
+	s.mu.Lock()
+	s.pub = p
+	s.mu.Unlock()
+	s.publishState(context.Background())
+}
+
+func (s *Service) publishState(ctx context.Context) {
+	s.mu.Lock()
+	p, st := s.pub, s.state
+	s.mu.Unlock()
+	if p == nil {
+		return
+	}
+	b, _ := json.Marshal(st)
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := p.Publish(ctx, bus.Message{Topic: s.Topics.SvcState(s.Name), QoS: 1, Retain: true, Payload: b}); err != nil {
+		s.Log.Warn("publish state failed", "state", st.State, "err", err)
+	}
+}
+
+func (s *Service) setState(st string) {
+	s.mu.Lock()
+	s.state = s.newState(st)
+	s.mu.Unlock()
+	s.publishState(context.Background())
+}
+
+// Ready marks the service functional: retained state "ready", READY=1 and
+// STATUS=status to systemd (or the run supervisor).
+func (s *Service) Ready(status string) {
+	s.mu.Lock()
+	s.status = status
+	s.mu.Unlock()
+	s.setState(Ready)
+	if _, err := sdnotify.Notify("READY=1\nSTATUS=" + status); err != nil {
+		s.Log.Warn("sd_notify READY failed", "err", err)
+	}
+	s.Log.Info("ready", "status", status)
+}
+
+// Status sends a STATUS= line for `systemctl status` and keeps it in the
+// state topic's next publication.
+func (s *Service) Status(format string, args ...any) {
+	st := fmt.Sprintf(format, args...)
+	s.mu.Lock()
+	s.status = st
+	s.mu.Unlock()
+	_, _ = sdnotify.Notify("STATUS=" + st)
+}
+
+// Advance counts one unit of progress of the role's main loop (a poll round,
+// a committed batch, ...). Health takes a heartbeat whose progress does not
+// advance as a hung service, unless SetIdle(true).
+func (s *Service) Advance() { s.progress.Add(1) }
+
+// SetIdle declares that the service has nothing to do by design, so an
+// unchanged progress counter is not a hang.
+func (s *Service) SetIdle(idle bool) { s.idle.Store(idle) }
+
+// SetExtra sets a function whose fields are added to every heartbeat.
+func (s *Service) SetExtra(f func() map[string]any) {
+	s.mu.Lock()
+	s.extra = f
+	s.mu.Unlock()
+}
+
+// Heartbeat returns the next heartbeat (advancing its sequence number).
+func (s *Service) Heartbeat() Heartbeat {
+	s.mu.Lock()
+	s.hbSeq++
+	seq, extra := s.hbSeq, s.extra
+	s.mu.Unlock()
+	h := Heartbeat{
+		PID:      os.Getpid(),
+		Seq:      seq,
+		Progress: s.progress.Load(),
+		Uptime:   s.clock.Since(s.started),
+		Idle:     s.idle.Load(),
+	}
+	if extra != nil {
+		h.Extra = extra()
+	}
+	return h
+}
+
+// Run publishes a heartbeat every heartbeat_interval until ctx ends, then
+// publishes "stopping", sends STOPPING=1 and disconnects. It returns nil.
+func (s *Service) Run(ctx context.Context) error {
+	t := time.NewTicker(s.Config.Bus.HeartbeatInterval.Duration)
+	defer t.Stop()
+	s.beat(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			_ = sdnotify.Stopping()
+			s.setState(Stopping)
+			if s.Bus != nil {
+				s.Bus.Close()
+			}
+			return nil
+		case <-t.C:
+			s.beat(ctx)
+		}
+	}
+}
+
+func (s *Service) beat(ctx context.Context) {
+	s.mu.Lock()
+	p := s.pub
+	s.mu.Unlock()
+	if p == nil {
+		return
+	}
+	b, err := json.Marshal(s.Heartbeat())
+	if err != nil {
+		s.Log.Error("heartbeat encode", "err", err)
+		return
+	}
+	err = p.Publish(ctx, bus.Message{Topic: s.Topics.SvcHeartbeat(s.Name), QoS: 0, Payload: b})
+	if err != nil && !errors.Is(err, context.Canceled) {
+		s.Log.Warn("heartbeat publish failed", "err", err)
+	}
+}

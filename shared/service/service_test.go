@@ -1,0 +1,133 @@
+package service
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tinyscada/tinyscada/internal/testpeer"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/credentials"
+)
+
+func testConfig(t *testing.T, port int) *config.Config {
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	cfg.Bus.Address = fmt.Sprintf("127.0.0.1:%d", port)
+	cfg.Bus.HeartbeatInterval = config.Duration{Duration: 100 * time.Millisecond}
+	cfg.Bus.RetryMax = config.Duration{Duration: 200 * time.Millisecond}
+	if _, err := credentials.Ensure(cfg.StateDir, []string{"poller"}); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+func stateOf(t *testing.T, line string) State {
+	t.Helper()
+	_, payload, _ := strings.Cut(line, " ")
+	var st State
+	if err := json.Unmarshal([]byte(payload), &st); err != nil {
+		t.Fatalf("state payload %q: %v", payload, err)
+	}
+	return st
+}
+
+// A role started before the broker keeps retrying and reaches ready once the
+// broker appears; after a broker restart it publishes its retained state
+// again by itself. Debian's mosquitto is the broker here, so this also
+// checks the runtime against a broker we did not write.
+func TestStartBeforeBrokerAndRepublishAfterRestart(t *testing.T) {
+	testpeer.Need(t, "mosquitto")
+	port := testpeer.FreePort(t)
+	cfg := testConfig(t, port)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	type result struct {
+		s   *Service
+		err error
+	}
+	started := make(chan result, 1)
+	go func() {
+		s, err := Start(ctx, "poller", cfg, slog.New(slog.DiscardHandler))
+		started <- result{s, err}
+	}()
+	time.Sleep(500 * time.Millisecond) // several failed attempts
+	select {
+	case r := <-started:
+		t.Fatalf("Start returned before any broker existed: %v", r.err)
+	default:
+	}
+	broker := testpeer.Mosquitto(t, port)
+	var svc *Service
+	select {
+	case r := <-started:
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		svc = r.s
+	case <-time.After(10 * time.Second):
+		t.Fatal("Start did not connect after the broker appeared")
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- svc.Run(ctx) }()
+	svc.Ready("polling 0 devices")
+
+	sub := testpeer.Sub(t, port, "-v", "-t", "tinyscada/svc/poller/#")
+	testpeer.Expect(t, sub, 5*time.Second, "retained ready state", func(l string) bool {
+		return strings.HasPrefix(l, "tinyscada/svc/poller/state ") && stateOf(t, l).State == Ready
+	})
+	svc.Advance()
+	svc.Advance()
+	hb := testpeer.Expect(t, sub, 5*time.Second, "heartbeat with progress", func(l string) bool {
+		return strings.HasPrefix(l, "tinyscada/svc/poller/heartbeat ") && strings.Contains(l, `"progress":2`)
+	})
+	var beat map[string]any
+	_, payload, _ := strings.Cut(hb, " ")
+	if err := json.Unmarshal([]byte(payload), &beat); err != nil {
+		t.Fatal(err)
+	}
+	if int(beat["pid"].(float64)) != os.Getpid() || beat["seq"].(float64) < 1 {
+		t.Errorf("heartbeat %s: want our pid and a sequence number", payload)
+	}
+
+	// The broker dies and comes back empty: no retained state survives in it.
+	_ = broker.Process.Kill()
+	_ = broker.Wait()
+	testpeer.Mosquitto(t, port)
+	sub2 := testpeer.Sub(t, port, "-v", "-t", "tinyscada/svc/poller/state")
+	st := stateOf(t, testpeer.Expect(t, sub2, 15*time.Second, "state re-published after broker restart", func(l string) bool { return true }))
+	if st.State != Ready || st.PID != os.Getpid() || st.Status != "polling 0 devices" {
+		t.Errorf("re-published state %+v: want ready, our pid, the status", st)
+	}
+
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestHeartbeatJSONIsFlat(t *testing.T) {
+	b, err := json.Marshal(Heartbeat{PID: 7, Seq: 3, Progress: 9, Uptime: 1500 * time.Millisecond, Extra: map[string]any{"outbox": 4}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]any{"pid": 7.0, "seq": 3.0, "progress": 9.0, "uptime_s": 1.5, "outbox": 4.0}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s = %v, want %v (payload %s)", k, m[k], v, b)
+		}
+	}
+	if _, ok := m["idle"]; ok {
+		t.Errorf("idle present although false: %s", b)
+	}
+}
