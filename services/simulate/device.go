@@ -501,12 +501,12 @@ func (d *Device) handle(dst, frame []byte, now time.Time) answer {
 	req, err := modbus.ParseRequest(frame)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var ex *modbus.ExceptionError
+	ex, _ := err.(*modbus.ExceptionError) // ParseRequest does not wrap it
 	switch {
 	case errors.Is(err, modbus.ErrCRC):
 		d.stats.CRCErrors++
 		return answer{}
-	case err != nil && !errors.As(err, &ex):
+	case err != nil && ex == nil:
 		d.stats.Resyncs++
 		return answer{}
 	}

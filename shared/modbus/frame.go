@@ -80,7 +80,7 @@ func (r *Request) Validate() error {
 		limit = MaxWriteRegisters
 	case FuncWriteSingleCoil:
 		if r.Value != CoilOn && r.Value != CoilOff {
-			return fmt.Errorf("%w: %v: coil value must be 0xFF00 or 0x0000", ErrInvalidRequest, r)
+			return fmt.Errorf("%w: %v: coil value must be 0xFF00 or 0x0000", ErrInvalidRequest, r.String())
 		}
 		return nil
 	case FuncWriteSingleRegister:
@@ -89,19 +89,19 @@ func (r *Request) Validate() error {
 		return fmt.Errorf("%w: unsupported function code %d", ErrInvalidRequest, r.Function)
 	}
 	if r.Quantity < 1 || int(r.Quantity) > limit {
-		return fmt.Errorf("%w: %v: quantity must be 1..%d", ErrInvalidRequest, r, limit)
+		return fmt.Errorf("%w: %v: quantity must be 1..%d", ErrInvalidRequest, r.String(), limit)
 	}
 	if int(r.Address)+int(r.Quantity) > 0x10000 {
-		return fmt.Errorf("%w: %v: range ends past address 65535", ErrInvalidRequest, r)
+		return fmt.Errorf("%w: %v: range ends past address 65535", ErrInvalidRequest, r.String())
 	}
 	switch r.Function {
 	case FuncWriteMultipleCoils:
 		if len(r.Data) != (int(r.Quantity)+7)/8 {
-			return fmt.Errorf("%w: %v: %d data bytes, want %d", ErrInvalidRequest, r, len(r.Data), (r.Quantity+7)/8)
+			return fmt.Errorf("%w: %v: %d data bytes, want %d", ErrInvalidRequest, r.String(), len(r.Data), (r.Quantity+7)/8)
 		}
 	case FuncWriteMultipleRegisters:
 		if len(r.Data) != 2*int(r.Quantity) {
-			return fmt.Errorf("%w: %v: %d data bytes, want %d", ErrInvalidRequest, r, len(r.Data), 2*r.Quantity)
+			return fmt.Errorf("%w: %v: %d data bytes, want %d", ErrInvalidRequest, r.String(), len(r.Data), 2*r.Quantity)
 		}
 	}
 	return nil

@@ -68,6 +68,7 @@ type Master struct {
 	silence  time.Duration
 	mu       sync.Mutex // serialises transactions; guards the fields below
 	lastBus  time.Time  // when the line was last busy (sent or received)
+	cur      Request    // the request in progress
 	txbuf    [MaxFrame]byte
 	rxbuf    [2 * MaxFrame]byte
 	requests atomic.Uint64
@@ -139,18 +140,23 @@ func (m *Master) Do(ctx context.Context, req *Request, timeout time.Duration) ([
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	frame, err := req.AppendFrame(m.txbuf[:0])
+	// Work on a copy, so that the caller's request does not escape to the
+	// heap through error messages; the reply checks do not need Data.
 	if err != nil {
 		return nil, err
 	}
-	if req.Unit == 0 && req.ReplyLen() != 8 {
-		return nil, fmt.Errorf("%w: %v: a read cannot be broadcast", ErrInvalidRequest, req)
+	m.cur = *req
+	m.cur.Data = nil
+	r := &m.cur
+	if r.Unit == 0 && r.ReplyLen() != 8 {
+		return nil, fmt.Errorf("%w: %v: a read cannot be broadcast", ErrInvalidRequest, r)
 	}
 	m.requests.Add(1)
 	for attempt := 0; ; attempt++ {
 		if attempt > 0 {
 			m.retried.Add(1)
 		}
-		data, err := m.attempt(ctx, req, frame, timeout)
+		data, err := m.attempt(ctx, r, frame, timeout)
 		switch {
 		case err == nil:
 			return data, nil
