@@ -171,8 +171,8 @@ type Stats struct {
 	// Resyncs counts times the framing was lost and regained after a
 	// silence (a partial or unparseable frame dropped).
 	Resyncs uint64
-	// Requests counts well-formed requests per unit and function code,
-	// answered or not (faults included).
+	// Requests counts well-formed requests per unit id and function code,
+	// answered or not (faults and absent units included; not broadcasts).
 	Requests map[UnitFunc]uint64
 }
 
@@ -473,8 +473,8 @@ func (d *Device) Stats() Stats {
 	return s
 }
 
-// Requests returns the number of well-formed requests unit id received with
-// function code fc.
+// Requests returns the number of well-formed requests for unit id with
+// function code fc, whether the unit exists and answered or not.
 func (d *Device) Requests(id, fc byte) uint64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -520,10 +520,10 @@ func (d *Device) handle(dst, frame []byte, now time.Time) answer {
 		}
 		return answer{}
 	}
+	d.stats.Requests[UnitFunc{req.Unit, req.Function}]++
 	if u == nil {
 		return answer{}
 	}
-	d.stats.Requests[UnitFunc{req.Unit, req.Function}]++
 	f := u.fault
 	if f.Count > 0 {
 		if u.fault.Count--; u.fault.Count == 0 {

@@ -510,3 +510,58 @@ func TestMain(t *testing.T) {
 		t.Errorf("-print-demo: %v", err)
 	}
 }
+
+// TestLineVanishesAndComesBack: when the simulator stops, a master on its
+// link gets ErrPort; a new simulator on the same link serves a reopened port.
+func TestLineVanishesAndComesBack(t *testing.T) {
+	link := filepath.Join(t.TempDir(), "ttySIM")
+	m := mustParse(t, basicMap)
+	ctx, cancel := context.WithCancel(context.Background())
+	sim, err := Start(ctx, m, link, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	port, err := modbus.Open(link, modbus.PortConfig{Baud: m.Baud})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer port.Close()
+	master := modbus.NewMaster(port, modbus.Options{Baud: m.Baud, Timeout: 500 * time.Millisecond})
+	if _, err := master.ReadHoldingRegisters(context.Background(), 1, 0, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := sim.Device.Requests(9, 3); got != 0 {
+		t.Fatalf("absent unit 9: %d requests before any", got)
+	}
+	short := modbus.NewMaster(port, modbus.Options{Baud: m.Baud, Timeout: 20 * time.Millisecond})
+	if _, err := short.ReadHoldingRegisters(context.Background(), 9, 0, 1); !errors.Is(err, modbus.ErrTimeout) {
+		t.Fatalf("absent unit: %v, want ErrTimeout", err)
+	}
+	if got := sim.Device.Requests(9, 3); got != 1 {
+		t.Fatalf("absent unit 9: %d requests counted, want 1", got)
+	}
+	cancel()
+	if err := sim.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := master.ReadHoldingRegisters(context.Background(), 1, 0, 1); !errors.Is(err, modbus.ErrPort) {
+		t.Fatalf("after the line vanished: %v, want ErrPort", err)
+	}
+
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	sim, err = Start(ctx, m, link, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); sim.Wait() }()
+	port2, err := modbus.Open(link, modbus.PortConfig{Baud: m.Baud})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer port2.Close()
+	regs, err := modbus.NewMaster(port2, modbus.Options{Baud: m.Baud}).ReadHoldingRegisters(context.Background(), 1, 0, 1)
+	if err != nil || regs[0] != 1234 {
+		t.Fatalf("after the line came back: %v, %v", regs, err)
+	}
+}
