@@ -5,6 +5,8 @@
 package simulate
 
 import (
+	"github.com/tinyscada/tinyscada/shared/sdnotify"
+
 	"context"
 	"errors"
 	"flag"
@@ -137,6 +139,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	log.Info("serving", "path", sim.Path(), "pty", sim.pty.SlavePath, "units", units,
 		"baud", m.Baud, "byte_timing", m.ByteTiming)
+	// Under `tinyscada run` (or systemd) the line exists now: the poller
+	// may start.
+	if err := sdnotify.Ready(); err != nil {
+		log.Warn("sd_notify READY failed", "err", err)
+	}
+	_ = sdnotify.Status("simulating units %v on %s", units, sim.Path())
 	err = sim.Wait()
 	s := sim.Device.Stats()
 	log.Info("stopped", "frames", s.Frames, "crc_errors", s.CRCErrors, "resyncs", s.Resyncs)
