@@ -1,0 +1,64 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tinyscada/tinyscada/services/poller"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/logging"
+	"github.com/tinyscada/tinyscada/shared/service"
+)
+
+// pollerCmd is `tinyscada poller [-config FILE] [-plan]`: the poller role,
+// or with -plan the request plan printed on stdout.
+func pollerCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("poller", flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "configuration `file` (default $TINYSCADA_CONFIG, else "+config.DefaultPath+" if present, else the built-in demo)")
+	plan := fs.Bool("plan", false, "print the request plan (ports, devices, the reads of one round) and exit")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: tinyscada poller [-config FILE] [-plan]")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return errUsage
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	if *plan {
+		pl, err := poller.MakePlan(&cfg.Poller, cfg.StateDir)
+		if err != nil {
+			return err
+		}
+		return pl.Write(os.Stdout)
+	}
+	log := logging.New(os.Stderr, cfg.Log.Level).With("role", "poller")
+	return runPoller(ctx, cfg, log)
+}
+
+// runPoller is the poller role: see package poller.
+func runPoller(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	svc, err := service.Start(ctx, "poller", cfg, log)
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return poller.Serve(ctx, svc) })
+	g.Go(func() error { return svc.Run(ctx) })
+	return g.Wait()
+}

@@ -1,0 +1,594 @@
+// Package poller is the poller role: it owns the configured serial ports,
+// polls the Modbus RTU devices on them on schedule (or reads the records
+// of line-protocol devices), and publishes each device's poll round on the
+// bus, keeping it in a bounded outbox until the logger acknowledges it.
+package poller
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tinyscada/tinyscada/shared/bus"
+	"github.com/tinyscada/tinyscada/shared/clock"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/delayed"
+	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
+)
+
+// Publisher is where the poller's messages go; *bus.Client is one.
+type Publisher interface {
+	// Publish sends m; for QoS 1 it waits for the broker's acknowledgement.
+	Publish(ctx context.Context, m bus.Message) error
+	// Connected reports whether the connection is up. A change from down
+	// to up makes the poller publish its whole outbox, device states and
+	// values again: the broker kept nothing for it.
+	Connected() bool
+}
+
+// Options configure a Poller.
+type Options struct {
+	// Log receives the poller's logs; nil discards them.
+	Log *slog.Logger
+	// Clock stamps readings; nil means clock.System().
+	Clock clock.Clock
+	// OnRound is called after every completed poll round of a device
+	// (the heartbeat's progress); nil does nothing.
+	OnRound func()
+	// RunID names this run of the producer in data messages and
+	// acknowledgements; "" makes a random one.
+	RunID string
+}
+
+// Poller polls every configured device and publishes the readings. Create
+// it with New, start it with Run.
+type Poller struct {
+	cfg     *config.Poller
+	plan    *Plan
+	topics  topics.Tree
+	clock   clock.Clock
+	log     *slog.Logger
+	run     string
+	out     *Outbox
+	onRound func()
+	limiter *delayed.Limiter
+
+	ports   []*portRun
+	devices []*device
+
+	wake       chan struct{}
+	started    chan struct{}
+	toStart    atomic.Int32
+	skipped    atomic.Uint64 // samples not taken: outbox full
+	resent     atomic.Uint64 // data messages published again
+	badRecords atomic.Uint64 // line records that could not be parsed
+	pressured  atomic.Int64  // unix ms of the last back-pressure, 0 never
+}
+
+// New compiles the configuration's poller section into a plan and returns
+// a Poller ready to Run. It fails when no run id can be made or the plan
+// cannot be compiled (see MakePlan).
+func New(cfg *config.Config, opts Options) (*Poller, error) {
+	plan, err := MakePlan(&cfg.Poller, cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = clock.System()
+	}
+	if opts.OnRound == nil {
+		opts.OnRound = func() {}
+	}
+	if opts.RunID == "" {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("poller: run id: %w", err)
+		}
+		opts.RunID = hex.EncodeToString(b[:])
+	}
+	p := &Poller{
+		cfg:     &cfg.Poller,
+		plan:    plan,
+		topics:  topics.Tree{Prefix: cfg.TopicPrefix},
+		clock:   opts.Clock,
+		log:     opts.Log,
+		run:     opts.RunID,
+		out:     NewOutbox(cfg.Poller.Outbox),
+		onRound: opts.OnRound,
+		limiter: delayed.NewLimiter(cfg.Poller.LogInterval.Duration, 0),
+		wake:    make(chan struct{}, 1),
+		started: make(chan struct{}),
+	}
+	for _, pp := range plan.Ports {
+		pr := &portRun{plan: pp, log: opts.Log.With("port", pp.Config.Name)}
+		for _, dp := range pp.Devices {
+			d := newDevice(p, dp)
+			pr.devices = append(pr.devices, d)
+			p.devices = append(p.devices, d)
+		}
+		p.ports = append(p.ports, pr)
+	}
+	p.toStart.Store(int32(len(p.ports)))
+	if len(p.ports) == 0 {
+		close(p.started)
+	}
+	return p, nil
+}
+
+// Plan returns the request plan.
+func (p *Poller) Plan() *Plan { return p.plan }
+
+// RunID returns the run id of the data messages.
+func (p *Poller) RunID() string { return p.run }
+
+// Outbox returns the outbox (for inspection).
+func (p *Poller) Outbox() *Outbox { return p.out }
+
+// Started is closed once every port has been tried once (opened or not).
+func (p *Poller) Started() <-chan struct{} { return p.started }
+
+func (p *Poller) portTried() {
+	if p.toStart.Add(-1) == 0 {
+		close(p.started)
+	}
+}
+
+// Run polls until ctx ends, publishing through pub, and returns nil then.
+// A port that cannot be opened or vanishes is retried with backoff while
+// the other ports carry on; nothing a device does ends Run.
+func (p *Poller) Run(ctx context.Context, pub Publisher) error {
+	g, ctx := errgroup.WithContext(ctx)
+	for _, pr := range p.ports {
+		g.Go(func() error {
+			if pr.plan.Config.Mode == config.ModeLine {
+				p.runLine(ctx, pr)
+			} else {
+				p.runRTU(ctx, pr)
+			}
+			return nil
+		})
+	}
+	g.Go(func() error { p.send(ctx, pub); return nil })
+	return g.Wait()
+}
+
+// ack is the payload of <prefix>/ack/poller.
+type ack struct {
+	Run string `json:"run"`
+	Seq uint64 `json:"seq"`
+}
+
+// HandleAck takes an acknowledgement {"run":…,"seq":N}: every message of
+// this run up to seq is committed and leaves the outbox. Acknowledgements
+// of other runs and malformed ones are ignored (the latter logged).
+func (p *Poller) HandleAck(payload []byte) {
+	var a ack
+	if err := json.Unmarshal(payload, &a); err != nil {
+		if p.limiter.Allow("bad ack", time.Now()) {
+			p.log.Warn("malformed acknowledgement ignored", "payload", string(payload), "err", err)
+		}
+		return
+	}
+	if a.Run != p.run {
+		return
+	}
+	p.out.Ack(a.Seq)
+}
+
+func (p *Poller) wakeSender() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Stats is a snapshot of the poller for the heartbeat.
+type Stats struct {
+	Outbox         OutboxStats
+	Skipped        uint64 // samples not taken because the outbox was full
+	Resent         uint64 // data messages published again
+	BadRecords     uint64 // line records that could not be parsed
+	Backpressure   bool   // a sample was not taken in the last 10s
+	DevicesOnline  int
+	DevicesOffline int
+	PortsOpen      int
+	Ports          int
+}
+
+// Stats returns the poller's counters now.
+func (p *Poller) Stats() Stats {
+	now := time.Now()
+	s := Stats{
+		Outbox:     p.out.Stats(now),
+		Skipped:    p.skipped.Load(),
+		Resent:     p.resent.Load(),
+		BadRecords: p.badRecords.Load(),
+		Ports:      len(p.ports),
+	}
+	if t := p.pressured.Load(); t != 0 && now.UnixMilli()-t < 10_000 {
+		s.Backpressure = true
+	}
+	for _, d := range p.devices {
+		d.mu.Lock()
+		if d.online {
+			s.DevicesOnline++
+		} else {
+			s.DevicesOffline++
+		}
+		d.mu.Unlock()
+	}
+	for _, pr := range p.ports {
+		if pr.open.Load() {
+			s.PortsOpen++
+		}
+	}
+	return s
+}
+
+// HeartbeatFields returns the poller's part of the heartbeat (for
+// service.SetExtra).
+func (p *Poller) HeartbeatFields() map[string]any {
+	s := p.Stats()
+	return map[string]any{
+		"run":             p.run,
+		"outbox":          s.Outbox.Depth,
+		"outbox_oldest_s": s.Outbox.Oldest.Truncate(time.Millisecond).Seconds(),
+		"seq":             s.Outbox.Seq,
+		"acked":           s.Outbox.Acked,
+		"backpressure":    s.Backpressure,
+		"skipped":         s.Skipped,
+		"resent":          s.Resent,
+		"bad_records":     s.BadRecords,
+		"devices_online":  s.DevicesOnline,
+		"devices_offline": s.DevicesOffline,
+		"ports_open":      s.PortsOpen,
+		"ports":           s.Ports,
+	}
+}
+
+// Status is a one-line summary for systemd's STATUS=.
+func (p *Poller) Status() string {
+	s := p.Stats()
+	st := fmt.Sprintf("%d/%d ports open, %d devices online, %d offline, outbox %d",
+		s.PortsOpen, s.Ports, s.DevicesOnline, s.DevicesOffline, s.Outbox.Depth)
+	if s.Backpressure {
+		st += " (full: back-pressure)"
+	}
+	return st
+}
+
+// noteBackpressure records that d's sample was not taken.
+func (p *Poller) noteBackpressure(d *device) {
+	p.skipped.Add(1)
+	d.skipped.Add(1)
+	now := time.Now()
+	p.pressured.Store(now.UnixMilli())
+	if ok, n := p.limiter.Check("backpressure", now); ok {
+		st := p.out.Stats(now)
+		p.log.Warn("outbox full: samples not taken until the logger acknowledges (back-pressure)",
+			"device", d.name, "outbox", st.Depth, "oldest", st.Oldest.Round(time.Millisecond),
+			"skipped_total", p.skipped.Load(), "suppressed", n)
+	}
+}
+
+// portRun is one port at run time.
+type portRun struct {
+	plan    *PortPlan
+	log     *slog.Logger
+	devices []*device
+	open    atomic.Bool
+	tried   bool
+}
+
+// device is one device at run time.
+type device struct {
+	plan       *DevicePlan
+	name       string
+	dataTopic  string
+	stateTopic string
+	log        *slog.Logger
+
+	// Used by the port's goroutine only.
+	due     time.Time
+	backoff time.Duration
+	res     []result
+	text    []byte
+	msg     message
+	fields  []field
+	maxLate time.Duration
+
+	skipped atomic.Uint64
+	rounds  atomic.Uint64
+	late    atomic.Int64 // the largest lateness of a round start, ns
+
+	mu          sync.Mutex // guards the fields below, shared with the sender
+	known       bool       // the state was determined once
+	online      bool
+	since       int64 // unix ms of the last state change
+	lastErr     string
+	stateDirty  bool
+	values      []lastValue
+	valuesDirty bool
+}
+
+// result is one point's outcome in a round: text[start:end] or why.
+type result struct {
+	start, end int
+	why        string
+}
+
+// lastValue is the last published value of a point.
+type lastValue struct {
+	topic string // "" when the point has no value topic
+	unit  string
+	text  []byte
+	t     int64
+	dirty bool
+}
+
+func newDevice(p *Poller, dp *DevicePlan) *device {
+	d := &device{
+		plan:       dp,
+		name:       dp.Config.Name,
+		dataTopic:  p.topics.Data(dp.Config.Name),
+		stateTopic: p.topics.DeviceState(dp.Config.Name),
+		log:        p.log.With("device", dp.Config.Name),
+		res:        make([]result, len(dp.Points)),
+		values:     make([]lastValue, len(dp.Points)),
+	}
+	for i, pt := range dp.Points {
+		d.values[i] = lastValue{topic: p.topics.Value(d.name, pt.Name), unit: pt.Config.Unit}
+	}
+	return d
+}
+
+// setState records the device online (err == nil) or offline with err;
+// it logs a change (and, rate-limited, a repeated error).
+func (p *Poller) setState(d *device, err error) {
+	now := p.clock.Now().Wall.UnixMilli()
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	d.mu.Lock()
+	changed := !d.known || d.online != (err == nil)
+	if changed {
+		d.since = now
+	}
+	if changed || d.lastErr != msg {
+		d.stateDirty = true
+	}
+	wasKnown := d.known
+	d.known, d.online, d.lastErr = true, err == nil, msg
+	d.mu.Unlock()
+	switch {
+	case err == nil && changed && wasKnown:
+		d.log.Info("device back online")
+	case err == nil && changed:
+		d.log.Info("device online")
+	case err != nil && changed:
+		d.log.Warn("device offline", "err", msg)
+		p.limiter.Allow("device "+d.name, time.Now())
+	case err != nil:
+		if ok, n := p.limiter.Check("device "+d.name, time.Now()); ok {
+			d.log.Warn("device still offline", "err", msg, "suppressed", n)
+		}
+	}
+	if changed || d.stateDirty {
+		p.wakeSender()
+	}
+}
+
+// storeValues keeps the texts of the good points of a round for the
+// retained value topics, marking the changed ones.
+func (p *Poller) storeValues(d *device, t int64) {
+	if !p.cfg.RetainValues {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, r := range d.res {
+		if r.why != "" {
+			continue
+		}
+		v := &d.values[i]
+		text := d.text[r.start:r.end]
+		if v.t != 0 && string(v.text) == string(text) {
+			continue
+		}
+		v.text = append(v.text[:0], text...)
+		v.t = t
+		v.dirty = true
+		d.valuesDirty = true
+	}
+}
+
+// send publishes data messages from the outbox, device states and values
+// until ctx ends. It publishes everything again after a reconnect, and
+// re-sends data messages not acknowledged within ack_timeout.
+func (p *Poller) send(ctx context.Context, pub Publisher) {
+	ackTimeout := p.cfg.AckTimeout.Duration
+	tick := time.NewTicker(min(ackTimeout/4, 250*time.Millisecond))
+	defer tick.Stop()
+	connected := false
+	var due []Pending
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.wake:
+		case <-tick.C:
+		}
+		up := pub.Connected()
+		if up && !connected {
+			p.out.Unsent()
+			for _, d := range p.devices {
+				d.mu.Lock()
+				d.stateDirty = d.known
+				for i := range d.values {
+					d.values[i].dirty = d.values[i].t != 0
+				}
+				d.valuesDirty = true
+				d.mu.Unlock()
+			}
+		}
+		connected = up
+		if !up {
+			continue
+		}
+		p.publishStates(ctx, pub)
+		for {
+			due = p.out.Due(time.Now(), ackTimeout, 64, due[:0])
+			if len(due) == 0 {
+				break
+			}
+			if !p.publishData(ctx, pub, due) {
+				break
+			}
+		}
+		p.publishValues(ctx, pub)
+	}
+}
+
+// publishData publishes msgs in order; on a failure it marks that one and
+// the rest unsent and returns false.
+func (p *Poller) publishData(ctx context.Context, pub Publisher, msgs []Pending) bool {
+	for i, m := range msgs {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := pub.Publish(pctx, bus.Message{Topic: m.Topic, QoS: 1, Payload: m.Payload})
+		cancel()
+		if err != nil {
+			for _, r := range msgs[i:] {
+				p.out.Retry(r.Seq)
+			}
+			if ctx.Err() == nil {
+				if ok, n := p.limiter.Check("publish", time.Now()); ok {
+					p.log.Warn("publishing readings failed; kept in the outbox", "err", err, "suppressed", n)
+				}
+			}
+			return false
+		}
+		if m.Resent {
+			p.resent.Add(1)
+		}
+	}
+	return true
+}
+
+func (p *Poller) publishStates(ctx context.Context, pub Publisher) {
+	for _, d := range p.devices {
+		d.mu.Lock()
+		if !d.stateDirty {
+			d.mu.Unlock()
+			continue
+		}
+		d.stateDirty = false
+		b := make([]byte, 0, 64+len(d.lastErr))
+		b = append(b, `{"state":"`...)
+		if d.online {
+			b = append(b, "online"...)
+		} else {
+			b = append(b, "offline"...)
+		}
+		b = append(b, `","since":`...)
+		b = strconv.AppendInt(b, d.since, 10)
+		if d.lastErr != "" {
+			b = append(b, `,"error":`...)
+			b = appendJSONString(b, d.lastErr)
+		}
+		b = append(b, '}')
+		d.mu.Unlock()
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := pub.Publish(pctx, bus.Message{Topic: d.stateTopic, QoS: 1, Retain: true, Payload: b})
+		cancel()
+		if err != nil {
+			d.mu.Lock()
+			d.stateDirty = true
+			d.mu.Unlock()
+			return
+		}
+	}
+}
+
+func (p *Poller) publishValues(ctx context.Context, pub Publisher) {
+	type valueMsg struct {
+		topic   string
+		payload []byte
+	}
+	var msgs []valueMsg
+	for _, d := range p.devices {
+		d.mu.Lock()
+		if !d.valuesDirty {
+			d.mu.Unlock()
+			continue
+		}
+		d.valuesDirty = false
+		for i := range d.values {
+			v := &d.values[i]
+			if !v.dirty || v.topic == "" {
+				continue
+			}
+			v.dirty = false
+			b := make([]byte, 0, 32+len(v.text)+len(v.unit))
+			b = append(b, `{"v":`...)
+			b = append(b, v.text...)
+			b = append(b, `,"t":`...)
+			b = strconv.AppendInt(b, v.t, 10)
+			if v.unit != "" {
+				b = append(b, `,"unit":`...)
+				b = appendJSONString(b, v.unit)
+			}
+			b = append(b, '}')
+			msgs = append(msgs, valueMsg{v.topic, b})
+		}
+		d.mu.Unlock()
+	}
+	for _, m := range msgs {
+		// QoS 0: values are for inspection; the data topic is the safe path.
+		if err := pub.Publish(ctx, bus.Message{Topic: m.topic, QoS: 0, Retain: true, Payload: m.payload}); err != nil {
+			return
+		}
+	}
+}
+
+// Serve runs the poller role on svc (started with service.Start): it
+// subscribes to the acknowledgements, adds the poller's fields to the
+// heartbeat, says READY once every port was tried, and polls until ctx
+// ends (then it returns nil). Errors: the plan cannot be made.
+func Serve(ctx context.Context, svc *service.Service) error {
+	if svc.Bus == nil {
+		return errors.New("poller: no bus connection")
+	}
+	p, err := New(svc.Config, Options{Log: svc.Log, OnRound: svc.Advance})
+	if err != nil {
+		return err
+	}
+	ackTopic := svc.Topics.Ack("poller")
+	if err := svc.Bus.Subscribe(ackTopic, 1, func(_ string, b []byte) { p.HandleAck(b) }); err != nil {
+		svc.Log.Warn("subscribe to acknowledgements failed; retried on reconnect", "topic", ackTopic, "err", err)
+	}
+	svc.SetExtra(p.HeartbeatFields)
+	svc.Log.Info("polling", "run", p.run, "ports", len(p.plan.Ports), "requests_per_round", p.plan.Requests())
+	go func() {
+		select {
+		case <-p.Started():
+			svc.Ready(p.Status())
+		case <-ctx.Done():
+		}
+	}()
+	return p.Run(ctx, svc.Bus)
+}

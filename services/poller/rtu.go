@@ -1,0 +1,335 @@
+package poller
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"go.bug.st/serial"
+	"golang.org/x/sys/unix"
+
+	"github.com/tinyscada/tinyscada/shared/clock"
+	"github.com/tinyscada/tinyscada/shared/flock"
+	"github.com/tinyscada/tinyscada/shared/modbus"
+	"github.com/tinyscada/tinyscada/shared/modbus/value"
+)
+
+// firstReopen is the first wait before reopening a port that failed.
+const firstReopen = 100 * time.Millisecond
+
+// openPort locks the device node of pr (flock, so that a second poller or
+// a terminal program that locks, like picocom, cannot interleave) and
+// opens it with the port's line settings. Errors name the port: missing,
+// not a character device, locked by another process ("… is locked by pid
+// N", a *flock.LockedError inside), or the open failed.
+func openPort(pr *portRun) (serial.Port, func(), error) {
+	c := pr.plan.Config
+	path := pr.plan.Path
+	// Open the node ourselves, without O_CREAT: a vanished USB adapter must
+	// not leave a plain file where its device node was.
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("port %s: %w", c.Name, err)
+	}
+	if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
+		f.Close()
+		return nil, nil, fmt.Errorf("port %s: %s is not a serial device", c.Name, path)
+	}
+	held, err := flock.LockFD(f)
+	if err != nil {
+		f.Close()
+		var le *flock.LockedError
+		if errors.As(err, &le) {
+			le.Path = path
+			return nil, nil, fmt.Errorf("port %s: %w", c.Name, le)
+		}
+		return nil, nil, fmt.Errorf("port %s: %w", c.Name, err)
+	}
+	port, err := modbus.Open(path, modbus.PortConfig{
+		Baud:                 c.Baud,
+		DataBits:             c.DataBits,
+		Parity:               c.ParityLetter(),
+		StopBits:             c.StopBits,
+		RS485:                c.RS485,
+		RS485RTSOnSend:       !c.RS485RTSAfterSend,
+		RS485DelayBeforeSend: c.RS485DelayBeforeSend.Duration,
+		RS485DelayAfterSend:  c.RS485DelayAfterSend.Duration,
+		RS485RxDuringTx:      c.RS485RxDuringTx,
+	})
+	if err != nil {
+		held.Close()
+		f.Close()
+		return nil, nil, fmt.Errorf("port %s: %w", c.Name, err)
+	}
+	closeAll := func() {
+		port.Close()
+		held.Close()
+		f.Close()
+	}
+	return port, closeAll, nil
+}
+
+// keepPort opens pr's port and runs serve on it until ctx ends, reopening
+// it with backoff whenever it cannot be opened or serve returns an error
+// (the port vanished). While the port is down its devices are offline.
+func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.Context, serial.Port) error) {
+	backoff := firstReopen
+	for ctx.Err() == nil {
+		port, closePort, err := openPort(pr)
+		if err == nil {
+			pr.open.Store(true)
+			pr.log.Info("port open", "path", pr.plan.Path)
+			if !pr.tried {
+				pr.tried = true
+				p.portTried()
+			}
+			err = serve(ctx, port)
+			closePort()
+			pr.open.Store(false)
+			if ctx.Err() != nil {
+				return
+			}
+			backoff = firstReopen
+			pr.log.Warn("port failed; reopening", "err", err)
+		} else {
+			if !pr.tried {
+				pr.tried = true
+				p.portTried()
+				pr.log.Error("cannot open port; retrying", "err", err)
+			} else if ok, n := p.limiter.Check("port "+pr.plan.Config.Name, time.Now()); ok {
+				pr.log.Warn("cannot open port; retrying", "err", err, "suppressed", n)
+			}
+		}
+		for _, d := range pr.devices {
+			p.setState(d, err)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, p.cfg.ReopenBackoffMax.Duration)
+	}
+}
+
+// runRTU owns one Modbus RTU port until ctx ends.
+func (p *Poller) runRTU(ctx context.Context, pr *portRun) {
+	c := pr.plan.Config
+	p.keepPort(ctx, pr, func(ctx context.Context, port serial.Port) error {
+		m := modbus.NewMaster(port, modbus.Options{Baud: c.Baud, Timeout: c.Timeout.Duration, Retries: c.Retries})
+		return p.pollRTU(ctx, pr, m)
+	})
+}
+
+// pollRTU runs the devices of pr on master m, each on its own schedule,
+// one request at a time, until ctx ends (nil) or the port fails (an error
+// wrapping modbus.ErrPort).
+func (p *Poller) pollRTU(ctx context.Context, pr *portRun, m *modbus.Master) error {
+	now := time.Now()
+	for _, d := range pr.devices {
+		d.due, d.backoff = now, 0
+	}
+	var regs [modbus.MaxReadRegisters]uint16
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		d := pr.devices[0]
+		for _, e := range pr.devices[1:] {
+			if e.due.Before(d.due) {
+				d = e
+			}
+		}
+		if wait := time.Until(d.due); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-timer.C:
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err := p.roundRTU(ctx, m, d, regs[:]); err != nil {
+			return err
+		}
+	}
+}
+
+// roundRTU polls device d once: every request of its plan, in order,
+// stopping at the first that gets no reply (or a bad one), so that a dead
+// device costs the bus one timeout per round. The round's message holds
+// the good values and, for the other points, why they failed. The device
+// is offline after a failed round and backs off; an exception reply fails
+// only its points. It returns an error only when the port failed.
+func (p *Poller) roundRTU(ctx context.Context, m *modbus.Master, d *device, regs []uint16) error {
+	start := time.Now()
+	if late := start.Sub(d.due); late > d.maxLate {
+		d.maxLate = late
+		d.late.Store(int64(late))
+	}
+	if !p.out.Reserve() {
+		p.noteBackpressure(d)
+		p.schedule(d, start, true)
+		return nil
+	}
+	dp := d.plan
+	d.text = d.text[:0]
+	var stamp clock.Stamp
+	stamped := false
+	var fail error
+	failWhy := ""
+	for ri := range dp.Requests {
+		r := &dp.Requests[ri]
+		if fail != nil {
+			d.markBad(r, failWhy)
+			continue
+		}
+		req := modbus.Request{Unit: byte(dp.Config.Unit), Function: r.Function, Address: r.Address, Quantity: r.Quantity}
+		data, err := m.Do(ctx, &req, dp.Timeout)
+		var ex *modbus.ExceptionError
+		if err != nil && !errors.As(err, &ex) {
+			ex = nil
+		}
+		if !stamped && (err == nil || ex != nil) {
+			stamp, stamped = p.clock.Now(), true
+		}
+		switch {
+		case err == nil:
+			d.decode(r, data, regs)
+		case ex != nil:
+			d.markBad(r, fmt.Sprintf("exception %d (%s)", ex.Code, modbus.ExceptionName(ex.Code)))
+		case ctx.Err() != nil:
+			p.out.Release()
+			return nil
+		case errors.Is(err, modbus.ErrPort):
+			p.out.Release()
+			return err
+		default:
+			fail, failWhy = err, reason(err)
+			d.markBad(r, failWhy)
+		}
+	}
+	if !stamped {
+		stamp = p.clock.Now()
+	}
+	p.publishRound(d, stamp)
+	if fail != nil {
+		p.setState(d, fmt.Errorf("unit %d: %w", dp.Config.Unit, fail))
+	} else {
+		p.setState(d, nil)
+	}
+	p.schedule(d, time.Now(), fail == nil)
+	return nil
+}
+
+// publishRound puts the round's message (d.res, d.text) into the outbox
+// (a place must be reserved), stores the values and counts the round.
+func (p *Poller) publishRound(d *device, stamp clock.Stamp) {
+	p.out.Add(d.dataTopic, time.Now(), func(seq uint64) []byte {
+		d.msg.begin(p.run, seq, stamp)
+		for i := range d.res {
+			r := &d.res[i]
+			key := d.plan.Points[i].key
+			if r.why != "" {
+				d.msg.failed(key, r.why)
+			} else {
+				d.msg.good(key, d.text[r.start:r.end])
+			}
+		}
+		b := d.msg.end()
+		return append(make([]byte, 0, len(b)), b...)
+	})
+	p.wakeSender()
+	p.storeValues(d, stamp.Wall.UnixMilli())
+	d.rounds.Add(1)
+	p.onRound()
+}
+
+// schedule sets d's next round: one interval after the last due time
+// while it is well (skipping the rounds it is too late for, so that the
+// phase holds), or after an exponential backoff (one interval, doubling up
+// to offline_backoff_max) after a failed round.
+func (p *Poller) schedule(d *device, now time.Time, ok bool) {
+	iv := d.plan.Config.Interval.Duration
+	if ok {
+		d.backoff = 0
+		d.due = d.due.Add(iv)
+		if !d.due.After(now) {
+			d.due = d.due.Add((now.Sub(d.due)/iv + 1) * iv)
+		}
+		return
+	}
+	if d.backoff == 0 {
+		d.backoff = iv
+	} else {
+		d.backoff = min(2*d.backoff, max(iv, p.cfg.OfflineBackoffMax.Duration))
+	}
+	d.due = now.Add(d.backoff)
+}
+
+// decode decodes the points of request r from the reply's data.
+func (d *device) decode(r *Request, data []byte, regs []uint16) {
+	if r.Bits() {
+		for _, i := range r.Points {
+			pt := &d.plan.Points[i]
+			off := pt.Offset
+			var v value.Value
+			v.Type = value.Bool
+			if off/8 < len(data) {
+				v.Bits = uint64(data[off/8]>>(off%8)) & 1
+			}
+			d.setValue(i, pt, v)
+		}
+		return
+	}
+	n := min(int(r.Quantity), len(data)/2, len(regs))
+	for k := 0; k < n; k++ {
+		regs[k] = binary.BigEndian.Uint16(data[2*k:])
+	}
+	for _, i := range r.Points {
+		pt := &d.plan.Points[i]
+		v, err := value.Decode(regs[pt.Offset:n], pt.Layout)
+		if err != nil {
+			d.res[i] = result{why: err.Error()}
+			continue
+		}
+		d.setValue(i, pt, v)
+	}
+}
+
+// setValue records point i's value as text, or why it has none.
+func (d *device) setValue(i int, pt *Point, v value.Value) {
+	start := len(d.text)
+	var why string
+	d.text, why = appendValue(d.text, pt, v)
+	d.res[i] = result{start: start, end: len(d.text), why: why}
+}
+
+// markBad records why every point of r failed.
+func (d *device) markBad(r *Request, why string) {
+	for _, i := range r.Points {
+		d.res[i] = result{why: why}
+	}
+}
+
+// reason is the short "why" of a failed request for the data message.
+func reason(err error) string {
+	switch {
+	case errors.Is(err, modbus.ErrTimeout):
+		return "timeout"
+	case errors.Is(err, modbus.ErrCRC):
+		return "CRC error"
+	case errors.Is(err, modbus.ErrShortFrame):
+		return "truncated reply"
+	case errors.Is(err, modbus.ErrUnexpectedReply):
+		return "unexpected reply"
+	}
+	return strings.TrimPrefix(err.Error(), "modbus: ")
+}
