@@ -1,0 +1,213 @@
+package broker
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// everyone is each user the rules know, plus anonymous ("") and a user the
+// broker does not know.
+var everyone = []string{"", "broker", "poller", "logger", "uplink", "health", "operator", "stranger"}
+
+func TestMayPublishTable(t *testing.T) {
+	// allowed lists the users that may publish the topic; every other user
+	// of everyone must be denied.
+	cases := []struct {
+		prefix, topic string
+		allowed       string
+	}{
+		{"tinyscada", "tinyscada/svc/broker/state", "broker"},
+		{"tinyscada", "tinyscada/svc/broker/heartbeat", "broker"},
+		{"tinyscada", "tinyscada/svc/poller/state", "poller"},
+		{"tinyscada", "tinyscada/svc/poller", "poller"},
+		{"tinyscada", "tinyscada/svc/poller/a/b/c", "poller"},
+		{"tinyscada", "tinyscada/svc/logger/state", "logger"},
+		{"tinyscada", "tinyscada/svc/uplink/heartbeat", "uplink"},
+		{"tinyscada", "tinyscada/svc/health/state", "health"},
+		{"tinyscada", "tinyscada/svc/operator/state", "operator"},
+		{"tinyscada", "tinyscada/svc/stranger/state", ""},
+		{"tinyscada", "tinyscada/svc/pollers/state", ""},
+		{"tinyscada", "tinyscada/svc", ""},
+		{"tinyscada", "tinyscada/svc/+/state", ""},
+		{"tinyscada", "tinyscada/data/meter1", "poller"},
+		{"tinyscada", "tinyscada/data", "poller"},
+		{"tinyscada", "tinyscada/data/a/b", "poller"},
+		{"tinyscada", "tinyscada/datax/meter1", ""},
+		{"tinyscada", "tinyscada/value/meter1/voltage", "poller"},
+		{"tinyscada", "tinyscada/device/meter1/state", "poller"},
+		{"tinyscada", "tinyscada/ack/run-1", "logger"},
+		{"tinyscada", "tinyscada/logger/gap", "logger"},
+		{"tinyscada", "tinyscada/uplink/status", "uplink"},
+		{"tinyscada", "tinyscada/cmd/restart/poller", "uplink health operator"},
+		{"tinyscada", "tinyscada/cmd", "uplink health operator"},
+		{"tinyscada", "tinyscada/cmd/config", "uplink health operator"},
+		{"tinyscada", "tinyscada/cmdx", ""},
+		{"tinyscada", "tinyscada/health", "health"},
+		{"tinyscada", "tinyscada/health/detail", "health"},
+		{"tinyscada", "tinyscada/healthy", ""},
+		{"tinyscada", "tinyscada", ""},
+		{"tinyscada", "tinyscada/", ""},
+		{"tinyscada", "tinyscada/other", ""},
+		{"tinyscada", "tinyscadax/data/meter1", ""},
+		{"tinyscada", "/tinyscada/data/meter1", ""},
+		{"tinyscada", "other/data/meter1", ""},
+		{"tinyscada", "data/meter1", ""},
+		{"tinyscada", "test", ""},
+		{"tinyscada", "$SYS/broker/uptime", ""},
+		{"tinyscada", "$share/g/tinyscada/cmd/x", ""},
+		{"site/a", "site/a/data/meter1", "poller"},
+		{"site/a", "site/a/svc/health/state", "health"},
+		{"site/a", "site/b/data/meter1", ""},
+		{"site/a", "tinyscada/data/meter1", ""},
+	}
+	for _, c := range cases {
+		allowed := strings.Fields(c.allowed)
+		for _, u := range everyone {
+			want := slices.Contains(allowed, u)
+			if got := mayPublish(c.prefix, u, c.topic); got != want {
+				t.Errorf("mayPublish(%q, user %q, %q) = %v, want %v", c.prefix, u, c.topic, got, want)
+			}
+		}
+	}
+	// Every user the broker creates has a rule set.
+	for _, u := range users() {
+		if _, ok := publishRules[u]; !ok {
+			t.Errorf("user %q has no publish rules", u)
+		}
+	}
+}
+
+func TestMatchFilter(t *testing.T) {
+	cases := []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"a/#", "a", true},
+		{"a/#", "a/b", true},
+		{"a/#", "a/b/c", true},
+		{"a/#", "ab", false},
+		{"a/#", "b/a", false},
+		{"a", "a", true},
+		{"a", "a/b", false},
+		{"a/b", "a", false},
+		{"a/+/c", "a/b/c", true},
+		{"a/+/c", "a/b/d", false},
+		{"a/+", "a/", true},
+		{"#", "anything/at/all", true},
+		{"a//b", "a//b", true},
+	}
+	for _, c := range cases {
+		if got := matchFilter(c.filter, c.topic); got != c.want {
+			t.Errorf("matchFilter(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
+		}
+	}
+}
+
+func TestIsLoopback(t *testing.T) {
+	cases := []struct {
+		addr string
+		want bool
+	}{
+		{"127.0.0.1:1883", true},
+		{"127.0.0.2:1883", true},
+		{"[::1]:1883", true},
+		{"localhost:1883", true},
+		{":1883", false},
+		{"0.0.0.0:1883", false},
+		{"[::]:1883", false},
+		{"192.0.2.2:1883", false},
+		{"10.0.0.1:8883", false},
+		{"gateway.local:1883", false},
+		{"127.0.0.1", false}, // no port: not an address we can judge
+	}
+	for _, c := range cases {
+		if got := isLoopback(c.addr); got != c.want {
+			t.Errorf("isLoopback(%q) = %v, want %v", c.addr, got, c.want)
+		}
+	}
+}
+
+func TestReservedClientID(t *testing.T) {
+	cases := []struct {
+		id, user string
+		ok       bool
+	}{
+		{"mosq-abc", "", true},
+		{"mosq-abc", "poller", true},
+		{"tinyscada-poller", "poller", true},
+		{"tinyscada-poller-outbox", "poller", true},
+		{"tinyscada-poller", "", false},
+		{"tinyscada-poller", "logger", false},
+		{"tinyscada-pollerx", "poller", false},
+		{"tinyscada-", "", false},
+		{"tinyscada-x", "operator", false},
+		{"tinyscada-operator", "operator", true},
+		{"inline", "", false},
+		{"inline", "broker", false},
+	}
+	for _, c := range cases {
+		if got := reservedClientID(c.id, c.user) == ""; got != c.ok {
+			t.Errorf("reservedClientID(%q, %q) allowed = %v, want %v", c.id, c.user, got, c.ok)
+		}
+	}
+}
+
+func TestAuthenticate(t *testing.T) {
+	h := &accessHook{
+		passwords: map[string]string{"poller": "secret", "operator": "op"},
+		local:     map[string]bool{"tcp:127.0.0.1:1883": true, "unix:/s": true, "tcp:192.0.2.2:1883": false},
+	}
+	cases := []struct {
+		listener, user, pass string
+		ok                   bool
+	}{
+		{"tcp:127.0.0.1:1883", "", "", true},
+		{"unix:/s", "", "", true},
+		{"tcp:192.0.2.2:1883", "", "", false},
+		{"tcp:unknown", "", "", false},
+		{"tcp:192.0.2.2:1883", "poller", "secret", true},
+		{"tcp:127.0.0.1:1883", "poller", "secret", true},
+		{"tcp:127.0.0.1:1883", "poller", "secret\n", false},
+		{"tcp:127.0.0.1:1883", "poller", "op", false},
+		{"tcp:127.0.0.1:1883", "poller", "", false},
+		{"tcp:127.0.0.1:1883", "operator", "op", true},
+		{"tcp:127.0.0.1:1883", "stranger", "secret", false},
+		{"tcp:127.0.0.1:1883", "stranger", "", false},
+	}
+	for _, c := range cases {
+		reason := h.authenticate(c.listener, c.user, []byte(c.pass))
+		if (reason == "") != c.ok {
+			t.Errorf("authenticate(%q, %q, %q) = %q, want ok=%v", c.listener, c.user, c.pass, reason, c.ok)
+		}
+	}
+}
+
+func TestLogLimiter(t *testing.T) {
+	now := time.Unix(1000, 0)
+	l := newLogLimiter(time.Minute, 3)
+	l.now = func() time.Time { return now }
+	steps := []struct {
+		advance time.Duration
+		key     string
+		want    bool
+	}{
+		{0, "a", true},
+		{0, "a", false},
+		{0, "b", true},
+		{59 * time.Second, "a", false},
+		{time.Second, "a", true},
+		{0, "c", true},
+		{0, "d", true}, // full: b (expired) goes, d comes in
+		{0, "a", false},
+		{0, "e", true}, // full, nothing expired: forgets everything
+		{0, "a", true},
+	}
+	for i, s := range steps {
+		now = now.Add(s.advance)
+		if got := l.allow(s.key); got != s.want {
+			t.Errorf("step %d: allow(%q) = %v, want %v", i, s.key, got, s.want)
+		}
+	}
+}
