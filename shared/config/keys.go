@@ -1,0 +1,281 @@
+package config
+
+import (
+	"encoding"
+	"reflect"
+	"strconv"
+	"strings"
+
+	"github.com/pelletier/go-toml/v2/unstable"
+)
+
+// splitPath splits a key path into its parts: "a.b[2].\"c.d\"" gives
+// "a", "b", "[2]", "c.d".
+func splitPath(path string) []string {
+	var parts []string
+	for i := 0; i < len(path); {
+		switch c := path[i]; {
+		case c == '.':
+			i++
+		case c == '[':
+			j := strings.IndexByte(path[i:], ']')
+			if j < 0 {
+				return append(parts, path[i:])
+			}
+			parts = append(parts, path[i:i+j+1])
+			i += j + 1
+		case c == '"':
+			j := i + 1
+			for j < len(path) && path[j] != '"' {
+				if path[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			j = min(j+1, len(path))
+			s, err := strconv.Unquote(path[i:j])
+			if err != nil {
+				s = path[i:j]
+			}
+			parts = append(parts, s)
+			i = j
+		default:
+			j := i
+			for j < len(path) && path[j] != '.' && path[j] != '[' {
+				j++
+			}
+			parts = append(parts, path[i:j])
+			i = j
+		}
+	}
+	return parts
+}
+
+// typeAt returns the Go type a key path decodes into, or nil if there is
+// no such key in Config. Keys match struct fields as go-toml matches them:
+// exactly, or else ignoring case.
+func typeAt(path string) reflect.Type { return typeAtCase(path, true) }
+
+// typeAtCase is typeAt; with fold false keys must match exactly.
+func typeAtCase(path string, fold bool) reflect.Type {
+	t := reflect.TypeFor[Config]()
+	for _, part := range splitPath(path) {
+		switch {
+		case t.Kind() == reflect.Interface:
+			return t // holds anything
+		case strings.HasPrefix(part, "["):
+			if t.Kind() != reflect.Slice && t.Kind() != reflect.Array {
+				return nil
+			}
+			t = t.Elem()
+		case t.Kind() == reflect.Map:
+			t = t.Elem()
+		case t.Kind() == reflect.Struct:
+			f, ok := fieldByKey(t, part, fold)
+			if !ok {
+				return nil
+			}
+			t = f.Type
+		default:
+			return nil
+		}
+		for t.Kind() == reflect.Pointer {
+			t = t.Elem()
+		}
+	}
+	return t
+}
+
+// tomlName returns the key of a struct field: its toml tag, or its name.
+func tomlName(f reflect.StructField) string {
+	name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+	if name == "" {
+		name = f.Name
+	}
+	return name
+}
+
+// fieldByKey finds the field of struct type t that key decodes into, as
+// go-toml does: the exact key first, then (with fold) ignoring case. The
+// fields of embedded structs without a key count as fields of t; fields
+// tagged "-" and unexported fields do not count.
+func fieldByKey(t reflect.Type, key string, fold bool) (reflect.StructField, bool) {
+	fields := keyFields(t)
+	for _, f := range fields {
+		if tomlName(f) == key {
+			return f, true
+		}
+	}
+	for _, f := range fields {
+		if fold && strings.EqualFold(tomlName(f), key) {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+// keyFields lists the fields of struct type t that keys decode into.
+func keyFields(t reflect.Type) []reflect.StructField {
+	var out []reflect.StructField
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		ft := f.Type
+		if ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		switch {
+		case name == "-":
+		case f.Anonymous && name == "" && ft.Kind() == reflect.Struct:
+			out = append(out, keyFields(ft)...)
+		case f.IsExported():
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+var textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+
+// describe says in words what a value of type t is written as; "" for nil.
+func describe(t reflect.Type) string {
+	switch {
+	case t == nil:
+		return ""
+	case t == reflect.TypeFor[Duration]():
+		return `a duration string such as "500ms", "5s" or "1m"`
+	case t == reflect.TypeFor[Size]():
+		return `a size such as 4096 or "4KiB"`
+	case reflect.PointerTo(t).Implements(textUnmarshaler):
+		return "a string"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.Float32, reflect.Float64:
+		return "a number"
+	case reflect.Slice, reflect.Array:
+		if e := describe(t.Elem()); e != "" {
+			return "an array of " + plural(e)
+		}
+		return "an array"
+	case reflect.Struct, reflect.Map:
+		return "a table"
+	}
+	return t.String()
+}
+
+// plural turns "a string" into "strings", roughly.
+func plural(s string) string {
+	switch {
+	case strings.HasPrefix(s, "a table"):
+		return "tables"
+	case strings.HasPrefix(s, "a string"):
+		return "strings"
+	case strings.HasPrefix(s, "an integer"):
+		return "integers"
+	}
+	return "(" + s + ")"
+}
+
+// suggest returns the known key closest to the unknown key path, or "" if
+// none is close: "bus.heartbeat_intervall" gives "bus.heartbeat_interval".
+func suggest(path string) string {
+	parts := splitPath(path)
+	if len(parts) == 0 {
+		return ""
+	}
+	parent := parentKey(path)
+	t := typeAt(parent)
+	if t == nil || t.Kind() != reflect.Struct {
+		return ""
+	}
+	key := parts[len(parts)-1]
+	best, bestD := "", max(1, (len(key)+1)/3)+1
+	for _, f := range keyFields(t) {
+		if d := editDistance(strings.ToLower(key), tomlName(f)); d < bestD {
+			best, bestD = tomlName(f), d
+		}
+	}
+	if best == "" || best == key {
+		return ""
+	}
+	return joinKey(parent, best)
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	if len(a) > 64 || len(b) > 64 {
+		return len(a) + len(b)
+	}
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// checkCase reports the keys of the document that go-toml matched to a
+// field only by ignoring case: TOML keys are case-sensitive, and a key
+// written "Version" would otherwise count as "version".
+func checkCase(ix *index, add func(line int, key, msg string)) {
+	for _, e := range ix.entries {
+		if e.kind != unstable.KeyValue && e.kind != unstable.Table && e.kind != unstable.ArrayTable {
+			continue
+		}
+		if typeAtCase(e.path, false) == nil && typeAt(e.path) != nil && typeAtCase(parentKey(e.path), false) != nil {
+			msg := "keys are case-sensitive"
+			if s := suggest(e.path); s != "" {
+				msg += " (did you mean " + s + "?)"
+			}
+			add(ix.line(e.start), e.path, msg)
+		}
+	}
+}
+
+// unknown reports whether e is a key or table that Config has no field for,
+// and is the first such of its key (the keys under an unknown table are not
+// reported again).
+func (ix *index) unknown(e *entry) bool {
+	switch {
+	case e.kind == unstable.Table && !e.dotted:
+		return typeAt(e.path) == nil
+	case e.kind == unstable.ArrayTable:
+		// A known key that is no array ([[log]]) is the decoder's to
+		// report, as a wrong type.
+		return typeAt(parentKey(e.path)) == nil
+	case e.kind == unstable.KeyValue:
+		return typeAt(e.path) == nil && typeAt(e.table) != nil
+	}
+	return false
+}
+
+// unknownMessage says that e is unknown, and what was perhaps meant.
+func unknownMessage(e *entry) string {
+	what := "key"
+	if e.kind != unstable.KeyValue || e.valueKind == unstable.InlineTable {
+		what = "table"
+	}
+	msg := "unknown " + what
+	if s := suggest(e.path); s != "" {
+		msg += " (did you mean " + s + "?)"
+	}
+	return msg
+}

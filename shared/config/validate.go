@@ -1,0 +1,110 @@
+package config
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// knownRoles are the roles `tinyscada run` can start, in dependency order.
+var knownRoles = []string{"broker", "poller", "logger", "uplink", "health"}
+
+// Roles returns the roles `tinyscada run` can start (the values allowed in
+// run.roles), in dependency order.
+func Roles() []string { return slices.Clone(knownRoles) }
+
+// validate checks the top-level keys, then every section (see
+// validateSections), then what spans sections.
+func (c *Config) validate(ch *checker) {
+	if c.Version != 1 {
+		ch.errorf("version", "unsupported version %d (want 1)", c.Version)
+	}
+	ch.topic("node", c.Node, true)
+	if c.StateDir == "" {
+		ch.errorf("state_dir", "must not be empty")
+	} else if strings.IndexByte(c.StateDir, 0) >= 0 {
+		ch.errorf("state_dir", "%q holds a NUL byte", c.StateDir)
+	}
+	ch.topic("topic_prefix", c.TopicPrefix, false)
+	validateSections(c, ch)
+}
+
+func (l *Log) validate(ch *checker) {
+	ch.oneOf("level", l.Level, "debug", "info", "warn", "error")
+}
+
+func (b *Bus) validate(ch *checker) {
+	if path, ok := strings.CutPrefix(b.Address, "unix:"); ok {
+		ch.absPath("address", path, maxUnixPath)
+	} else if msg := checkHostPort(b.Address, false); msg != "" {
+		ch.errorf("address", "bad address %q: %s (or unix:/path/to/socket)", b.Address, msg)
+	}
+	ch.atLeast("heartbeat_interval", b.HeartbeatInterval, 100*time.Millisecond)
+	// MQTT carries the keep-alive as a 16-bit number of seconds.
+	ch.atLeast("keep_alive", b.KeepAlive, time.Second)
+	ch.atMost("keep_alive", b.KeepAlive, 65535*time.Second)
+	ch.positive("retry_max", b.RetryMax)
+}
+
+func (b *Broker) validate(ch *checker) {
+	for i, addr := range b.Listen {
+		ch.hostPort(indexKey("listen", i), addr, true)
+	}
+	if b.UnixSocket != "" {
+		ch.absPath("unix_socket", b.UnixSocket, maxUnixPath)
+	}
+	if len(b.Listen) == 0 && b.UnixSocket == "" {
+		ch.errorf("listen", "no listener: set listen or unix_socket")
+	}
+	switch {
+	case b.TLSCert != "" && b.TLSKey == "":
+		ch.errorf("tls_key", "must be set when tls_cert is")
+	case b.TLSCert == "" && b.TLSKey != "":
+		ch.errorf("tls_cert", "must be set when tls_key is")
+	}
+	// mochi's ticker counts whole seconds: less than 1s would disable it.
+	if b.SysInterval.Duration != 0 {
+		ch.atLeast("sys_interval", b.SysInterval, time.Second)
+	}
+	ch.sizeRange("client_buffer", b.ClientBuffer, 1<<10, 1<<20)
+	// mochi allocates a channel of max_pending per client and keeps
+	// max_inflight in 16 bits.
+	ch.intRange("max_pending", b.MaxPending, 1, 65535)
+	ch.intRange("max_inflight", b.MaxInflight, 1, 65535)
+}
+
+func (r *Run) validate(ch *checker) {
+	if len(r.Roles) == 0 {
+		ch.errorf("roles", "no role to run (want some of %s)", strings.Join(knownRoles, ", "))
+	}
+	seen := map[string]bool{}
+	for i, role := range r.Roles {
+		key := indexKey("roles", i)
+		switch {
+		case seen[role]:
+			ch.errorf(key, "role %q is listed twice", role)
+		case !isRole(role):
+			ch.errorf(key, "unknown role %q (want one of %s)", role, strings.Join(knownRoles, ", "))
+		}
+		seen[role] = true
+	}
+	ch.positive("ready_timeout", r.ReadyTimeout)
+	ch.positive("restart_backoff", r.RestartBackoff)
+	if r.RestartBackoffMax.Duration < r.RestartBackoff.Duration {
+		key := "restart_backoff_max"
+		if !ch.has(key) && ch.has("restart_backoff") {
+			key = "restart_backoff"
+		}
+		ch.errorf(key, "restart_backoff_max %s is less than restart_backoff %s",
+			r.RestartBackoffMax.Duration, r.RestartBackoff.Duration)
+	}
+}
+
+func isRole(s string) bool { return slices.Contains(knownRoles, s) }
+
+// indexKey names element i of an array: indexKey("listen", 1) is
+// "listen[1]".
+func indexKey(key string, i int) string {
+	return key + "[" + strconv.Itoa(i) + "]"
+}
