@@ -149,6 +149,7 @@ var badCases = []struct {
 		"level = 'debug'",
 	), []want{{1, "version", "missing: a configuration file must set version = 1"}}},
 	{"empty file", "", []want{{1, "version", "missing"}}},
+	{"byte order mark", "\uFEFFversion = 1\nnode = 1\n", []want{{2, "node", "wrong type"}}},
 	{"version 2", doc(
 		"# comment",
 		"version = 2",
@@ -384,7 +385,7 @@ func demo(t *testing.T) *Config {
 }
 
 func TestParseVersionOnlyIsDefault(t *testing.T) {
-	for _, d := range []string{"version = 1", "version = 1\n", "# tinyscada\r\nversion = 1 # the format\r\n\r\n"} {
+	for _, d := range []string{"version = 1", "version = 1\n", "# tinyscada\r\nversion = 1 # the format\r\n\r\n", "\uFEFFversion = 1\n"} {
 		c, err := Parse("v.toml", []byte(d))
 		if err != nil {
 			t.Fatalf("%q: %v", d, err)

@@ -80,6 +80,11 @@ const maxDecodeErrors = 50
 // with errors.Join when there are several and sorted by line. After a syntax
 // error nothing else is reported.
 func Parse(name string, data []byte) (*Config, error) {
+	if bytes.HasPrefix(data, []byte("\uFEFF")) {
+		// A byte order mark, as some editors write: read it as blanks,
+		// which keeps the columns.
+		data = append([]byte("   "), data[3:]...)
+	}
 	data = data[:len(data):len(data)] // offsets are computed from capacities
 	ix := newIndex(data)
 	if ix.err != nil {
