@@ -27,7 +27,9 @@ type outItem struct {
 	topic   string
 	payload []byte
 	added   time.Time // when it was added (monotonic)
-	sent    time.Time // when it was last published; zero: not yet
+	sent    time.Time // when it was last published; zero: due now
+	// published says it was published at least once.
+	published bool
 }
 
 // NewOutbox returns an empty outbox that holds at most max messages.
@@ -103,8 +105,8 @@ func (o *Outbox) Due(now time.Time, resend time.Duration, limit int, dst []Pendi
 		if !it.sent.IsZero() && now.Sub(it.sent) < resend {
 			continue
 		}
-		resent := !it.sent.IsZero()
-		it.sent = now
+		resent := it.published
+		it.sent, it.published = now, true
 		dst = append(dst, Pending{Seq: it.seq, Topic: it.topic, Payload: it.payload, Resent: resent})
 	}
 	return dst
@@ -137,7 +139,7 @@ type Pending struct {
 	Seq     uint64
 	Topic   string
 	Payload []byte
-	Resent  bool // it was published before and not acknowledged in time
+	Resent  bool // it was published before (not acknowledged in time, or a reconnect)
 }
 
 // OutboxStats is a snapshot of an Outbox.

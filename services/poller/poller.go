@@ -372,7 +372,7 @@ func (p *Poller) setState(d *device, err error) {
 	if changed || d.lastErr != msg {
 		d.stateDirty = true
 	}
-	wasKnown := d.known
+	wasKnown, dirty := d.known, d.stateDirty
 	d.known, d.online, d.lastErr = true, err == nil, msg
 	d.mu.Unlock()
 	switch {
@@ -388,7 +388,7 @@ func (p *Poller) setState(d *device, err error) {
 			d.log.Warn("device still offline", "err", msg, "suppressed", n)
 		}
 	}
-	if changed || d.stateDirty {
+	if dirty {
 		p.wakeSender()
 	}
 }
