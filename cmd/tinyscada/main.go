@@ -1,0 +1,183 @@
+// Command tinyscada is the one binary of the stack: a subcommand per role
+// (broker, poller, logger, uplink, health) and the supporting commands.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/tinyscada/tinyscada/services/simulate"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/logging"
+	"github.com/tinyscada/tinyscada/shared/version"
+)
+
+// Exit codes. exitConfig pairs with RestartPreventExitStatus= in the units:
+// a bad configuration is not fixed by restarting.
+const (
+	exitFailure = 1
+	exitUsage   = 2
+	exitConfig  = 78 // EX_CONFIG
+)
+
+// errUsage marks a command-line mistake; its message was printed already.
+var errUsage = errors.New("usage")
+
+type command struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, args []string) error
+}
+
+func commands() []command {
+	return []command{
+		{"broker", "run the embedded MQTT broker", roleCmd("broker", runBroker)},
+		{"run", "run the whole stack without systemd", runStack},
+		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", func(_ context.Context, args []string) error {
+			return simulate.Main(args)
+		}},
+		{"config", "config check FILE: validate and print the effective configuration", configCmd},
+		{"version", "print the version", versionCmd},
+	}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintf(w, "usage: tinyscada COMMAND [flags]   (tinyscada COMMAND -h for its flags)\n\ncommands:\n")
+	for _, c := range commands() {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+}
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(os.Stderr)
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return 0
+	}
+	for _, c := range commands() {
+		if c.name != args[0] {
+			continue
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err := c.run(ctx, args[1:])
+		var cerr *configError
+		switch {
+		case err == nil, errors.Is(err, context.Canceled):
+			return 0
+		case errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.Is(err, errUsage):
+			return exitUsage
+		case errors.As(err, &cerr):
+			fmt.Fprintf(os.Stderr, "tinyscada %s: %v\n", c.name, cerr.err)
+			return exitConfig
+		default:
+			fmt.Fprintf(os.Stderr, "tinyscada %s: %v\n", c.name, err)
+			return exitFailure
+		}
+	}
+	fmt.Fprintf(os.Stderr, "tinyscada: unknown command %q\n", args[0])
+	usage(os.Stderr)
+	return exitUsage
+}
+
+// configError wraps a configuration error so main exits with exitConfig.
+type configError struct{ err error }
+
+func (e *configError) Error() string { return e.err.Error() }
+func (e *configError) Unwrap() error { return e.err }
+
+// roleFunc runs one role until ctx ends.
+type roleFunc func(ctx context.Context, cfg *config.Config, log *slog.Logger) error
+
+// roleCmd makes the subcommand of a role: -config, load and validate the
+// configuration before anything starts, a logger, then the role.
+func roleCmd(name string, fn roleFunc) func(context.Context, []string) error {
+	return func(ctx context.Context, args []string) error {
+		fs := flag.NewFlagSet(name, flag.ContinueOnError)
+		cfgPath := fs.String("config", "", "configuration `file` (default $TINYSCADA_CONFIG, else "+config.DefaultPath+" if present, else the built-in demo)")
+		fs.Usage = func() {
+			fmt.Fprintf(fs.Output(), "usage: tinyscada %s [-config FILE]\n", name)
+			fs.PrintDefaults()
+		}
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return errUsage
+		}
+		if fs.NArg() > 0 {
+			fs.Usage()
+			return errUsage
+		}
+		cfg, err := loadConfig(*cfgPath)
+		if err != nil {
+			return err
+		}
+		log := logging.New(os.Stderr, cfg.Log.Level).With("role", name)
+		return fn(ctx, cfg, log)
+	}
+}
+
+func loadConfig(flagValue string) (*config.Config, error) {
+	cfg, err := config.Load(config.Resolve(flagValue))
+	if err != nil {
+		return nil, &configError{err}
+	}
+	return cfg, nil
+}
+
+func configCmd(_ context.Context, args []string) error {
+	if len(args) == 0 || args[0] != "check" || len(args) > 2 {
+		fmt.Fprintln(os.Stderr, "usage: tinyscada config check [FILE]   (no FILE: the file the services would use)")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			return flag.ErrHelp
+		}
+		return errUsage
+	}
+	path := config.Resolve("")
+	if len(args) == 2 {
+		path = args[1]
+	}
+	cfg, err := loadConfig(path)
+	if err != nil {
+		return err
+	}
+	b, err := cfg.Encode()
+	if err != nil {
+		return err
+	}
+	src := path
+	if src == "" {
+		src = "built-in demo configuration"
+	}
+	fmt.Printf("# %s: ok\n", src)
+	_, err = os.Stdout.Write(b)
+	return err
+}
+
+func versionCmd(_ context.Context, args []string) error {
+	if len(args) > 0 {
+		fmt.Fprintln(os.Stderr, "usage: tinyscada version")
+		if args[0] == "-h" || args[0] == "--help" {
+			return flag.ErrHelp
+		}
+		return errUsage
+	}
+	fmt.Println("tinyscada", version.String())
+	return nil
+}

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/tinyscada/tinyscada/services/supervisor"
+	"github.com/tinyscada/tinyscada/shared/atomicfile"
+	"github.com/tinyscada/tinyscada/shared/flock"
+	"github.com/tinyscada/tinyscada/shared/logging"
+)
+
+// runStack is `tinyscada run`: every configured role that this binary
+// implements, as children of one supervisor.
+func runStack(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "configuration `file` (default: as for every role; else the built-in demo)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), "usage: tinyscada run [-config FILE]   (the whole stack without systemd; Ctrl-C stops it)")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return errUsage
+	}
+	cfg, err := loadConfig(*cfgPath)
+	if err != nil {
+		return err
+	}
+	log := logging.New(os.Stderr, cfg.Log.Level).With("role", "run")
+
+	runDir := filepath.Join(cfg.StateDir, "run")
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return err
+	}
+	lock, err := flock.Lock(filepath.Join(runDir, "lock"))
+	if err != nil {
+		return fmt.Errorf("another `tinyscada run` uses %s: %w", cfg.StateDir, err)
+	}
+	defer lock.Close()
+
+	// Every child reads the very configuration checked here, with the state
+	// directory made absolute, whatever its working directory.
+	effective, err := cfg.Encode()
+	if err != nil {
+		return err
+	}
+	effPath := filepath.Join(runDir, "tinyscada.toml")
+	if err := atomicfile.WriteFile(effPath, effective, 0o600); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	var roles []supervisor.Role
+	var skipped []string
+	for _, name := range cfg.Run.Roles {
+		if !slices.ContainsFunc(commands(), func(c command) bool { return c.name == name }) {
+			skipped = append(skipped, name)
+			continue
+		}
+		roles = append(roles, supervisor.Role{Name: name, Args: []string{name, "-config", effPath}})
+	}
+	if len(skipped) > 0 {
+		log.Info("roles not built into this binary yet, not started", "roles", strings.Join(skipped, ","))
+	}
+	sup := supervisor.New(supervisor.Options{
+		Exe:               exe,
+		Roles:             roles,
+		ReadyTimeout:      cfg.Run.ReadyTimeout.Duration,
+		RestartBackoff:    cfg.Run.RestartBackoff.Duration,
+		RestartBackoffMax: cfg.Run.RestartBackoffMax.Duration,
+		Log:               log,
+		OnStarted:         func() { printHints(cfg.Bus.Address, cfg.StateDir) },
+	})
+	return sup.Run(ctx)
+}
+
+func printHints(busAddr, stateDir string) {
+	host, port := "127.0.0.1", "1883"
+	if h, p, ok := strings.Cut(busAddr, ":"); ok && !strings.HasPrefix(busAddr, "unix:") {
+		host, port = h, p
+	}
+	fmt.Fprintf(os.Stderr, `
+tinyscada is running. Look inside with:
+  mosquitto_sub -h %s -p %s -t 'tinyscada/#' -v
+State directory: %s
+Stop with Ctrl-C.
+
+`, host, port, stateDir)
+}
