@@ -1,0 +1,60 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+)
+
+func TestBrokerURL(t *testing.T) {
+	for _, tc := range []struct {
+		in, want string
+		bad      bool
+	}{
+		{in: "127.0.0.1:1883", want: "tcp://127.0.0.1:1883"},
+		{in: "[::1]:1883", want: "tcp://[::1]:1883"},
+		{in: "unix:/run/tinyscada/broker.sock", want: "unix:///run/tinyscada/broker.sock"},
+		{in: "unix:", bad: true},
+		{in: "", bad: true},
+	} {
+		got, err := BrokerURL(tc.in)
+		if (err != nil) != tc.bad || got != tc.want {
+			t.Errorf("BrokerURL(%q) = %q, %v; want %q, error %v", tc.in, got, err, tc.want, tc.bad)
+		}
+	}
+}
+
+// With nothing listening, Dial keeps retrying until its context ends and
+// then says it gave up, with the last connection error.
+func TestDialGivesUpWhenContextEnds(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	attempts := 0
+	_, err = Dial(ctx, Options{
+		Address:     addr,
+		ClientID:    "t",
+		RetryMax:    100 * time.Millisecond,
+		Credentials: func() (string, string, error) { attempts++; return "u", "p", nil },
+	})
+	if !errors.Is(err, ErrClosed) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dial = %v; want ErrClosed and DeadlineExceeded", err)
+	}
+	if attempts < 3 {
+		t.Errorf("%d connection attempts in 700ms with a 100ms backoff cap; want several", attempts)
+	}
+}
+
+func TestDialBadAddress(t *testing.T) {
+	_, err := Dial(context.Background(), Options{Address: "unix:"})
+	if err == nil || errors.Is(err, ErrClosed) {
+		t.Fatalf("Dial with a bad address = %v; want an address error at once", err)
+	}
+}
