@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/tinyscada/tinyscada/services/supervisor"
 	"github.com/tinyscada/tinyscada/shared/atomicfile"
+	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/flock"
 	"github.com/tinyscada/tinyscada/shared/logging"
 )
@@ -72,6 +74,9 @@ func runStack(ctx context.Context, args []string) error {
 			skipped = append(skipped, name)
 			continue
 		}
+		if name == "poller" {
+			roles = append(roles, simulatorRoles(cfg)...)
+		}
 		roles = append(roles, supervisor.Role{Name: name, Args: []string{name, "-config", effPath}})
 	}
 	if len(skipped) > 0 {
@@ -101,4 +106,21 @@ State directory: %s
 Stop with Ctrl-C.
 
 `, host, port, stateDir)
+}
+
+// simulatorRoles are the simulators of the poller's ports marked
+// simulate = true (the demo): `tinyscada simulate -link <device> -baud N`,
+// started before the poller so that the port exists when it opens it.
+func simulatorRoles(cfg *config.Config) []supervisor.Role {
+	var roles []supervisor.Role
+	for _, p := range cfg.Poller.Port {
+		if !p.Simulate || p.Mode != config.ModeRTU {
+			continue
+		}
+		roles = append(roles, supervisor.Role{
+			Name: "simulate-" + p.Name,
+			Args: []string{"simulate", "-link", p.Path(cfg.StateDir), "-baud", strconv.Itoa(p.Baud)},
+		})
+	}
+	return roles
 }

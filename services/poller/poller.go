@@ -204,9 +204,10 @@ type Stats struct {
 	BadRecords     uint64 // line records that could not be parsed
 	Backpressure   bool   // a sample was not taken in the last 10s
 	DevicesOnline  int
-	DevicesOffline int
-	PortsOpen      int
-	Ports          int
+	DevicesOffline int // devices not yet tried are neither
+
+	PortsOpen int
+	Ports     int
 }
 
 // Stats returns the poller's counters now.
@@ -224,9 +225,10 @@ func (p *Poller) Stats() Stats {
 	}
 	for _, d := range p.devices {
 		d.mu.Lock()
-		if d.online {
+		switch {
+		case d.online:
 			s.DevicesOnline++
-		} else {
+		case d.known:
 			s.DevicesOffline++
 		}
 		d.mu.Unlock()
