@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -89,23 +90,25 @@ func runStack(ctx context.Context, args []string) error {
 		RestartBackoff:    cfg.Run.RestartBackoff.Duration,
 		RestartBackoffMax: cfg.Run.RestartBackoffMax.Duration,
 		Log:               log,
-		OnStarted:         func() { printHints(cfg.Bus.Address, cfg.StateDir) },
+		OnStarted:         func() { printHints(cfg) },
 	})
 	return sup.Run(ctx)
 }
 
-func printHints(busAddr, stateDir string) {
-	host, port := "127.0.0.1", "1883"
-	if h, p, ok := strings.Cut(busAddr, ":"); ok && !strings.HasPrefix(busAddr, "unix:") {
-		host, port = h, p
+// printHints tells a newcomer where to look: a mosquitto_sub command for the
+// first TCP listener of the broker, and the state directory.
+func printHints(cfg *config.Config) {
+	look := "  (the broker has no TCP listener; use a client that speaks unix sockets)"
+	if len(cfg.Broker.Listen) > 0 {
+		host, port, err := net.SplitHostPort(cfg.Broker.Listen[0])
+		if err == nil {
+			if host == "" || host == "0.0.0.0" || host == "::" {
+				host = "127.0.0.1"
+			}
+			look = fmt.Sprintf("  mosquitto_sub -h %s -p %s -t '%s/#' -v", host, port, cfg.TopicPrefix)
+		}
 	}
-	fmt.Fprintf(os.Stderr, `
-tinyscada is running. Look inside with:
-  mosquitto_sub -h %s -p %s -t 'tinyscada/#' -v
-State directory: %s
-Stop with Ctrl-C.
-
-`, host, port, stateDir)
+	fmt.Fprintf(os.Stderr, "\ntinyscada is running. Look inside with:\n%s\nState directory: %s\nStop with Ctrl-C.\n\n", look, cfg.StateDir)
 }
 
 // simulatorRoles are the simulators of the poller's ports marked
