@@ -101,22 +101,7 @@ func TestRunRestartsKilledBrokerAndClientsRepublish(t *testing.T) {
 	testpeer.Need(t, "mosquitto_sub")
 	port := testpeer.FreePort(t)
 	cfgPath, _ := writeConfig(t, port, `roles = ["broker"]`+"\n")
-	cmd := exec.Command(binary(t), "run", "-config", cfgPath)
-	var out strings.Builder
-	var outMu sync.Mutex
-	cmd.Stderr = writerFunc(func(p []byte) (int, error) { outMu.Lock(); defer outMu.Unlock(); return out.Write(p) })
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			outMu.Lock()
-			t.Logf("tinyscada run output:\n%s", out.String())
-			outMu.Unlock()
-		}
-	}()
+	cmd := startRun(t, cfgPath)
 	if err := testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -243,4 +228,57 @@ func TestEveryCommandHasHelp(t *testing.T) {
 	if !strings.Contains(string(out), `unknown command "nonsense"`) {
 		t.Errorf("unknown command output:\n%s", out)
 	}
+}
+
+// startRun starts `tinyscada run -config cfgPath` and stops it (SIGKILL) when
+// the test ends, logging its output if the test failed.
+func startRun(t *testing.T, cfgPath string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(binary(t), "run", "-config", cfgPath)
+	var out strings.Builder
+	var mu sync.Mutex
+	cmd.Stderr = writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("tinyscada run output:\n%s", out.String())
+			mu.Unlock()
+		}
+	})
+	return cmd
+}
+
+// The README's promise: `tinyscada run` with the demo devices (a simulator
+// on a pseudo-terminal) and mosquitto_sub shows readings flowing.
+func TestRunDemoShowsReadings(t *testing.T) {
+	testpeer.Need(t, "mosquitto_sub")
+	port := testpeer.FreePort(t)
+	cfgPath, _ := writeConfig(t, port, `roles = ["broker", "poller"]`+"\n")
+	startRun(t, cfgPath)
+	if err := testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	sub := testpeer.Sub(t, port, "-v", "-t", "tinyscada/data/#")
+	seen := map[string]bool{}
+	testpeer.Expect(t, sub, 20*time.Second, "readings of both demo devices", func(l string) bool {
+		topic, payload, _ := strings.Cut(l, " ")
+		var msg struct {
+			Run string         `json:"run"`
+			Seq uint64         `json:"seq"`
+			V   map[string]any `json:"v"`
+		}
+		if err := json.Unmarshal([]byte(payload), &msg); err != nil {
+			t.Fatalf("%s: bad data payload %q: %v", topic, payload, err)
+		}
+		if msg.Run == "" || msg.Seq == 0 || len(msg.V) == 0 {
+			t.Fatalf("%s: data message without run, seq or values: %s", topic, payload)
+		}
+		seen[topic] = true
+		return seen["tinyscada/data/meter"] && seen["tinyscada/data/climate"]
+	})
 }
