@@ -1,80 +1,24 @@
 package modbus
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 )
-
-// needTool skips the test when a tool is missing, or fails it when the
-// environment variable CI is "true".
-func needTool(t *testing.T, what string, err error) {
-	t.Helper()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s: %v", what, err)
-	}
-	t.Skipf("%s not available: %v", what, err)
-}
-
-// pymodbusServer is an RTU slave written by others: Debian's pymodbus 3.0.
-const pymodbusServer = `
-import sys, logging
-from pymodbus.server import StartSerialServer
-from pymodbus.datastore import ModbusSequentialDataBlock, ModbusSlaveContext, ModbusServerContext
-from pymodbus.framer.rtu_framer import ModbusRtuFramer
-store = ModbusSlaveContext(
-    di=ModbusSequentialDataBlock(0, [0, 1, 1, 0, 1]),
-    co=ModbusSequentialDataBlock(0, [1, 0, 1, 1] + [0] * 20),
-    hr=ModbusSequentialDataBlock(0, [1234, 65534, 0x4366, 0x199A] + [0] * 16),
-    ir=ModbusSequentialDataBlock(0, [7, 8, 9]),
-    zero_mode=True)
-StartSerialServer(context=ModbusServerContext(slaves={1: store}, single=False),
-                  framer=ModbusRtuFramer, port=sys.argv[1], baudrate=9600, timeout=0.005)
-`
 
 // TestAgainstPymodbus runs our master against pymodbus's RTU server on a
 // socat pseudo-terminal pair.
 func TestAgainstPymodbus(t *testing.T) {
-	socat, err := exec.LookPath("socat")
-	needTool(t, "socat", err)
-	const python = "/usr/bin/python3" // Debian's, which has python3-pymodbus
-	err = exec.Command(python, "-c", "import pymodbus.server, serial_asyncio").Run()
-	needTool(t, "python3-pymodbus", err)
-
-	dir := t.TempDir()
-	a, b := filepath.Join(dir, "A"), filepath.Join(dir, "B")
-	pair := exec.Command(socat, "pty,raw,echo=0,link="+a, "pty,raw,echo=0,link="+b)
-	if err := pair.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pair.Process.Kill(); pair.Wait() })
-	waitFor(t, a, b)
-
-	script := filepath.Join(dir, "server.py")
-	os.WriteFile(script, []byte(pymodbusServer), 0o644)
-	server := exec.Command(python, script, a)
-	var stderr bytes.Buffer
-	server.Stderr = &stderr
-	if err := server.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		server.Process.Kill()
-		server.Wait()
-		if t.Failed() {
-			t.Logf("pymodbus server's stderr:\n%s", stderr.String())
-		}
-	})
-
+	b := testpeer.Pymodbus(t, `ModbusSlaveContext(
+    di=ModbusSequentialDataBlock(0, [0, 1, 1, 0, 1]),
+    co=ModbusSequentialDataBlock(0, [1, 0, 1, 1] + [0] * 20),
+    hr=ModbusSequentialDataBlock(0, [1234, 65534, 0x4366, 0x199A] + [0] * 16),
+    ir=ModbusSequentialDataBlock(0, [7, 8, 9]),
+    zero_mode=True)`, 9600)
 	port, err := Open(b, PortConfig{Baud: 9600})
 	if err != nil {
 		t.Fatal(err)
@@ -125,21 +69,5 @@ func TestAgainstPymodbus(t *testing.T) {
 	var ex *ExceptionError
 	if _, err := m.ReadInputRegisters(ctx, 1, 2, 5); !errors.As(err, &ex) || ex.Code != ExIllegalDataAddress {
 		t.Errorf("read past the block: %v, want exception 2", err)
-	}
-}
-
-func waitFor(t *testing.T, paths ...string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for _, p := range paths {
-		for {
-			if _, err := os.Stat(p); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s did not appear", p)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
 	}
 }
