@@ -105,25 +105,41 @@ func (e *configError) Unwrap() error { return e.err }
 // roleFunc runs one role until ctx ends.
 type roleFunc func(ctx context.Context, cfg *config.Config, log *slog.Logger) error
 
+// commandFlags returns the flag set of a command that takes -config, with
+// usage as its usage line, and where the -config value lands.
+func commandFlags(name, usage string) (*flag.FlagSet, *string) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "configuration `file` (default $"+config.EnvVar+", else "+config.DefaultPath+" if present, else the built-in demo)")
+	fs.Usage = func() {
+		fmt.Fprintln(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	return fs, cfgPath
+}
+
+// parseFlags parses args, which may hold only flags. It returns
+// flag.ErrHelp for -h, errUsage (with the usage printed) for anything wrong.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}
+
 // roleCmd makes the subcommand of a role: -config, load and validate the
 // configuration before anything starts, a logger, then the role.
 func roleCmd(name string, fn roleFunc) func(context.Context, []string) error {
 	return func(ctx context.Context, args []string) error {
-		fs := flag.NewFlagSet(name, flag.ContinueOnError)
-		cfgPath := fs.String("config", "", "configuration `file` (default $TINYSCADA_CONFIG, else "+config.DefaultPath+" if present, else the built-in demo)")
-		fs.Usage = func() {
-			fmt.Fprintf(fs.Output(), "usage: tinyscada %s [-config FILE]\n", name)
-			fs.PrintDefaults()
-		}
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return err
-			}
-			return errUsage
-		}
-		if fs.NArg() > 0 {
-			fs.Usage()
-			return errUsage
+		fs, cfgPath := commandFlags(name, "usage: tinyscada "+name+" [-config FILE]")
+		if err := parseFlags(fs, args); err != nil {
+			return err
 		}
 		cfg, err := loadConfig(*cfgPath)
 		if err != nil {

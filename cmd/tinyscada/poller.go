@@ -2,9 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
-	"fmt"
 	"log/slog"
 	"os"
 
@@ -19,22 +16,10 @@ import (
 // pollerCmd is `tinyscada poller [-config FILE] [-plan]`: the poller role,
 // or with -plan the request plan printed on stdout.
 func pollerCmd(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("poller", flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "configuration `file` (default $TINYSCADA_CONFIG, else "+config.DefaultPath+" if present, else the built-in demo)")
+	fs, cfgPath := commandFlags("poller", "usage: tinyscada poller [-config FILE] [-plan]")
 	plan := fs.Bool("plan", false, "print the request plan (ports, devices, the reads of one round) and exit")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: tinyscada poller [-config FILE] [-plan]")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return errUsage
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"os"
@@ -22,21 +20,9 @@ import (
 // runStack is `tinyscada run`: every configured role that this binary
 // implements, as children of one supervisor.
 func runStack(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "configuration `file` (default: as for every role; else the built-in demo)")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: tinyscada run [-config FILE]   (the whole stack without systemd; Ctrl-C stops it)")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return errUsage
+	fs, cfgPath := commandFlags("run", "usage: tinyscada run [-config FILE]   (the whole stack without systemd; Ctrl-C stops it)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
