@@ -26,6 +26,7 @@ type Config struct {
 	Broker Broker `toml:"broker"`
 	Run    Run    `toml:"run"`
 	Poller Poller `toml:"poller"`
+	Logger Logger `toml:"logger"`
 }
 
 // Log configures logging to stderr (the journal under systemd).
@@ -110,5 +111,6 @@ func Default() *Config {
 			RestartBackoffMax: Duration{30 * time.Second},
 		},
 		Poller: defaultPoller(),
+		Logger: defaultLogger(),
 	}
 }
