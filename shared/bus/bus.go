@@ -46,7 +46,13 @@ type Options struct {
 	// OnConnect runs after every successful (re)connect, after the
 	// subscriptions are restored, in its own goroutine.
 	OnConnect func(*Client)
-	Log       *slog.Logger
+	// DefaultHandler, when set, receives messages that match no
+	// subscription made with Subscribe yet: with CleanSession false the
+	// broker sends the messages it queued for the session right after
+	// connecting, before Subscribe registered a handler. Without it they
+	// are acknowledged and dropped.
+	DefaultHandler Handler
+	Log            *slog.Logger
 }
 
 // Handler receives a message. It runs on its own goroutine per message
@@ -131,6 +137,9 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 			}
 			return user, pass
 		})
+	}
+	if h := opts.DefaultHandler; h != nil {
+		mo.SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { h(m.Topic(), m.Payload()) })
 	}
 	if w := opts.Will; w != nil {
 		mo.SetBinaryWill(w.Topic, w.Payload, w.QoS, w.Retain)

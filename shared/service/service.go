@@ -126,13 +126,36 @@ func New(ctx context.Context, name string, cfg *config.Config, log *slog.Logger)
 	return s, nil
 }
 
+// StartOptions are the optional settings of Start.
+type StartOptions struct {
+	// PersistentSession connects with CleanSession false under the role's
+	// stable client id ("tinyscada-<role>"): the broker keeps the role's
+	// subscriptions and queues its QoS 1 messages while it is away. Both
+	// the broker's session and paho's store are in memory: the queue
+	// survives a restart of the role, not of the broker.
+	PersistentSession bool
+	// OnMessage receives the messages that arrive before Subscribe
+	// registered a handler for them (see bus.Options.DefaultHandler); with
+	// a persistent session that is what the broker queued.
+	OnMessage bus.Handler
+}
+
 // Start is New plus the broker connection: it connects with the role's
 // credential (waiting for the broker, retrying with backoff, until ctx
 // ends), with the retained "lost" state as last will, and publishes
 // "starting". On every reconnect the current state is published again, since
 // the broker keeps nothing across its restarts. The caller says Ready once
-// the role is functional.
-func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logger) (*Service, error) {
+// the role is functional. At most one StartOptions may be given; without
+// one the session is clean.
+func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logger, opts ...StartOptions) (*Service, error) {
+	var o StartOptions
+	switch len(opts) {
+	case 0:
+	case 1:
+		o = opts[0]
+	default:
+		return nil, fmt.Errorf("%s: service.Start takes at most one StartOptions, got %d", name, len(opts))
+	}
 	s, err := New(ctx, name, cfg, log)
 	if err != nil {
 		return nil, err
@@ -142,16 +165,17 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 	bc, err := bus.Dial(ctx, bus.Options{
 		Address:      cfg.Bus.Address,
 		ClientID:     "tinyscada-" + name,
-		CleanSession: true,
+		CleanSession: !o.PersistentSession,
 		Credentials: func() (string, string, error) {
 			p, err := credentials.Read(cfg.StateDir, name)
 			return name, p, err
 		},
-		Will:      &bus.Message{Topic: s.Topics.SvcState(name), QoS: 1, Retain: true, Payload: will},
-		KeepAlive: cfg.Bus.KeepAlive.Duration,
-		RetryMax:  cfg.Bus.RetryMax.Duration,
-		Log:       log.With("component", "bus"),
-		OnConnect: func(*bus.Client) { s.publishState(context.Background()) },
+		Will:           &bus.Message{Topic: s.Topics.SvcState(name), QoS: 1, Retain: true, Payload: will},
+		KeepAlive:      cfg.Bus.KeepAlive.Duration,
+		RetryMax:       cfg.Bus.RetryMax.Duration,
+		Log:            log.With("component", "bus"),
+		OnConnect:      func(*bus.Client) { s.publishState(context.Background()) },
+		DefaultHandler: o.OnMessage,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: connect to broker: %w", name, err)

@@ -44,3 +44,11 @@ func (t Tree) Cmd(parts ...string) string { return t.join(append([]string{"cmd"}
 
 // Sub returns a subscription filter for a subtree, e.g. Sub("data") = "<prefix>/data/#".
 func (t Tree) Sub(parts ...string) string { return t.join(append(parts, "#")...) }
+
+// Committed is where the logger announces, after each commit, the last row
+// id of its database (the uplink's wake-up).
+func (t Tree) Committed() string { return t.join("logger", "committed") }
+
+// UplinkCursor is the retained topic where the uplink publishes the last row
+// id it has delivered upstream; the logger deletes those rows first.
+func (t Tree) UplinkCursor() string { return t.join("uplink", "cursor") }
