@@ -27,6 +27,7 @@ type Config struct {
 	Run    Run    `toml:"run"`
 	Poller Poller `toml:"poller"`
 	Logger Logger `toml:"logger"`
+	Health Health `toml:"health"`
 }
 
 // Log configures logging to stderr (the journal under systemd).
@@ -112,5 +113,6 @@ func Default() *Config {
 		},
 		Poller: defaultPoller(),
 		Logger: defaultLogger(),
+		Health: defaultHealth(),
 	}
 }
