@@ -52,7 +52,10 @@ type Heartbeat struct {
 	Progress uint64
 	Uptime   time.Duration
 	Idle     bool
-	Extra    map[string]any
+	// Failing is the reason the service gave for being up but not doing
+	// its job (see Service.Failing); empty when it is not failing.
+	Failing string
+	Extra   map[string]any
 }
 
 // MarshalJSON writes the heartbeat as one flat object.
@@ -67,6 +70,9 @@ func (h Heartbeat) MarshalJSON() ([]byte, error) {
 	m["uptime_s"] = h.Uptime.Truncate(time.Millisecond).Seconds()
 	if h.Idle {
 		m["idle"] = true
+	}
+	if h.Failing != "" {
+		m["failing"] = h.Failing
 	}
 	return json.Marshal(m)
 }
@@ -91,6 +97,7 @@ type Service struct {
 	started  clock.Stamp
 	progress atomic.Uint64
 	idle     atomic.Bool
+	failing  atomic.Pointer[string]
 
 	mu     sync.Mutex
 	pub    Publisher
@@ -260,6 +267,20 @@ func (s *Service) Advance() { s.progress.Add(1) }
 // unchanged progress counter is not a hang.
 func (s *Service) SetIdle(idle bool) { s.idle.Store(idle) }
 
+// Failing declares that the service is up but failing by its own report
+// (its port is gone, its disk is full, ...), for reason; Failing("")
+// withdraws the report. Every heartbeat carries the reason as "failing" while
+// it stands: health then reports the service degraded and restarts its unit
+// once the report has stood for health.failing_restart_after. Progress and
+// watchdog pings go on as usual: the service is alive.
+func (s *Service) Failing(reason string) {
+	if reason == "" {
+		s.failing.Store(nil)
+		return
+	}
+	s.failing.Store(&reason)
+}
+
 // SetExtra sets a function whose fields are added to every heartbeat.
 func (s *Service) SetExtra(f func() map[string]any) {
 	s.mu.Lock()
@@ -279,6 +300,9 @@ func (s *Service) Heartbeat() Heartbeat {
 		Progress: s.progress.Load(),
 		Uptime:   s.clock.Since(s.started),
 		Idle:     s.idle.Load(),
+	}
+	if r := s.failing.Load(); r != nil {
+		h.Failing = *r
 	}
 	if extra != nil {
 		h.Extra = extra()
