@@ -39,6 +39,7 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"broker", "run the embedded MQTT broker", roleCmd("broker", runBroker)},
+		{"health", "turn heartbeats into watchdog pings; restart failing units", roleCmd("health", runHealth)},
 		{"poller", "poll the serial devices and publish readings", pollerCmd},
 		{"run", "run the whole stack without systemd", runStack},
 		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", func(_ context.Context, args []string) error {

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tinyscada/tinyscada/services/health"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/service"
+)
+
+// supervisorEnv names the variable `tinyscada run` sets in its children's
+// environment ("run"), so that health drives the run supervisor instead of
+// systemd.
+const supervisorEnv = "TINYSCADA_SUPERVISOR"
+
+// runHealth is the health role: see package health. Under `tinyscada run`
+// it drives the run supervisor (pid checks against its parent, restarts by
+// SIGTERM); otherwise systemd over D-Bus, and it fails (so that systemd
+// restarts it) when D-Bus cannot be reached.
+func runHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	if err := health.Check(cfg); err != nil {
+		return &configError{err}
+	}
+	var sup health.Supervisor
+	if os.Getenv(supervisorEnv) == "run" {
+		sup = health.RunSupervisor{Parent: os.Getppid()}
+		log.Info("driving the tinyscada run supervisor", "pid", os.Getppid())
+	} else {
+		s, err := health.DialSystemd(ctx)
+		if err != nil {
+			return fmt.Errorf("health: %w", err)
+		}
+		sup = s
+	}
+	defer sup.Close()
+	if os.Getenv("NOTIFY_SOCKET") == "" {
+		log.Warn("NOTIFY_SOCKET is not set: no watchdog pings will be sent")
+	}
+	svc, err := service.Start(ctx, "health", cfg, log)
+	if err != nil {
+		return err
+	}
+	h, err := health.New(svc, health.Options{Supervisor: sup})
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return h.Serve(ctx) })
+	g.Go(func() error { return svc.Run(ctx) })
+	return g.Wait()
+}

@@ -1,0 +1,255 @@
+package health
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+
+	sddbus "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/tinyscada/tinyscada/shared/sdnotify"
+)
+
+// Supervisor is what health drives: systemd over D-Bus (Systemd), or the
+// `tinyscada run` supervisor (RunSupervisor). Its methods are called from
+// health's loop and restart goroutines and must be safe for concurrent use.
+type Supervisor interface {
+	// UnitOf returns the unit process pid runs in, for services health
+	// does not expect (their unit is not tinyscada-<svc>.service).
+	UnitOf(ctx context.Context, pid int) (string, error)
+	// Verify returns nil when pid is the main process of unit right now,
+	// and an error saying why not otherwise: a heartbeat's pid is pinged
+	// only after this check, never on a stale pid.
+	Verify(ctx context.Context, unit string, pid int) error
+	// Ping sends WATCHDOG=1 on behalf of pid.
+	Ping(pid int) error
+	// Restart restarts unit, whose main process is pid, and returns once
+	// the restart is done, or failed, or ctx ended.
+	Restart(ctx context.Context, unit string, pid int) error
+	// Close releases the supervisor's connections.
+	Close()
+}
+
+// ping sends WATCHDOG=1 for pid to $NOTIFY_SOCKET, with pid in
+// SCM_CREDENTIALS (needs CAP_SYS_ADMIN). An unset NOTIFY_SOCKET is an error
+// here: a ping that goes nowhere must not look sent.
+func ping(pid int) error {
+	sent, err := sdnotify.NotifyPID(pid, sdnotify.StateWatchdog)
+	if err != nil {
+		return err
+	}
+	if !sent {
+		return errors.New("watchdog ping: NOTIFY_SOCKET is not set")
+	}
+	return nil
+}
+
+// Systemd drives systemd over D-Bus: MainPID checks, unit lookups by pid and
+// restarts. It connects to systemd's private socket (root, no dbus-daemon
+// needed) or else to the system bus, and reconnects after a failed call.
+type Systemd struct {
+	mu   sync.Mutex
+	conn *sddbus.Conn
+}
+
+// DialSystemd connects to systemd. It returns an error naming both attempts
+// when neither the private socket (/run/systemd/private) nor the system bus
+// answers.
+func DialSystemd(ctx context.Context) (*Systemd, error) {
+	s := &Systemd{}
+	if _, err := s.get(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Systemd) get(ctx context.Context) (*sddbus.Conn, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil && s.conn.Connected() {
+		return s.conn, nil
+	}
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+	// The connection lives longer than ctx: dial with a background context.
+	c, err := sddbus.NewSystemdConnectionContext(context.Background())
+	if err != nil {
+		c, err2 := sddbus.NewSystemConnectionContext(context.Background())
+		if err2 != nil {
+			return nil, fmt.Errorf("systemd D-Bus: private socket: %v; system bus: %w", err, err2)
+		}
+		s.conn = c
+		return c, nil
+	}
+	s.conn = c
+	return c, nil
+}
+
+// drop forgets the connection after a failed call, so the next call redials.
+func (s *Systemd) drop(c *sddbus.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn == c && !c.Connected() {
+		c.Close()
+		s.conn = nil
+	}
+}
+
+// UnitOf implements Supervisor.
+func (s *Systemd) UnitOf(ctx context.Context, pid int) (string, error) {
+	c, err := s.get(ctx)
+	if err != nil {
+		return "", err
+	}
+	u, err := c.GetUnitNameByPID(ctx, uint32(pid))
+	if err != nil {
+		s.drop(c)
+		return "", fmt.Errorf("unit of pid %d: %w", pid, err)
+	}
+	return u, nil
+}
+
+// Verify implements Supervisor: pid must equal the unit's MainPID.
+func (s *Systemd) Verify(ctx context.Context, unit string, pid int) error {
+	c, err := s.get(ctx)
+	if err != nil {
+		return err
+	}
+	p, err := c.GetServicePropertyContext(ctx, unit, "MainPID")
+	if err != nil {
+		s.drop(c)
+		return fmt.Errorf("MainPID of %s: %w", unit, err)
+	}
+	main, ok := p.Value.Value().(uint32)
+	if !ok {
+		return fmt.Errorf("MainPID of %s: unexpected value %v", unit, p.Value)
+	}
+	if int(main) != pid {
+		return fmt.Errorf("pid %d is not the main process of %s (MainPID %d)", pid, unit, main)
+	}
+	return nil
+}
+
+// Ping implements Supervisor.
+func (s *Systemd) Ping(pid int) error { return ping(pid) }
+
+// Restart implements Supervisor with RestartUnit(unit, "replace"), waiting
+// for the job's result.
+func (s *Systemd) Restart(ctx context.Context, unit string, _ int) error {
+	c, err := s.get(ctx)
+	if err != nil {
+		return err
+	}
+	ch := make(chan string, 1) // buffered: the connection must never stall on it
+	if _, err := c.RestartUnitContext(ctx, unit, "replace", ch); err != nil {
+		s.drop(c)
+		return fmt.Errorf("restart %s: %w", unit, err)
+	}
+	select {
+	case res := <-ch:
+		if res != "done" {
+			return fmt.Errorf("restart %s: job %s", unit, res)
+		}
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("restart %s: %w", unit, ctx.Err())
+	}
+}
+
+// Close implements Supervisor.
+func (s *Systemd) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conn != nil {
+		s.conn.Close()
+		s.conn = nil
+	}
+}
+
+// RunSupervisor drives the `tinyscada run` supervisor, health's parent: it
+// has no D-Bus, so a pid is verified by being a child of that parent (the
+// supervisor knows its children by pid, as systemd knows a unit's MainPID),
+// pings go to the supervisor's notify socket exactly as to systemd's, and a
+// restart is SIGTERM to the pid, after which the supervisor starts the role
+// again.
+type RunSupervisor struct {
+	// Parent is the supervisor's pid (health's parent).
+	Parent int
+}
+
+// UnitOf implements Supervisor: under run a process has no unit; a child of
+// the supervisor is "run:<command name>".
+func (r RunSupervisor) UnitOf(_ context.Context, pid int) (string, error) {
+	ppid, comm, err := procStat(pid)
+	if err != nil {
+		return "", err
+	}
+	if ppid != r.Parent {
+		return "", fmt.Errorf("pid %d (%s) is not a child of the run supervisor (pid %d)", pid, comm, r.Parent)
+	}
+	return "run:" + comm, nil
+}
+
+// Verify implements Supervisor: pid must be a live child of Parent.
+func (r RunSupervisor) Verify(_ context.Context, _ string, pid int) error {
+	ppid, comm, err := procStat(pid)
+	if err != nil {
+		return err
+	}
+	if ppid != r.Parent {
+		return fmt.Errorf("pid %d (%s) is not a child of the run supervisor (pid %d)", pid, comm, r.Parent)
+	}
+	return nil
+}
+
+// Ping implements Supervisor.
+func (r RunSupervisor) Ping(pid int) error { return ping(pid) }
+
+// Restart implements Supervisor: SIGTERM to a verified pid.
+func (r RunSupervisor) Restart(ctx context.Context, unit string, pid int) error {
+	if err := r.Verify(ctx, unit, pid); err != nil {
+		return fmt.Errorf("restart: %w", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGTERM); err != nil {
+		return fmt.Errorf("restart: SIGTERM to pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// Close implements Supervisor.
+func (RunSupervisor) Close() {}
+
+// procStat returns the parent pid and command name of pid from
+// /proc/<pid>/stat. A zombie counts as gone.
+func procStat(pid int) (ppid int, comm string, err error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, "", fmt.Errorf("pid %d: %w", pid, err)
+	}
+	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
+	s := string(b)
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return 0, "", fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
+	}
+	comm = s[open+1 : end]
+	f := strings.Fields(s[end+1:])
+	if len(f) < 2 {
+		return 0, "", fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		return 0, "", fmt.Errorf("pid %d (%s) has exited", pid, comm)
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil {
+		return 0, "", fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
+	}
+	return ppid, comm, nil
+}
