@@ -69,9 +69,13 @@ func runStack(ctx context.Context, args []string) error {
 	if len(skipped) > 0 {
 		log.Info("roles not built into this binary yet, not started", "roles", strings.Join(skipped, ","))
 	}
+	// Health pings the roles' watchdogs through the supervisor's notify
+	// socket (see runWatchdogs in health.go).
+	runWatchdogs(cfg, roles, log)
 	sup := supervisor.New(supervisor.Options{
 		Exe:               exe,
 		Roles:             roles,
+		Env:               []string{supervisorEnv + "=run"},
 		ReadyTimeout:      cfg.Run.ReadyTimeout.Duration,
 		RestartBackoff:    cfg.Run.RestartBackoff.Duration,
 		RestartBackoffMax: cfg.Run.RestartBackoffMax.Duration,

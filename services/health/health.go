@@ -79,6 +79,7 @@ type Health struct {
 
 	lastReport  time.Time
 	lastShape   string
+	loggedShape string
 	lastStatus  string
 	selfPingErr string
 	pingErrs    map[string]string

@@ -69,14 +69,14 @@ func (h *Health) build(now time.Time) Report {
 	return r
 }
 
-// shape is what makes a report worth publishing at once: everything but the
-// ages and counters.
+// shape is what makes a report worth publishing (or logging) at once:
+// everything but the ages, counters and reasons (which hold ages).
 func (r Report) shape() string {
 	var b strings.Builder
 	b.WriteString(r.Status + " " + r.Broker)
 	for _, name := range slices.Sorted(maps.Keys(r.Services)) {
 		s := r.Services[name]
-		fmt.Fprintf(&b, "|%s %s %s %d %t %d %s", name, s.Status, s.State, s.PID, s.Pinged, s.Restarts, s.Reason)
+		fmt.Fprintf(&b, "|%s %s %s %d %t %d", name, s.Status, s.State, s.PID, s.Pinged, s.Restarts)
 	}
 	return b.String()
 }
@@ -113,12 +113,15 @@ func (r Report) StatusLine() string {
 // heartbeat interval passed, and the status line when it changed.
 func (h *Health) report(ctx context.Context, now time.Time) {
 	r := h.build(now)
+	shape := r.shape()
 	if line := r.StatusLine(); line != h.lastStatus {
 		h.lastStatus = line
 		h.svc.Status("%s", line)
-		h.log.Info("health", "status", line)
+		if shape != h.loggedShape {
+			h.loggedShape = shape
+			h.log.Info("health", "status", line)
+		}
 	}
-	shape := r.shape()
 	if shape == h.lastShape && now.Sub(h.lastReport) < h.svc.Config.Bus.HeartbeatInterval.Duration {
 		return
 	}
