@@ -45,12 +45,17 @@ func mayPublish(prefix, user, topic string) bool {
 	if !ok {
 		return false
 	}
-	rest, ok := strings.CutPrefix(topic, prefix+"/")
+	rest, ok := strings.CutPrefix(topic, prefix)
 	if !ok {
 		return false
 	}
-	if matchFilter("svc/"+user+"/#", rest) {
-		return true
+	if rest, ok = strings.CutPrefix(rest, "/"); !ok {
+		return false
+	}
+	if svc, ok := strings.CutPrefix(rest, "svc/"); ok { // svc/<user>/#
+		if level, _, _ := strings.Cut(svc, "/"); level == user {
+			return true
+		}
 	}
 	for _, f := range rules {
 		if matchFilter(f, rest) {
@@ -61,22 +66,28 @@ func mayPublish(prefix, user, topic string) bool {
 }
 
 // matchFilter reports whether topic (no wildcards) matches the MQTT filter
-// (with + and a trailing #; "a/#" also matches "a").
+// (with + and a trailing #; "a/#" also matches "a"). It runs for every
+// publish, so it does not allocate.
 func matchFilter(filter, topic string) bool {
-	fs := strings.Split(filter, "/")
-	ts := strings.Split(topic, "/")
-	for i, f := range fs {
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
 		if f == "#" {
 			return true
 		}
-		if i >= len(ts) {
+		t, trest, tmore := strings.Cut(topic, "/")
+		if f != "+" && f != t {
 			return false
 		}
-		if f != "+" && f != ts[i] {
+		switch {
+		case !fmore && !tmore:
+			return true
+		case !fmore:
 			return false
+		case !tmore:
+			return frest == "#" // "a/#" matches "a"
 		}
+		filter, topic = frest, trest
 	}
-	return len(fs) == len(ts)
 }
 
 // reservedClientID reports why a client id may not be used by user (empty:

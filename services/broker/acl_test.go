@@ -54,6 +54,8 @@ func TestMayPublishTable(t *testing.T) {
 		{"tinyscada", "/tinyscada/data/meter1", ""},
 		{"tinyscada", "other/data/meter1", ""},
 		{"tinyscada", "data/meter1", ""},
+		{"tinyscada", "/data/meter1", ""},
+		{"tinyscada", "/svc/poller/state", ""},
 		{"tinyscada", "test", ""},
 		{"tinyscada", "$SYS/broker/uptime", ""},
 		{"tinyscada", "$share/g/tinyscada/cmd/x", ""},

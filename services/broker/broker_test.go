@@ -2,10 +2,17 @@ package broker
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -37,7 +44,7 @@ func needTool(t *testing.T, name string) string {
 	return p
 }
 
-func testConfig(t *testing.T) *config.Config {
+func testConfig(t testing.TB) *config.Config {
 	cfg := config.Default()
 	cfg.StateDir = t.TempDir()
 	cfg.Broker.Listen = []string{"127.0.0.1:0"}
@@ -226,7 +233,7 @@ func dial(t *testing.T, address, user, pass string) *bus.Client {
 	return c
 }
 
-func password(t *testing.T, cfg *config.Config, user string) string {
+func password(t testing.TB, cfg *config.Config, user string) string {
 	t.Helper()
 	p, err := credentials.Read(cfg.StateDir, user)
 	if err != nil {
@@ -656,5 +663,81 @@ func TestOptions(t *testing.T) {
 		o.Capabilities.MaximumInflight, o.Capabilities.ReceiveMaximum, o.ClientNetReadBufferSize, o.ClientNetWriteBufferSize, o.InlineClient)
 	if want := "30 0 7 9 9 3000 3000 true"; got != want {
 		t.Errorf("options = %s, want %s", got, want)
+	}
+}
+
+// selfSigned writes a self-signed certificate for ip and its key into dir.
+func selfSigned(t *testing.T, dir, ip string) (certFile, keyFile string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "tinyscada test"},
+		IPAddresses:           []net.IP{net.ParseIP(ip)},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile
+}
+
+// TestTLSOnNonLoopbackListener: with a certificate configured, the
+// non-loopback listener speaks TLS (mosquitto_pub with the certificate as CA
+// publishes with a role's credential) and the loopback one stays plain.
+func TestTLSOnNonLoopbackListener(t *testing.T) {
+	needTool(t, "mosquitto_pub")
+	ip := nonLoopbackIPv4()
+	if ip == "" {
+		t.Skip("this machine has no non-loopback IPv4 address")
+	}
+	cfg := testConfig(t)
+	cfg.Broker.Listen = []string{"127.0.0.1:0", net.JoinHostPort(ip, "0")}
+	cfg.Broker.TLSCert, cfg.Broker.TLSKey = selfSigned(t, t.TempDir(), ip)
+	log, _ := newLogRecorder(t)
+	b := startBroker(t, cfg, log)
+	obs := newRecorder(t, b.addrs[0], "tinyscada/#") // plain MQTT on loopback
+	h, p := hostPort(t, b.addrs[1])
+	out, err := mosq(t, "mosquitto_pub", "-h", h, "-p", p, "--cafile", cfg.Broker.TLSCert,
+		"-u", "poller", "-P", password(t, cfg, "poller"), "-t", "tinyscada/data/tls", "-m", "over-tls")
+	if err != nil {
+		t.Fatalf("mosquitto_pub over TLS: %v %s", err, out)
+	}
+	obs.waitFor(t, "tinyscada/data/tls over-tls")
+	out, err = mosq(t, "mosquitto_pub", "-h", h, "-p", p, "-u", "poller", "-P", password(t, cfg, "poller"),
+		"-t", "tinyscada/data/tls", "-m", "plain")
+	if err == nil {
+		t.Errorf("plain MQTT accepted on the TLS listener: %s", out)
+	}
+}
+
+func TestBadTLSFiles(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Broker.TLSCert = filepath.Join(t.TempDir(), "missing.pem")
+	cfg.Broker.TLSKey = cfg.Broker.TLSCert
+	log, _ := newLogRecorder(t)
+	_, err := start(context.Background(), cfg, log)
+	if err == nil || !strings.Contains(err.Error(), "missing.pem") {
+		t.Errorf("start with a missing certificate: %v, want an error naming it", err)
 	}
 }
