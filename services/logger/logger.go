@@ -1,0 +1,626 @@
+// Package logger is the logger role: it subscribes to the poller's data
+// messages, stores them in batches in SQLite, and acknowledges them end to
+// end only after they are committed. It records gaps, judges and corrects
+// timestamps, keeps the database within its budget, and survives a locked
+// database and a full disk. See docs/logger.md.
+package logger
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/tinyscada/tinyscada/shared/bus"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/delayed"
+	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
+)
+
+// Publisher sends one message (a *bus.Client).
+type Publisher interface {
+	Publish(ctx context.Context, m bus.Message) error
+	Connected() bool
+}
+
+// Options configure a Logger beyond the configuration.
+type Options struct {
+	Log *slog.Logger
+	// Synced overrides the kernel's clock synchronisation status
+	// (KernelSynced), for tests; nil uses the kernel's when
+	// logger.clock_sync is on.
+	Synced func() bool
+	// OnProgress is called once per iteration of the write loop that did
+	// work (a commit, or a retry of a blocked one).
+	OnProgress func()
+	// OnIdle is called with true when nothing arrived for a while and with
+	// false when messages arrive again.
+	OnIdle func(bool)
+}
+
+// Logger is the logger role. Create it with New (it opens the database),
+// hand its Handle to the bus, then Run it.
+type Logger struct {
+	cfg    *config.Config
+	lc     config.Logger
+	opts   Options
+	log    *slog.Logger
+	store  *Store
+	topics topics.Tree
+	data   string // "<prefix>/data/"
+
+	in      chan Item
+	done    chan struct{} // closed when Run returns
+	limiter *delayed.Limiter
+
+	mu        sync.Mutex
+	acks      map[string]Ack // producer + "\x00" + run → newest
+	ackDirty  map[string]bool
+	committed int64 // last row announced
+	wake      chan struct{}
+
+	// Heartbeat figures.
+	malformed  atomic.Int64
+	duplicates atomic.Int64
+	lockWaits  atomic.Int64
+	diskFulls  atomic.Int64
+	batches    atomic.Int64
+	pending    atomic.Int64
+	dropped    atomic.Int64
+	statMu     sync.Mutex
+	degraded   string
+	waiting    string
+	size       Size
+	samples    int64
+	readings   int64
+	lastRow    int64
+	uploaded   int64
+}
+
+// New opens the database of cfg.Logger and returns the role, ready to take
+// messages. Errors: the database cannot be opened or migrated.
+func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	lc := cfg.Logger
+	synced := o.Synced
+	if synced == nil && lc.ClockSync {
+		synced = KernelSynced
+	}
+	// A hole may only be judged permanent once the poller had time to
+	// send its messages again.
+	gapAfter := max(lc.GapAfter.Duration, 3*cfg.Poller.AckTimeout.Duration)
+	st, err := OpenStore(ctx, StoreOptions{
+		Path:        lc.Path(cfg.StateDir),
+		Synchronous: lc.Synchronous,
+		BusyTimeout: lc.BusyTimeout.Duration,
+		MaxSize:     int64(lc.MaxDBSize),
+		Reserve:     int64(lc.Reserve),
+		Retention:   lc.Retention.Duration,
+		ClockStep:   lc.ClockStep.Duration,
+		GapAfter:    gapAfter,
+		Synced:      synced,
+		Log:         o.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	tr := topics.Tree{Prefix: cfg.TopicPrefix}
+	l := &Logger{
+		cfg:      cfg,
+		lc:       lc,
+		opts:     o,
+		log:      o.Log,
+		store:    st,
+		topics:   tr,
+		data:     strings.TrimSuffix(tr.Sub("data"), "#"),
+		in:       make(chan Item, lc.Pending),
+		done:     make(chan struct{}),
+		limiter:  delayed.NewLimiter(lc.LogInterval.Duration, 64),
+		acks:     map[string]Ack{},
+		ackDirty: map[string]bool{},
+		wake:     make(chan struct{}, 1),
+	}
+	for _, a := range st.PendingAcks() {
+		l.noteAck(a)
+	}
+	l.committed = -1
+	l.updateStats(ctx)
+	return l, nil
+}
+
+// Store returns the role's database.
+func (l *Logger) Store() *Store { return l.store }
+
+// Close closes the database.
+func (l *Logger) Close() error { return l.store.Close() }
+
+// Handle takes one message from the bus: data messages are queued for the
+// writer (blocking while Pending messages wait, so that the broker and the
+// poller's outbox hold the rest), the uplink's cursor is noted, anything
+// else is ignored.
+func (l *Logger) Handle(topic string, payload []byte) {
+	if dev, ok := strings.CutPrefix(topic, l.data); ok {
+		l.pending.Add(1)
+		select {
+		case l.in <- Item{Device: dev, Payload: payload}:
+		case <-l.done:
+			l.pending.Add(-1)
+		}
+		return
+	}
+	if topic == l.topics.UplinkCursor() {
+		l.handleCursor(payload)
+	}
+}
+
+// cursor is the payload of <prefix>/uplink/cursor.
+type cursor struct {
+	Gen string `json:"gen"`
+	Row *int64 `json:"row"`
+}
+
+func (l *Logger) handleCursor(payload []byte) {
+	var c cursor
+	if err := json.Unmarshal(payload, &c); err != nil || c.Row == nil {
+		if ok, n := l.limiter.Check("cursor", time.Now()); ok {
+			l.log.Warn("malformed upload cursor ignored", "payload", string(payload), "err", err, "suppressed", n)
+		}
+		return
+	}
+	if c.Gen != l.store.Generation() {
+		if ok, _ := l.limiter.Check("cursor-gen", time.Now()); ok {
+			l.log.Info("upload cursor of another database generation ignored", "gen", c.Gen, "ours", l.store.Generation())
+		}
+		return
+	}
+	l.mu.Lock()
+	l.uploaded = max(l.uploaded, *c.Row)
+	l.mu.Unlock()
+}
+
+// Run ingests until ctx ends. It returns nil when ctx ended, or the error
+// of a broken database. pub receives the acknowledgements and commit
+// announcements.
+func (l *Logger) Run(ctx context.Context, pub Publisher) error {
+	defer close(l.done)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); l.publishLoop(ctx, pub) }()
+	err := l.writeLoop(ctx)
+	cancel()
+	wg.Wait()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// writeLoop collects batches and commits them.
+func (l *Logger) writeLoop(ctx context.Context) error {
+	batch := make([]Item, 0, 64)
+	readings := 0
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	lastMaint := time.Now()
+	lastMsg := time.Now()
+	idle := false
+	setIdle := func(v bool) {
+		if v != idle && l.opts.OnIdle != nil {
+			l.opts.OnIdle(v)
+		}
+		idle = v
+	}
+	var timer *time.Timer
+	var timerC <-chan time.Time
+	add := func(it Item) {
+		// Reuse the memory of the item that was in this slot before.
+		if len(batch) < cap(batch) {
+			batch = batch[:len(batch)+1]
+			slot := &batch[len(batch)-1]
+			it.Msg.Values, it.Msg.Bad = slot.Msg.Values, slot.Msg.Bad
+			*slot = it
+		} else {
+			batch = append(batch, it)
+		}
+		slot := &batch[len(batch)-1]
+		slot.Decode()
+		readings += len(slot.Msg.Values)
+		lastMsg = time.Now()
+		setIdle(false)
+	}
+	for {
+		flush := false
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case it := <-l.in:
+			add(it)
+			if len(batch) == 1 {
+				timer = time.NewTimer(l.lc.BatchDelay.Duration)
+				timerC = timer.C
+			}
+			// Take what is already queued without waiting.
+			for readings < l.lc.BatchReadings {
+				select {
+				case it := <-l.in:
+					add(it)
+					continue
+				default:
+				}
+				break
+			}
+			flush = readings >= l.lc.BatchReadings
+		case <-timerC:
+			flush = true
+		case <-tick.C:
+			if len(batch) == 0 && time.Since(lastMsg) > 2*l.cfg.Bus.HeartbeatInterval.Duration {
+				setIdle(true)
+			}
+			if err := l.closeGaps(ctx); err != nil {
+				return err
+			}
+			if time.Since(lastMaint) >= retentionTick {
+				lastMaint = time.Now()
+				if err := l.maintain(ctx); err != nil {
+					return err
+				}
+			}
+			l.updateStats(ctx)
+		}
+		if !flush || len(batch) == 0 {
+			continue
+		}
+		if timer != nil {
+			timer.Stop()
+			timer, timerC = nil, nil
+		}
+		if err := l.commit(ctx, batch); err != nil {
+			return err
+		}
+		l.pending.Add(-int64(len(batch)))
+		for i := range batch {
+			batch[i].Payload = nil
+		}
+		batch, readings = batch[:0], 0
+		if err := l.maintain(ctx); err != nil {
+			return err
+		}
+		l.updateStats(ctx)
+	}
+}
+
+// commit writes one batch, retrying with backoff while the database is
+// locked or the disk is full; nothing is acknowledged until it commits.
+func (l *Logger) commit(ctx context.Context, batch []Item) error {
+	backoff := 50 * time.Millisecond
+	var stalled time.Time
+	for {
+		l.mu.Lock()
+		l.store.SetUploaded(l.uploaded)
+		l.mu.Unlock()
+		res, err := l.store.Write(ctx, batch)
+		l.progress()
+		if err == nil {
+			if !stalled.IsZero() {
+				l.store.Stalled(time.Now())
+				l.log.Info("database writable again; batch committed", "waited", time.Since(stalled).Round(time.Millisecond))
+			}
+			l.setWaiting("")
+			l.committedBatch(res, batch)
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if stalled.IsZero() {
+			stalled = time.Now()
+		}
+		switch {
+		case errors.Is(err, ErrLocked):
+			l.lockWaits.Add(1)
+			l.setWaiting(fmt.Sprintf("waiting for the database lock held by another process (%s)", time.Since(stalled).Round(time.Second)))
+			if ok, n := l.limiter.Check("locked", time.Now()); ok {
+				l.log.Warn("database locked by another process; readings stay unacknowledged until it is free",
+					"err", err, "waiting", time.Since(stalled).Round(time.Millisecond), "suppressed", n)
+			}
+		case errors.Is(err, ErrDiskFull):
+			l.diskFulls.Add(1)
+			l.setDegraded("disk full: " + err.Error())
+			l.log.Error("disk full; freeing space by the storage policy, readings stay unacknowledged", "err", err)
+			if n, err := l.store.MakeRoom(ctx); err != nil && !errors.Is(err, ErrDiskFull) && !errors.Is(err, ErrLocked) {
+				return fmt.Errorf("logger: freeing space: %w", err)
+			} else if err != nil {
+				l.log.Warn("freeing space failed; retrying", "deleted", n, "err", err)
+			}
+		default:
+			return fmt.Errorf("logger: write: %w", err)
+		}
+		l.updateStats(ctx)
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		backoff = min(backoff*2, l.lc.RetryMax.Duration)
+	}
+}
+
+func (l *Logger) committedBatch(res Result, batch []Item) {
+	l.batches.Add(1)
+	l.duplicates.Add(int64(res.Duplicates))
+	if res.Malformed > 0 {
+		l.malformed.Add(int64(res.Malformed))
+		for i := range batch {
+			it := &batch[i]
+			if it.Err == nil {
+				continue
+			}
+			if ok, n := l.limiter.Check("malformed", time.Now()); ok {
+				l.log.Warn("malformed data message", "topic", l.data+it.Device, "err", it.Err,
+					"recorded_as_gap", it.Msg.HasID, "suppressed", n)
+			}
+		}
+	}
+	for _, a := range res.Acks {
+		l.noteAck(a)
+	}
+	l.mu.Lock()
+	if res.LastRow != l.committed {
+		l.committed = res.LastRow
+	}
+	l.mu.Unlock()
+	l.kick()
+}
+
+func (l *Logger) closeGaps(ctx context.Context) error {
+	acks, err := l.store.CloseGaps(ctx, time.Now())
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrLocked), errors.Is(err, ErrDiskFull):
+		return nil // the next tick tries again
+	default:
+		return fmt.Errorf("logger: recording gaps: %w", err)
+	}
+	for _, a := range acks {
+		l.noteAck(a)
+	}
+	if len(acks) > 0 {
+		l.kick()
+	}
+	return nil
+}
+
+func (l *Logger) maintain(ctx context.Context) error {
+	l.mu.Lock()
+	l.store.SetUploaded(l.uploaded)
+	l.mu.Unlock()
+	_, err := l.store.Maintain(ctx)
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrLocked):
+		return nil
+	case errors.Is(err, ErrDiskFull):
+		if _, err := l.store.MakeRoom(ctx); err != nil && !errors.Is(err, ErrDiskFull) && !errors.Is(err, ErrLocked) {
+			return fmt.Errorf("logger: freeing space: %w", err)
+		}
+	default:
+		return fmt.Errorf("logger: keeping the database within its budget: %w", err)
+	}
+	if l.store.EnsureReserve() {
+		l.setDegraded("")
+	} else if l.degradedReason() == "" {
+		l.setDegraded("disk nearly full: no room for the spare file")
+	}
+	return nil
+}
+
+func (l *Logger) progress() {
+	if l.opts.OnProgress != nil {
+		l.opts.OnProgress()
+	}
+}
+
+func (l *Logger) setWaiting(s string) {
+	l.statMu.Lock()
+	l.waiting = s
+	l.statMu.Unlock()
+}
+
+func (l *Logger) setDegraded(s string) {
+	l.statMu.Lock()
+	was := l.degraded
+	l.degraded = s
+	l.statMu.Unlock()
+	if was != "" && s == "" {
+		l.log.Info("no longer degraded", "was", was)
+	}
+}
+
+func (l *Logger) degradedReason() string {
+	l.statMu.Lock()
+	defer l.statMu.Unlock()
+	return l.degraded
+}
+
+func (l *Logger) noteAck(a Ack) {
+	k := a.Producer + "\x00" + a.Run
+	l.mu.Lock()
+	if old, ok := l.acks[k]; !ok || a.Seq > old.Seq {
+		l.acks[k] = a
+	}
+	l.ackDirty[k] = true
+	l.mu.Unlock()
+}
+
+func (l *Logger) kick() {
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// publishLoop publishes acknowledgements and the committed row whenever
+// they change, and all of them again after a reconnect.
+func (l *Logger) publishLoop(ctx context.Context, pub Publisher) {
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	connected := false
+	announced := int64(-1)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.wake:
+		case <-tick.C:
+		}
+		up := pub.Connected()
+		if up && !connected {
+			l.mu.Lock()
+			for k := range l.acks {
+				l.ackDirty[k] = true
+			}
+			l.mu.Unlock()
+			announced = -1
+		}
+		connected = up
+		if !up {
+			continue
+		}
+		l.mu.Lock()
+		var acks []Ack
+		for k := range l.ackDirty {
+			acks = append(acks, l.acks[k])
+			delete(l.ackDirty, k)
+		}
+		row := l.committed
+		l.mu.Unlock()
+		for i, a := range acks {
+			b := fmt.Appendf(nil, `{"run":%q,"seq":%d}`, a.Run, a.Seq)
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := pub.Publish(pctx, bus.Message{Topic: l.topics.Ack(a.Producer), QoS: 1, Payload: b})
+			cancel()
+			if err != nil {
+				l.mu.Lock()
+				for _, a := range acks[i:] {
+					l.ackDirty[a.Producer+"\x00"+a.Run] = true
+				}
+				l.mu.Unlock()
+				break
+			}
+		}
+		if row >= 0 && row != announced {
+			b := []byte(`{"gen":"` + l.store.Generation() + `","row":` + strconv.FormatInt(row, 10) + `}`)
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := pub.Publish(pctx, bus.Message{Topic: l.topics.Committed(), QoS: 1, Retain: true, Payload: b})
+			cancel()
+			if err == nil {
+				announced = row
+			}
+		}
+	}
+}
+
+func (l *Logger) updateStats(ctx context.Context) {
+	z, _ := l.store.Size(ctx)
+	samples, readings := l.store.Counts()
+	l.statMu.Lock()
+	l.size = z
+	l.samples, l.readings = samples, readings
+	l.lastRow = l.store.LastRow()
+	l.statMu.Unlock()
+}
+
+// HeartbeatFields returns the logger's heartbeat fields.
+func (l *Logger) HeartbeatFields() map[string]any {
+	l.statMu.Lock()
+	defer l.statMu.Unlock()
+	l.mu.Lock()
+	uploaded := l.uploaded
+	l.mu.Unlock()
+	m := map[string]any{
+		"samples":      l.samples,
+		"readings":     l.readings,
+		"db_bytes":     l.size.File,
+		"wal_bytes":    l.size.WAL,
+		"used_bytes":   l.size.Used,
+		"pending":      l.pending.Load(),
+		"batches":      l.batches.Load(),
+		"duplicates":   l.duplicates.Load(),
+		"malformed":    l.malformed.Load(),
+		"lock_waits":   l.lockWaits.Load(),
+		"disk_full":    l.diskFulls.Load(),
+		"last_row":     l.lastRow,
+		"uploaded_row": uploaded,
+		"generation":   l.store.Generation(),
+	}
+	if l.degraded != "" {
+		m["degraded"] = l.degraded
+	}
+	if l.waiting != "" {
+		m["waiting"] = l.waiting
+	}
+	return m
+}
+
+// Status is the one-line state for systemd's STATUS=.
+func (l *Logger) Status() string {
+	l.statMu.Lock()
+	defer l.statMu.Unlock()
+	s := fmt.Sprintf("%d readings in %d samples, %.1f MiB", l.readings, l.samples, float64(l.size.File+l.size.WAL)/(1<<20))
+	if l.degraded != "" {
+		s += "; degraded: " + l.degraded
+	}
+	if l.waiting != "" {
+		s += "; " + l.waiting
+	}
+	return s
+}
+
+// Serve runs the logger role on svc, which was started with
+// service.StartOptions{PersistentSession: true, OnMessage: l.Handle}: it
+// subscribes to the data and the upload cursor, says READY, and ingests
+// until ctx ends (then it returns nil). Errors: no bus, a broken database.
+func (l *Logger) Serve(ctx context.Context, svc *service.Service) error {
+	if svc.Bus == nil {
+		return errors.New("logger: no bus connection")
+	}
+	l.opts.OnProgress = svc.Advance
+	l.opts.OnIdle = svc.SetIdle
+	svc.SetExtra(l.HeartbeatFields)
+	for _, f := range []string{l.topics.Sub("data"), l.topics.UplinkCursor()} {
+		if err := svc.Bus.Subscribe(f, 1, l.Handle); err != nil {
+			svc.Log.Warn("subscribe failed; retried on reconnect", "filter", f, "err", err)
+		}
+	}
+	svc.Ready(l.Status())
+	go func() {
+		t := time.NewTicker(svc.Config.Bus.HeartbeatInterval.Duration)
+		defer t.Stop()
+		last := ""
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if s := l.Status(); s != last {
+					svc.Status("%s", s)
+					last = s
+				}
+			}
+		}
+	}()
+	return l.Run(ctx, svc.Bus)
+}

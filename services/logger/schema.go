@@ -1,0 +1,239 @@
+package logger
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"time"
+)
+
+// The schema is designed for small disks: names live once in their own
+// tables (device, point, run, boot, reason) and a reading is three integers
+// in a WITHOUT ROWID table keyed by (sample, point), about 13 to 20 bytes
+// on disk. A sample is one data message (one poll round of one device) with
+// its timestamps; its id is the row id the uplink tails. docs/logger.md
+// describes every column and gives example queries.
+//
+// PRAGMA user_version is the schema version. migrations[i] takes a
+// database from version i to i+1; version 0 is an empty file. Each runs in
+// its own transaction together with the new user_version, so a kill -9
+// during a migration leaves the old version intact.
+
+// schemaV1 creates version 1 from an empty database.
+const schemaV1 = `
+CREATE TABLE meta (
+	key   TEXT PRIMARY KEY,
+	value
+) WITHOUT ROWID;
+
+CREATE TABLE device (
+	id   INTEGER PRIMARY KEY,
+	name TEXT NOT NULL UNIQUE
+);
+
+CREATE TABLE point (
+	id     INTEGER PRIMARY KEY,
+	device INTEGER NOT NULL REFERENCES device(id),
+	name   TEXT NOT NULL,
+	kind   TEXT NOT NULL,          -- 'number' or 'bool'
+	UNIQUE (device, name)
+);
+
+CREATE TABLE run (
+	id        INTEGER PRIMARY KEY,
+	producer  TEXT NOT NULL,       -- the role that published: 'poller'
+	run       TEXT NOT NULL,       -- the producer's run id
+	committed INTEGER NOT NULL DEFAULT 0, -- highest contiguous seq stored or given up as a gap
+	UNIQUE (producer, run)
+);
+
+CREATE TABLE boot (
+	id     INTEGER PRIMARY KEY,
+	boot      TEXT NOT NULL UNIQUE,   -- /proc/sys/kernel/random/boot_id
+	first_row INTEGER,                -- the first sample of this boot
+	last_t    INTEGER                 -- newest trusted time of this boot, Unix ms
+);
+
+-- One data message. clock: 0 trusted, 1 untrusted, 2 corrected (tc set).
+CREATE TABLE sample (
+	id     INTEGER PRIMARY KEY,
+	run    INTEGER NOT NULL,
+	seq    INTEGER NOT NULL,
+	device INTEGER NOT NULL,
+	t      INTEGER NOT NULL,       -- wall time as stamped, Unix ms
+	m      INTEGER NOT NULL,       -- CLOCK_BOOTTIME, ns
+	boot   INTEGER NOT NULL,
+	clock  INTEGER NOT NULL DEFAULT 0,
+	tc     INTEGER,                -- corrected wall time, Unix ms
+	UNIQUE (run, seq)
+);
+
+CREATE TABLE reading (
+	sample INTEGER NOT NULL,
+	point  INTEGER NOT NULL,
+	v,                             -- integer, real, 0/1 for bool, text for u64 > 2^63-1
+	PRIMARY KEY (sample, point)
+) WITHOUT ROWID;
+
+CREATE TABLE reason (
+	id   INTEGER PRIMARY KEY,
+	text TEXT NOT NULL UNIQUE
+);
+
+-- Points of a sample that could not be read.
+CREATE TABLE bad (
+	sample INTEGER NOT NULL,
+	point  INTEGER NOT NULL,
+	reason INTEGER NOT NULL,
+	PRIMARY KEY (sample, point)
+) WITHOUT ROWID;
+
+-- What is known to be missing. kind: 'seq' (a producer's messages that
+-- never arrived), 'malformed' (a message that could not be decoded),
+-- 'dropped' (rows deleted before they were uploaded).
+CREATE TABLE gap (
+	id        INTEGER PRIMARY KEY,
+	kind      TEXT NOT NULL,
+	run       INTEGER,
+	first_seq INTEGER,
+	last_seq  INTEGER,
+	first_row INTEGER,             -- dropped: the first sample id deleted; else the sample before the gap
+	last_row  INTEGER,             -- dropped: the last sample id deleted
+	samples   INTEGER,
+	readings  INTEGER,
+	t_from    INTEGER,             -- Unix ms (corrected where known)
+	t_to      INTEGER,
+	at        INTEGER NOT NULL,    -- when it was recorded, logger wall time, Unix ms
+	reason    TEXT NOT NULL
+);
+
+-- Clock events; each starts a segment of a boot with one offset.
+-- kind: 'boot', 'step' (the offset moved), 'sync' (became trusted without a step).
+CREATE TABLE clock (
+	id        INTEGER PRIMARY KEY,
+	boot      INTEGER NOT NULL,
+	kind      TEXT NOT NULL,
+	m         INTEGER NOT NULL,    -- monotonic time of the first sample of the segment, ns
+	t         INTEGER NOT NULL,    -- its wall time, Unix ms
+	offset_ns INTEGER NOT NULL,    -- wall - monotonic, ns
+	trusted   INTEGER NOT NULL,
+	delta_ns  INTEGER,             -- step: change of the offset
+	corrected INTEGER,             -- sync: samples given a corrected time
+	reason    TEXT,
+	at        INTEGER NOT NULL
+);
+
+CREATE VIEW readings AS
+SELECT s.id AS row,
+       strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(s.tc, s.t) / 1000.0, 'unixepoch') AS time,
+       coalesce(s.tc, s.t) AS time_ms,
+       d.name AS device,
+       p.name AS point,
+       r.v AS value,
+       CASE s.clock WHEN 0 THEN 'good' WHEN 1 THEN 'clock_untrusted' ELSE 'clock_corrected' END AS quality,
+       s.t AS wall_ms,
+       s.m AS mono_ns,
+       b.boot AS boot,
+       u.run AS run,
+       s.seq AS seq
+FROM reading r
+JOIN sample s ON s.id = r.sample
+JOIN point p ON p.id = r.point
+JOIN device d ON d.id = p.device
+JOIN boot b ON b.id = s.boot
+JOIN run u ON u.id = s.run;
+
+CREATE VIEW failures AS
+SELECT s.id AS row,
+       strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(s.tc, s.t) / 1000.0, 'unixepoch') AS time,
+       d.name AS device,
+       p.name AS point,
+       x.text AS reason
+FROM bad f
+JOIN sample s ON s.id = f.sample
+JOIN point p ON p.id = f.point
+JOIN device d ON d.id = p.device
+JOIN reason x ON x.id = f.reason;
+`
+
+// SchemaVersion is the schema version this program writes.
+const SchemaVersion = 1
+
+// migrations[i] migrates a database from version i to i+1 inside tx.
+var migrations = []func(ctx context.Context, tx *sql.Conn) error{
+	migrateV0,
+}
+
+// migrateV0 creates the schema in an empty database with a new
+// generation id.
+func migrateV0(ctx context.Context, c *sql.Conn) error {
+	var n int
+	if err := c.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_schema`).Scan(&n); err != nil {
+		return err
+	}
+	if n != 0 {
+		return fmt.Errorf("the file holds %d schema objects but no tinyscada version (user_version 0): not a tinyscada database", n)
+	}
+	if _, err := c.ExecContext(ctx, schemaV1); err != nil {
+		return err
+	}
+	var g [16]byte
+	if _, err := rand.Read(g[:]); err != nil {
+		return err
+	}
+	_, err := c.ExecContext(ctx, `INSERT INTO meta(key, value) VALUES ('generation', ?), ('created', ?)`,
+		hex.EncodeToString(g[:]), time.Now().UnixMilli())
+	return err
+}
+
+// migrate brings the database on c to SchemaVersion. Errors: the file is
+// newer than this program, not a tinyscada database, or a migration failed
+// (the database then stays at the last version that completed).
+func migrate(ctx context.Context, c *sql.Conn) error {
+	var v int
+	if err := c.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+		return fmt.Errorf("read schema version: %w", err)
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("schema version %d is newer than this program's %d: use a newer tinyscada", v, len(migrations))
+	}
+	if v < 0 {
+		return fmt.Errorf("schema version %d: not a tinyscada database", v)
+	}
+	if v == 0 {
+		// Incremental auto-vacuum lets deletes give space back. In WAL
+		// mode it takes a VACUUM (instant on an empty file) to change it.
+		for _, q := range []string{`PRAGMA auto_vacuum = INCREMENTAL`, `VACUUM`} {
+			if _, err := c.ExecContext(ctx, q); err != nil {
+				return fmt.Errorf("set auto_vacuum: %w", err)
+			}
+		}
+	}
+	for ; v < len(migrations); v++ {
+		if err := runMigration(ctx, c, v); err != nil {
+			return fmt.Errorf("migrate schema from version %d to %d: %w", v, v+1, err)
+		}
+	}
+	return nil
+}
+
+func runMigration(ctx context.Context, c *sql.Conn, v int) (err error) {
+	if _, err := c.ExecContext(ctx, `BEGIN IMMEDIATE`); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_, _ = c.ExecContext(context.Background(), `ROLLBACK`)
+		}
+	}()
+	if err := migrations[v](ctx, c); err != nil {
+		return err
+	}
+	if _, err := c.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, v+1)); err != nil {
+		return err
+	}
+	_, err = c.ExecContext(ctx, `COMMIT`)
+	return err
+}

@@ -1,0 +1,1073 @@
+package logger
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
+	sqlite "modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+)
+
+// Producer is the role whose data messages the logger stores: with the
+// broker's access control only the poller may publish data.
+const Producer = "poller"
+
+// Errors of a write that is worth retrying; test with errors.Is.
+var (
+	// ErrLocked: another process holds the database's write lock longer
+	// than the busy timeout.
+	ErrLocked = errors.New("database locked by another process")
+	// ErrDiskFull: the disk (or the database's file size limit) is full.
+	ErrDiskFull = errors.New("disk full")
+)
+
+// StoreOptions configure a Store.
+type StoreOptions struct {
+	// Path is the database file; its directory is created if missing.
+	Path string
+	// Synchronous is "full" or "normal" (SQLite's synchronous pragma).
+	Synchronous string
+	// BusyTimeout is how long one attempt waits for a lock.
+	BusyTimeout time.Duration
+	// MaxSize caps the main file plus the write-ahead log, in bytes.
+	MaxSize int64
+	// Reserve is the size of the spare file (Path + ".reserve"); 0: none.
+	Reserve int64
+	// Retention: rows older than this, judged from the newest trusted
+	// reading, are deleted; 0 keeps them.
+	Retention time.Duration
+	// ClockStep is the change of wall minus monotonic time that counts as
+	// a clock step.
+	ClockStep time.Duration
+	// GapAfter is how long a hole in a run's sequence numbers may stay open
+	// while the logger ingests before it is recorded as a gap.
+	GapAfter time.Duration
+	// Synced reports whether the kernel considers the clock synchronised;
+	// nil: always.
+	Synced func() bool
+	// Now is the logger's own wall clock (for when gaps and events were
+	// recorded); nil: time.Now.
+	Now func() time.Time
+	Log *slog.Logger
+}
+
+// Item is one received data message.
+type Item struct {
+	// Device is the last level(s) of the data topic.
+	Device  string
+	Payload []byte
+	// Msg and Err are set by Decode.
+	Msg Message
+	Err error
+}
+
+// Decode decodes the payload into Msg (reusing its memory) and sets Err.
+func (it *Item) Decode() {
+	it.Err = Decode(it.Payload, &it.Msg)
+	if it.Err == nil && (it.Device == "" || len(it.Device) > maxNameLen || !utf8.ValidString(it.Device)) {
+		it.Err = &DecodeError{Msg: fmt.Sprintf("bad device name %q in the topic", it.Device)}
+	}
+}
+
+// Ack is the acknowledgement of one producer run: every seq ≤ Seq is
+// committed (stored, or recorded as a gap).
+type Ack struct {
+	Producer string
+	Run      string
+	Seq      uint64
+}
+
+// Result says what a Write did.
+type Result struct {
+	Samples    int // messages stored
+	Readings   int // values stored
+	Duplicates int // messages already stored (re-sent)
+	Malformed  int // payloads that are not data messages
+	// Acks holds the acknowledgement of every run the batch touched.
+	Acks []Ack
+	// LastRow is the highest sample id in the database after the write.
+	LastRow int64
+}
+
+type pointInfo struct {
+	id   int64
+	bool bool
+}
+
+type segment struct {
+	m       int64 // mono ns of its first sample
+	offset  int64 // wall - mono, ns
+	trusted bool
+}
+
+type bootState struct {
+	id       int64
+	name     string
+	firstRow int64
+	lastT    int64 // newest trusted (or corrected) time, Unix ms
+	segs     []segment
+	good     int64 // offset of the latest trusted segment
+	hasGood  bool
+	judged   int64 // mono ns when an untrusted clock was last judged again
+	dirty    bool
+}
+
+type runState struct {
+	id        int64
+	producer  string
+	name      string
+	committed uint64
+	above     map[uint64]struct{} // stored seqs above committed
+	holeSince time.Time
+	dirty     bool
+	touched   bool
+}
+
+// Store is the logger's SQLite database. It is not safe for concurrent use:
+// one goroutine writes.
+type Store struct {
+	opts StoreOptions
+	log  *slog.Logger
+	db   *sql.DB
+	conn *sql.Conn
+	gen  string
+
+	stSample  *sql.Stmt
+	stReading map[int]*sql.Stmt // by rows per statement
+	stBad     *sql.Stmt
+	args      []any
+	nrows     int
+
+	devices map[string]int64
+	points  map[int64]map[string]pointInfo
+	reasons map[string]int64
+	runs    map[string]map[string]*runState // producer → run → state
+	boots   map[string]*bootState
+
+	uploaded, uploadedSaved int64
+	lastRow                 int64
+	samples, readings       int64
+	stallEnd                time.Time
+	walPages                int
+	reservePath             string
+}
+
+// readingsPerStmt is how many readings one INSERT statement carries.
+const readingsPerStmt = 64
+
+// minSaneWall is 2020-01-01T00:00:00Z: a wall clock before it is wrong.
+const minSaneWall = 1577836800000
+
+// DSN returns the modernc.org/sqlite data source name for path.
+func DSN(path string, busy time.Duration, sync string, readOnly bool) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busy.Milliseconds()))
+	if readOnly {
+		q.Set("mode", "ro")
+	} else {
+		q.Add("_pragma", "journal_mode(WAL)")
+		q.Add("_pragma", "synchronous("+strings.ToUpper(sync)+")")
+		q.Set("_txlock", "immediate")
+	}
+	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
+}
+
+// OpenStore opens (creating if needed) and migrates the database, loads
+// what the writer keeps in memory, and makes sure the spare file exists
+// when the disk has room. Errors name the file; a database that is newer
+// than this program or not a tinyscada database is refused.
+func OpenStore(ctx context.Context, o StoreOptions) (*Store, error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Synchronous == "" {
+		o.Synchronous = "full"
+	}
+	if o.ClockStep <= 0 {
+		o.ClockStep = 2 * time.Second
+	}
+	if o.GapAfter <= 0 {
+		o.GapAfter = 30 * time.Second
+	}
+	if o.MaxSize <= 0 {
+		o.MaxSize = 1 << 40
+	}
+	if err := os.MkdirAll(filepath.Dir(o.Path), 0o755); err != nil {
+		return nil, fmt.Errorf("logger: database %s: %w", o.Path, err)
+	}
+	s, err := openStore(ctx, o)
+	if err != nil {
+		return nil, fmt.Errorf("logger: database %s: %w", o.Path, err)
+	}
+	return s, nil
+}
+
+func openStore(ctx context.Context, o StoreOptions) (_ *Store, err error) {
+	db, err := sql.Open("sqlite", DSN(o.Path, o.BusyTimeout, o.Synchronous, false))
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(1)
+	s := &Store{opts: o, log: o.Log, db: db, stReading: map[int]*sql.Stmt{}, reservePath: o.Path + ".reserve"}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	if s.conn, err = db.Conn(ctx); err != nil {
+		return nil, err
+	}
+	var mode string
+	if err := s.conn.QueryRowContext(ctx, `PRAGMA journal_mode`).Scan(&mode); err != nil {
+		return nil, err
+	}
+	if mode != "wal" {
+		return nil, fmt.Errorf("journal_mode is %q, not wal", mode)
+	}
+	if err := migrate(ctx, s.conn); err != nil {
+		return nil, err
+	}
+	// A bounded write-ahead log: a checkpoint every 1/32 of the space the
+	// database may take (16 to 1000 pages), and the file cut back after.
+	budget := o.MaxSize
+	var st unix.Statfs_t
+	if unix.Statfs(filepath.Dir(o.Path), &st) == nil {
+		budget = min(budget, int64(st.Blocks)*int64(st.Bsize))
+	}
+	s.walPages = int(min(max(budget/4096/32, 16), 1000))
+	for _, p := range []string{
+		fmt.Sprintf(`PRAGMA wal_autocheckpoint = %d`, s.walPages),
+		fmt.Sprintf(`PRAGMA journal_size_limit = %d`, s.walPages*4096),
+		`PRAGMA foreign_keys = OFF`,
+	} {
+		if _, err := s.conn.ExecContext(ctx, p); err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+	}
+	if err := s.conn.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'generation'`).Scan(&s.gen); err != nil {
+		return nil, fmt.Errorf("read generation: %w", err)
+	}
+	if s.stSample, err = s.conn.PrepareContext(ctx,
+		`INSERT OR IGNORE INTO sample(run, seq, device, t, m, boot, clock, tc) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`); err != nil {
+		return nil, err
+	}
+	if s.stBad, err = s.conn.PrepareContext(ctx, `INSERT OR REPLACE INTO bad(sample, point, reason) VALUES (?, ?, ?)`); err != nil {
+		return nil, err
+	}
+	s.args = make([]any, 0, 3*readingsPerStmt)
+	if err := s.load(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.conn.QueryRowContext(ctx, `SELECT count(*) FROM sample`).Scan(&s.samples); err != nil {
+		return nil, err
+	}
+	if err := s.conn.QueryRowContext(ctx, `SELECT count(*) FROM reading`).Scan(&s.readings); err != nil {
+		return nil, err
+	}
+	s.EnsureReserve()
+	return s, nil
+}
+
+// Close closes the database. It is safe to call more than once.
+func (s *Store) Close() error {
+	var errs []error
+	for _, st := range s.stReading {
+		errs = append(errs, st.Close())
+	}
+	s.stReading = map[int]*sql.Stmt{}
+	for _, st := range []**sql.Stmt{&s.stSample, &s.stBad} {
+		if *st != nil {
+			errs = append(errs, (*st).Close())
+			*st = nil
+		}
+	}
+	if s.conn != nil {
+		errs = append(errs, s.conn.Close())
+		s.conn = nil
+	}
+	if s.db != nil {
+		errs = append(errs, s.db.Close())
+		s.db = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Generation returns the id the database was created with: a row id is
+// only meaningful together with it.
+func (s *Store) Generation() string { return s.gen }
+
+// LastRow returns the highest sample id stored.
+func (s *Store) LastRow() int64 { return s.lastRow }
+
+// load (re)reads the state the writer keeps in memory. It is called at
+// open and after every failed transaction, which may have left the memory
+// ahead of the database.
+func (s *Store) load(ctx context.Context) error {
+	s.devices = map[string]int64{}
+	s.points = map[int64]map[string]pointInfo{}
+	s.reasons = map[string]int64{}
+	s.boots = map[string]*bootState{}
+	oldRuns := s.runs
+	s.runs = map[string]map[string]*runState{}
+	s.nrows = 0
+	s.args = s.args[:0]
+
+	rows, err := s.conn.QueryContext(ctx, `SELECT id, name FROM device`)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id int64
+		var name string
+		if err := rows.Scan(&id, &name); err != nil {
+			rows.Close()
+			return err
+		}
+		s.devices[name] = id
+	}
+	if err := closeRows(rows); err != nil {
+		return err
+	}
+	if rows, err = s.conn.QueryContext(ctx, `SELECT id, device, name, kind FROM point`); err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id, dev int64
+		var name, kind string
+		if err := rows.Scan(&id, &dev, &name, &kind); err != nil {
+			rows.Close()
+			return err
+		}
+		if s.points[dev] == nil {
+			s.points[dev] = map[string]pointInfo{}
+		}
+		s.points[dev][name] = pointInfo{id: id, bool: kind == "bool"}
+	}
+	if err := closeRows(rows); err != nil {
+		return err
+	}
+	if rows, err = s.conn.QueryContext(ctx, `SELECT id, text FROM reason`); err != nil {
+		return err
+	}
+	for rows.Next() {
+		var id int64
+		var text string
+		if err := rows.Scan(&id, &text); err != nil {
+			rows.Close()
+			return err
+		}
+		s.reasons[text] = id
+	}
+	if err := closeRows(rows); err != nil {
+		return err
+	}
+	if rows, err = s.conn.QueryContext(ctx, `SELECT id, boot, coalesce(first_row, 0), coalesce(last_t, 0) FROM boot`); err != nil {
+		return err
+	}
+	byID := map[int64]*bootState{}
+	for rows.Next() {
+		b := &bootState{}
+		if err := rows.Scan(&b.id, &b.name, &b.firstRow, &b.lastT); err != nil {
+			rows.Close()
+			return err
+		}
+		s.boots[b.name] = b
+		byID[b.id] = b
+	}
+	if err := closeRows(rows); err != nil {
+		return err
+	}
+	if rows, err = s.conn.QueryContext(ctx, `SELECT boot, m, offset_ns, trusted FROM clock ORDER BY boot, m, id`); err != nil {
+		return err
+	}
+	for rows.Next() {
+		var boot int64
+		var sg segment
+		if err := rows.Scan(&boot, &sg.m, &sg.offset, &sg.trusted); err != nil {
+			rows.Close()
+			return err
+		}
+		if b := byID[boot]; b != nil {
+			b.segs = append(b.segs, sg)
+			if sg.trusted {
+				b.good, b.hasGood = sg.offset, true
+			}
+		}
+	}
+	if err := closeRows(rows); err != nil {
+		return err
+	}
+	if rows, err = s.conn.QueryContext(ctx, `SELECT id, producer, run, committed FROM run`); err != nil {
+		return err
+	}
+	var runs []*runState
+	for rows.Next() {
+		r := &runState{}
+		if err := rows.Scan(&r.id, &r.producer, &r.name, &r.committed); err != nil {
+			rows.Close()
+			return err
+		}
+		runs = append(runs, r)
+	}
+	if err := closeRows(rows); err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, r := range runs {
+		if s.runs[r.producer] == nil {
+			s.runs[r.producer] = map[string]*runState{}
+		}
+		s.runs[r.producer][r.name] = r
+		r.holeSince = now
+		if old := oldRuns[r.producer][r.name]; old != nil {
+			r.holeSince = old.holeSince
+		}
+		rows, err := s.conn.QueryContext(ctx, `SELECT seq FROM sample WHERE run = ?1 AND seq > ?2
+			UNION SELECT last_seq FROM gap WHERE run = ?1 AND kind = 'malformed' AND last_seq > ?2`, r.id, int64(r.committed))
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var seq int64
+			if err := rows.Scan(&seq); err != nil {
+				rows.Close()
+				return err
+			}
+			if r.above == nil {
+				r.above = map[uint64]struct{}{}
+			}
+			r.above[uint64(seq)] = struct{}{}
+		}
+		if err := closeRows(rows); err != nil {
+			return err
+		}
+	}
+	if err := s.conn.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM sample`).Scan(&s.lastRow); err != nil {
+		return err
+	}
+	var up sql.NullInt64
+	err = s.conn.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = 'uploaded'`).Scan(&up)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	s.uploadedSaved = up.Int64
+	s.uploaded = max(s.uploaded, up.Int64)
+	return nil
+}
+
+func closeRows(rows *sql.Rows) error {
+	err := rows.Err()
+	if cerr := rows.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// classify wraps err with ErrLocked or ErrDiskFull when it is one of them.
+func (s *Store) classify(err error) error {
+	var se *sqlite.Error
+	if !errors.As(err, &se) {
+		return err
+	}
+	switch se.Code() & 0xff {
+	case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
+		return fmt.Errorf("%w: %w", ErrLocked, err)
+	case sqlite3.SQLITE_FULL:
+		return fmt.Errorf("%w: %w", ErrDiskFull, err)
+	case sqlite3.SQLITE_IOERR:
+		// A failed write of the WAL index or an fsync on a full disk
+		// comes back as an I/O error.
+		if free, ok := s.diskFree(); ok && free < 64<<10 {
+			return fmt.Errorf("%w: %w", ErrDiskFull, err)
+		}
+	}
+	return err
+}
+
+// diskFree returns the bytes available to us on the database's file system.
+func (s *Store) diskFree() (int64, bool) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(s.opts.Path), &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Bavail) * int64(st.Bsize), true
+}
+
+func (s *Store) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	return s.conn.ExecContext(ctx, q, args...)
+}
+
+// tx runs fn inside BEGIN IMMEDIATE ... COMMIT. On any failure it rolls
+// back and reloads the in-memory state, and returns the error classified.
+func (s *Store) tx(ctx context.Context, fn func() error) error {
+	if _, err := s.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
+		return s.classify(err)
+	}
+	err := fn()
+	if err == nil {
+		_, err = s.exec(ctx, `COMMIT`)
+	}
+	if err != nil {
+		_, _ = s.exec(context.Background(), `ROLLBACK`)
+		if lerr := s.load(context.Background()); lerr != nil {
+			return fmt.Errorf("%w (and reloading the state failed: %v)", s.classify(err), lerr)
+		}
+		return s.classify(err)
+	}
+	return nil
+}
+
+// Write stores a batch of decoded items in one transaction. Items already
+// stored (same producer run and seq) are skipped; malformed ones are
+// counted, and when their run and seq could be read they are recorded as
+// a gap of kind 'malformed' so that the run's acknowledgement can move
+// past them. After the commit, Result.Acks holds for every run the batch
+// touched the highest contiguous committed seq. Errors wrap ErrLocked or
+// ErrDiskFull when retrying later can succeed (nothing was written then);
+// any other error is a broken database.
+func (s *Store) Write(ctx context.Context, items []Item) (Result, error) {
+	var res Result
+	var touched []*runState
+	err := s.tx(ctx, func() error {
+		res, touched = Result{}, touched[:0]
+		for i := range items {
+			it := &items[i]
+			if it.Err != nil {
+				res.Malformed++
+				if !it.Msg.HasID {
+					continue
+				}
+			}
+			r, err := s.run(ctx, Producer, it.Msg.Run)
+			if err != nil {
+				return err
+			}
+			if !r.touched {
+				r.touched = true
+				touched = append(touched, r)
+			}
+			if r.has(it.Msg.Seq) {
+				res.Duplicates++
+				continue
+			}
+			if it.Err != nil {
+				if err := s.recordMalformed(ctx, r, it); err != nil {
+					return err
+				}
+			} else {
+				n, err := s.insert(ctx, r, it)
+				if err != nil {
+					return err
+				}
+				if n < 0 {
+					res.Duplicates++
+					continue
+				}
+				res.Samples++
+				res.Readings += n
+			}
+			r.store(it.Msg.Seq)
+		}
+		if err := s.flushReadings(ctx); err != nil {
+			return err
+		}
+		return s.saveState(ctx, touched)
+	})
+	for _, r := range touched {
+		r.touched = false
+	}
+	if err != nil {
+		return Result{}, err
+	}
+	s.samples += int64(res.Samples)
+	s.readings += int64(res.Readings)
+	for _, r := range touched {
+		if r.committed > 0 {
+			res.Acks = append(res.Acks, Ack{Producer: r.producer, Run: r.name, Seq: r.committed})
+		}
+	}
+	res.LastRow = s.lastRow
+	return res, nil
+}
+
+// has reports whether seq of the run is committed.
+func (r *runState) has(seq uint64) bool {
+	if seq <= r.committed {
+		return true
+	}
+	_, ok := r.above[seq]
+	return ok
+}
+
+// store marks seq as committed (within the transaction) and advances the
+// contiguous mark.
+func (r *runState) store(seq uint64) {
+	r.dirty = true
+	if seq != r.committed+1 {
+		if r.above == nil {
+			r.above = map[uint64]struct{}{}
+		}
+		if len(r.above) == 0 {
+			r.holeSince = time.Now()
+		}
+		r.above[seq] = struct{}{}
+		return
+	}
+	r.committed = seq
+	r.advance()
+}
+
+// advance moves the contiguous mark over stored seqs. A hole that remains
+// is timed from now.
+func (r *runState) advance() {
+	for len(r.above) > 0 {
+		if _, ok := r.above[r.committed+1]; !ok {
+			break
+		}
+		delete(r.above, r.committed+1)
+		r.committed++
+	}
+	r.holeSince = time.Now()
+}
+
+// saveState writes the runs' marks, the boots' newest times and the
+// uploaded cursor.
+func (s *Store) saveState(ctx context.Context, runs []*runState) error {
+	for _, r := range runs {
+		if !r.dirty {
+			continue
+		}
+		if _, err := s.exec(ctx, `UPDATE run SET committed = ? WHERE id = ?`, int64(r.committed), r.id); err != nil {
+			return err
+		}
+		r.dirty = false
+	}
+	for _, b := range s.boots {
+		if !b.dirty {
+			continue
+		}
+		if _, err := s.exec(ctx, `UPDATE boot SET last_t = ?, first_row = ? WHERE id = ?`, b.lastT, b.firstRow, b.id); err != nil {
+			return err
+		}
+		b.dirty = false
+	}
+	if s.uploaded != s.uploadedSaved {
+		if _, err := s.exec(ctx, `INSERT OR REPLACE INTO meta(key, value) VALUES ('uploaded', ?)`, s.uploaded); err != nil {
+			return err
+		}
+		s.uploadedSaved = s.uploaded
+	}
+	return nil
+}
+
+func (s *Store) run(ctx context.Context, producer string, name []byte) (*runState, error) {
+	if r := s.runs[producer][string(name)]; r != nil {
+		return r, nil
+	}
+	res, err := s.exec(ctx, `INSERT INTO run(producer, run) VALUES (?, ?)`, producer, string(name))
+	if err != nil {
+		return nil, err
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return nil, err
+	}
+	r := &runState{id: id, producer: producer, name: string(name), holeSince: time.Now()}
+	if s.runs[producer] == nil {
+		s.runs[producer] = map[string]*runState{}
+	}
+	s.runs[producer][r.name] = r
+	return r, nil
+}
+
+func (s *Store) device(ctx context.Context, name string) (int64, error) {
+	if id, ok := s.devices[name]; ok {
+		return id, nil
+	}
+	res, err := s.exec(ctx, `INSERT INTO device(name) VALUES (?)`, name)
+	if err != nil {
+		return 0, err
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	s.devices[name] = id
+	s.points[id] = map[string]pointInfo{}
+	return id, nil
+}
+
+func (s *Store) point(ctx context.Context, dev int64, name []byte, isBool bool) (int64, error) {
+	pts := s.points[dev]
+	if p, ok := pts[string(name)]; ok && p.bool == isBool {
+		return p.id, nil
+	} else if ok {
+		kind := kindName(isBool)
+		if _, err := s.exec(ctx, `UPDATE point SET kind = ? WHERE id = ?`, kind, p.id); err != nil {
+			return 0, err
+		}
+		pts[string(name)] = pointInfo{id: p.id, bool: isBool}
+		return p.id, nil
+	}
+	res, err := s.exec(ctx, `INSERT INTO point(device, name, kind) VALUES (?, ?, ?)`, dev, string(name), kindName(isBool))
+	if err != nil {
+		return 0, err
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	pts[string(name)] = pointInfo{id: id, bool: isBool}
+	return id, nil
+}
+
+func kindName(isBool bool) string {
+	if isBool {
+		return "bool"
+	}
+	return "number"
+}
+
+func (s *Store) reason(ctx context.Context, text []byte) (int64, error) {
+	if id, ok := s.reasons[string(text)]; ok {
+		return id, nil
+	}
+	res, err := s.exec(ctx, `INSERT INTO reason(text) VALUES (?)`, string(text))
+	if err != nil {
+		return 0, err
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	s.reasons[string(text)] = id
+	return id, nil
+}
+
+func (s *Store) boot(ctx context.Context, name []byte) (*bootState, error) {
+	if b := s.boots[string(name)]; b != nil {
+		return b, nil
+	}
+	res, err := s.exec(ctx, `INSERT INTO boot(boot) VALUES (?)`, string(name))
+	if err != nil {
+		return nil, err
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return nil, err
+	}
+	b := &bootState{id: id, name: string(name)}
+	s.boots[b.name] = b
+	return b, nil
+}
+
+// insert stores one decoded message and returns how many readings it
+// added, or -1 if the sample was there already.
+func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) {
+	m := &it.Msg
+	dev, err := s.device(ctx, it.Device)
+	if err != nil {
+		return 0, err
+	}
+	b, err := s.boot(ctx, m.Boot)
+	if err != nil {
+		return 0, err
+	}
+	clk, tc, err := s.clockOf(ctx, b, m)
+	if err != nil {
+		return 0, err
+	}
+	var tcArg any
+	if clk == clockCorrected {
+		tcArg = tc
+	}
+	res, err := s.stSample.ExecContext(ctx, r.id, int64(m.Seq), dev, m.Wall, m.Mono, b.id, clk, tcArg)
+	if err != nil {
+		return 0, err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return 0, err
+	} else if n == 0 {
+		return -1, nil
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	s.lastRow = max(s.lastRow, id)
+	if b.firstRow == 0 {
+		b.firstRow, b.dirty = id, true
+	}
+	switch clk {
+	case clockTrusted:
+		if m.Wall > b.lastT {
+			b.lastT, b.dirty = m.Wall, true
+		}
+	case clockCorrected:
+		if tc > b.lastT {
+			b.lastT, b.dirty = tc, true
+		}
+	}
+	var sid any = id
+	for i := range m.Values {
+		v := &m.Values[i]
+		pid, err := s.point(ctx, dev, v.Name, v.Kind == KindBool)
+		if err != nil {
+			return 0, err
+		}
+		var val any
+		switch v.Kind {
+		case KindInt, KindBool:
+			val = v.I
+		case KindFloat:
+			val = v.F
+		case KindText:
+			val = string(v.Text)
+		}
+		s.args = append(s.args, sid, pid, val)
+		s.nrows++
+		if s.nrows == readingsPerStmt {
+			if err := s.flushReadings(ctx); err != nil {
+				return 0, err
+			}
+		}
+	}
+	for i := range m.Bad {
+		bd := &m.Bad[i]
+		pid, err := s.point(ctx, dev, bd.Name, false)
+		if err != nil {
+			return 0, err
+		}
+		rid, err := s.reason(ctx, bd.Why)
+		if err != nil {
+			return 0, err
+		}
+		if _, err := s.stBad.ExecContext(ctx, sid, pid, rid); err != nil {
+			return 0, err
+		}
+	}
+	return len(m.Values), nil
+}
+
+func (s *Store) flushReadings(ctx context.Context) error {
+	if s.nrows == 0 {
+		return nil
+	}
+	st := s.stReading[s.nrows]
+	if st == nil {
+		var b strings.Builder
+		b.WriteString(`INSERT OR REPLACE INTO reading(sample, point, v) VALUES `)
+		for i := range s.nrows {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString("(?,?,?)")
+		}
+		var err error
+		if st, err = s.conn.PrepareContext(ctx, b.String()); err != nil {
+			return err
+		}
+		s.stReading[s.nrows] = st
+	}
+	_, err := st.ExecContext(ctx, s.args...)
+	clear(s.args)
+	s.args, s.nrows = s.args[:0], 0
+	return err
+}
+
+// recordMalformed records a message that has a run and seq but could not
+// be decoded otherwise.
+func (s *Store) recordMalformed(ctx context.Context, r *runState, it *Item) error {
+	why := it.Err.Error()
+	if len(why) > 200 {
+		why = why[:200]
+	}
+	why = strings.ToValidUTF8(why, "?")
+	_, err := s.exec(ctx, `INSERT INTO gap(kind, run, first_seq, last_seq, samples, at, reason) VALUES ('malformed', ?, ?, ?, 1, ?, ?)`,
+		r.id, int64(it.Msg.Seq), int64(it.Msg.Seq), s.opts.Now().UnixMilli(), "malformed message on device "+it.Device+": "+why)
+	return err
+}
+
+// SetUploaded records the uplink's cursor: every sample with an id up to
+// row has been delivered upstream. It is saved with the next write; a
+// smaller value than known is ignored.
+func (s *Store) SetUploaded(row int64) {
+	if row > s.uploaded {
+		s.uploaded = row
+	}
+}
+
+// Uploaded returns the uplink's cursor as last known.
+func (s *Store) Uploaded() int64 { return s.uploaded }
+
+// PendingAcks returns the acknowledgement of the newest run of every
+// producer (to publish again after a reconnect).
+func (s *Store) PendingAcks() []Ack {
+	var acks []Ack
+	for prod, runs := range s.runs {
+		var best *runState
+		for _, r := range runs {
+			if best == nil || r.id > best.id {
+				best = r
+			}
+		}
+		if best != nil && best.committed > 0 {
+			acks = append(acks, Ack{Producer: prod, Run: best.name, Seq: best.committed})
+		}
+	}
+	return acks
+}
+
+// Stalled tells the store that writes were impossible until now (locked
+// database, full disk), so that holes in sequence numbers are not judged
+// by time the logger could not ingest.
+func (s *Store) Stalled(until time.Time) { s.stallEnd = until }
+
+// CloseGaps records as gaps the holes in sequence numbers that have been
+// open for GapAfter of ingest time, and moves those runs' marks past them.
+// It returns the acknowledgements that moved. Errors as for Write.
+func (s *Store) CloseGaps(ctx context.Context, now time.Time) ([]Ack, error) {
+	var due []*runState
+	for _, runs := range s.runs {
+		for _, r := range runs {
+			if len(r.above) == 0 {
+				continue
+			}
+			since := r.holeSince
+			if s.stallEnd.After(since) {
+				since = s.stallEnd
+			}
+			if now.Sub(since) >= s.opts.GapAfter {
+				due = append(due, r)
+			}
+		}
+	}
+	if len(due) == 0 {
+		return nil, nil
+	}
+	var acks []Ack
+	err := s.tx(ctx, func() error {
+		acks = acks[:0]
+		for _, r := range due {
+			for len(r.above) > 0 {
+				next := uint64(0)
+				for seq := range r.above {
+					if next == 0 || seq < next {
+						next = seq
+					}
+				}
+				if err := s.recordSeqGap(ctx, r, r.committed+1, next-1); err != nil {
+					return err
+				}
+				r.committed = next - 1
+				r.advance()
+			}
+			r.dirty = true
+			acks = append(acks, Ack{Producer: r.producer, Run: r.name, Seq: r.committed})
+		}
+		return s.saveState(ctx, due)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return acks, nil
+}
+
+func (s *Store) recordSeqGap(ctx context.Context, r *runState, first, last uint64) error {
+	var before, after sql.NullInt64
+	var row sql.NullInt64
+	if first > 1 {
+		err := s.conn.QueryRowContext(ctx, `SELECT id, coalesce(tc, t) FROM sample WHERE run = ? AND seq = ?`, r.id, int64(first-1)).Scan(&row, &before)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+	}
+	err := s.conn.QueryRowContext(ctx, `SELECT coalesce(tc, t) FROM sample WHERE run = ? AND seq = ?`, r.id, int64(last+1)).Scan(&after)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	n := last - first + 1
+	s.log.Warn("gap in a producer's messages: they never arrived", "producer", r.producer, "run", r.name,
+		"first_seq", first, "last_seq", last, "messages", n)
+	_, err = s.exec(ctx, `INSERT INTO gap(kind, run, first_seq, last_seq, first_row, samples, t_from, t_to, at, reason)
+		VALUES ('seq', ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.id, int64(first), int64(last), row, int64(n), before, after,
+		s.opts.Now().UnixMilli(), fmt.Sprintf("%d message(s) of %s run %s never arrived", n, r.producer, r.name))
+	return err
+}
+
+// Size is the space the database takes.
+type Size struct {
+	File, WAL int64 // bytes of the main file and the write-ahead log
+	Used      int64 // bytes of pages in use (the file less its free pages)
+}
+
+// Size measures the database.
+func (s *Store) Size(ctx context.Context) (Size, error) {
+	var z Size
+	if fi, err := os.Stat(s.opts.Path); err == nil {
+		z.File = fi.Size()
+	}
+	if fi, err := os.Stat(s.opts.Path + "-wal"); err == nil {
+		z.WAL = fi.Size()
+	}
+	var pages, free, psize int64
+	if err := s.conn.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pages); err != nil {
+		return z, err
+	}
+	if err := s.conn.QueryRowContext(ctx, `PRAGMA freelist_count`).Scan(&free); err != nil {
+		return z, err
+	}
+	if err := s.conn.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&psize); err != nil {
+		return z, err
+	}
+	z.Used = (pages - free) * psize
+	return z, nil
+}
+
+// Counts returns the samples and readings stored.
+func (s *Store) Counts() (samples, readings int64) { return s.samples, s.readings }
+
+// Check runs PRAGMA integrity_check and returns nil when it says "ok".
+func (s *Store) Check(ctx context.Context) error {
+	return integrityCheck(ctx, s.conn)
+}
+
+type queryer interface {
+	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
+}
+
+func integrityCheck(ctx context.Context, q queryer) error {
+	rows, err := q.QueryContext(ctx, `PRAGMA integrity_check`)
+	if err != nil {
+		return err
+	}
+	var msgs []string
+	for rows.Next() {
+		var m string
+		if err := rows.Scan(&m); err != nil {
+			rows.Close()
+			return err
+		}
+		msgs = append(msgs, m)
+	}
+	if err := closeRows(rows); err != nil {
+		return err
+	}
+	if len(msgs) == 1 && msgs[0] == "ok" {
+		return nil
+	}
+	return fmt.Errorf("integrity_check: %s", strings.Join(msgs, "; "))
+}

@@ -1,0 +1,314 @@
+package logger
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestWriteIdempotentAndAcks(t *testing.T) {
+	s := openTest(t, nil)
+	all := series("r1", 1, 10)
+	res := write(t, s, all[:6]...)
+	if res.Samples != 6 || res.Readings != 18 || res.Duplicates != 0 || ackOf(res, "r1") != 6 {
+		t.Fatalf("first batch: %+v", res)
+	}
+	// The poller re-sends 4..10 after an ack timeout: 4..6 are duplicates,
+	// one of them twice in the same batch.
+	res = write(t, s, append(all[3:], all[4])...)
+	if res.Samples != 4 || res.Duplicates != 4 || ackOf(res, "r1") != 10 {
+		t.Fatalf("re-sent batch: %+v", res)
+	}
+	// Only duplicates: still acknowledged (the earlier ack may be lost).
+	res = write(t, s, all[0])
+	if res.Samples != 0 || res.Duplicates != 1 || ackOf(res, "r1") != 10 {
+		t.Fatalf("duplicate batch: %+v", res)
+	}
+	db := roDB(t, s.opts.Path)
+	if got := seqsOf(t, db, "r1"); !reflect.DeepEqual(got, []int64{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
+		t.Errorf("stored seqs %v", got)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM reading`); n != 30 {
+		t.Errorf("%d readings, want 30", n)
+	}
+	// The view gives the values back with their types.
+	var ts, dev, pt, q string
+	var v any
+	if err := db.QueryRow(`SELECT time, device, point, value, quality FROM readings WHERE point = 'voltage' AND seq = 3`).Scan(&ts, &dev, &pt, &v, &q); err != nil {
+		t.Fatal(err)
+	}
+	if ts != "2024-01-01T00:00:03.000Z" || dev != "meter" || v != 230.3 || q != "good" {
+		t.Errorf("view row: %s %s %s %v %s", ts, dev, pt, v, q)
+	}
+	if err := s.Check(context.Background()); err != nil {
+		t.Error(err)
+	}
+}
+
+func TestHolesFillOrBecomeGaps(t *testing.T) {
+	s := openTest(t, func(o *StoreOptions) { o.GapAfter = 50 * time.Millisecond })
+	all := series("r1", 1, 8)
+	res := write(t, s, all[0], all[1], all[3], all[4])
+	if ackOf(res, "r1") != 2 {
+		t.Fatalf("ack with a hole at 3: %+v", res.Acks)
+	}
+	res = write(t, s, all[2])
+	if ackOf(res, "r1") != 5 {
+		t.Fatalf("ack after the hole filled: %+v", res.Acks)
+	}
+	// 6 and 7 never come (the producer died with them in its outbox).
+	write(t, s, all[7])
+	if acks, err := s.CloseGaps(context.Background(), time.Now()); err != nil || len(acks) != 0 {
+		t.Fatalf("gap closed too early: %v %v", acks, err)
+	}
+	// A stall (locked database) restarts the clock of the hole.
+	time.Sleep(60 * time.Millisecond)
+	s.Stalled(time.Now())
+	if acks, _ := s.CloseGaps(context.Background(), time.Now()); len(acks) != 0 {
+		t.Fatalf("gap closed right after a stall: %v", acks)
+	}
+	time.Sleep(60 * time.Millisecond)
+	acks, err := s.CloseGaps(context.Background(), time.Now())
+	if err != nil || len(acks) != 1 || acks[0].Seq != 8 {
+		t.Fatalf("CloseGaps = %v, %v", acks, err)
+	}
+	db := roDB(t, s.opts.Path)
+	var kind, reason string
+	var first, last, n, row, from, to int64
+	if err := db.QueryRow(`SELECT kind, first_seq, last_seq, samples, first_row, t_from, t_to, reason FROM gap`).Scan(&kind, &first, &last, &n, &row, &from, &to, &reason); err != nil {
+		t.Fatal(err)
+	}
+	if kind != "seq" || first != 6 || last != 7 || n != 2 || to-from != 3000 || !strings.Contains(reason, "never arrived") {
+		t.Errorf("gap = %s %d..%d n=%d row=%d %d..%d %q", kind, first, last, n, row, from, to, reason)
+	}
+	// The mark survives a restart, and late copies are still duplicates.
+	path := s.opts.Path
+	s.Close()
+	s2 := openTest(t, func(o *StoreOptions) { o.Path = path })
+	res = write(t, s2, all[5], all[6])
+	if res.Duplicates != 2 || ackOf(res, "r1") != 8 {
+		t.Errorf("after reopen: %+v", res)
+	}
+}
+
+func TestReopenKeepsHoles(t *testing.T) {
+	s := openTest(t, nil)
+	all := series("r1", 1, 5)
+	write(t, s, all[0], all[2], all[4])
+	path := s.opts.Path
+	s.Close()
+	s2 := openTest(t, func(o *StoreOptions) { o.Path = path })
+	res := write(t, s2, all[1], all[2])
+	if res.Samples != 1 || res.Duplicates != 1 || ackOf(res, "r1") != 3 {
+		t.Errorf("after reopen: %+v", res)
+	}
+	res = write(t, s2, all[3])
+	if ackOf(res, "r1") != 5 {
+		t.Errorf("after the last hole: %+v", res)
+	}
+}
+
+func TestMalformedNeverPoisonsABatch(t *testing.T) {
+	s := openTest(t, nil)
+	all := series("r1", 1, 5)
+	bad := []Item{
+		{Device: "meter", Payload: []byte(`{"run":"r1","seq":2,"t":1,"m":1,"v":{"a":null}}`)}, // has run and seq
+		{Device: "meter", Payload: []byte(`garbage`)},
+		{Device: "meter", Payload: []byte(`{"run":"r1","seq":`)},
+		{Device: "", Payload: all[3].payload()}, // seq 4, but no device in the topic
+	}
+	for i := range bad {
+		bad[i].Decode()
+	}
+	batch := []Item{all[0].item(), bad[0], bad[1], all[2].item(), bad[2], bad[3]}
+	res, err := s.Write(context.Background(), batch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1 and 3 stored; 2 and 4 recorded as malformed: the ack moves past them.
+	if res.Samples != 2 || res.Malformed != 4 || ackOf(res, "r1") != 4 {
+		t.Fatalf("result %+v", res)
+	}
+	// The re-sent malformed message is a duplicate, not a second gap.
+	res, err = s.Write(context.Background(), []Item{bad[0], all[4].item()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Duplicates != 1 || res.Samples != 1 || ackOf(res, "r1") != 5 {
+		t.Fatalf("result %+v", res)
+	}
+	db := roDB(t, s.opts.Path)
+	if n := queryInt(t, db, `SELECT count(*) FROM gap WHERE kind = 'malformed' AND first_seq = 2`); n != 1 {
+		t.Errorf("%d malformed gap records, want 1", n)
+	}
+}
+
+func TestBadPointsStored(t *testing.T) {
+	s := openTest(t, nil)
+	m := msg{dev: "climate", run: "r", seq: 1, at: good(0), vals: `"t":21.5`, bad: `"h":"timeout","p":"exception 2"`}
+	m2 := m
+	m2.seq, m2.bad = 2, `"h":"timeout"`
+	res := write(t, s, m, m2)
+	if res.Samples != 2 || res.Readings != 2 {
+		t.Fatalf("%+v", res)
+	}
+	db := roDB(t, s.opts.Path)
+	if n := queryInt(t, db, `SELECT count(*) FROM failures WHERE reason = 'timeout'`); n != 2 {
+		t.Errorf("%d timeouts", n)
+	}
+	if n := queryInt(t, db, `SELECT count(*) FROM reason`); n != 2 {
+		t.Errorf("%d reasons stored, want 2 (each text once)", n)
+	}
+}
+
+func TestValueTypes(t *testing.T) {
+	s := openTest(t, nil)
+	write(t, s, msg{dev: "d", run: "r", seq: 1, at: good(0), vals: `"b":true,"i":-42,"f":0.5,"u":18446744073709551615,"z":0`})
+	db := roDB(t, s.opts.Path)
+	rows, err := db.Query(`SELECT p.name, p.kind, typeof(r.v), r.v FROM reading r JOIN point p ON p.id = r.point ORDER BY p.name`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var name, kind, typ string
+		var v any
+		if err := rows.Scan(&name, &kind, &typ, &v); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, strings.Join([]string{name, kind, typ, fmtAny(v)}, " "))
+	}
+	want := []string{"b bool integer 1", "f number real 0.5", "i number integer -42", "u number text 18446744073709551615", "z number integer 0"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %q\nwant %q", got, want)
+	}
+}
+
+func fmtAny(v any) string {
+	if b, ok := v.([]byte); ok {
+		return string(b)
+	}
+	return fmt.Sprint(v)
+}
+
+func TestMigrations(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+
+	// Version 0: an empty file (as a crash right after creating it leaves).
+	empty := filepath.Join(dir, "empty.db")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := openTest(t, func(o *StoreOptions) { o.Path = empty })
+	gen := s.Generation()
+	if len(gen) != 32 {
+		t.Errorf("generation %q", gen)
+	}
+	write(t, s, series("r", 1, 3)...)
+	s.Close()
+	db := roDB(t, empty)
+	if v := queryInt(t, db, `PRAGMA user_version`); v != SchemaVersion {
+		t.Errorf("user_version %d", v)
+	}
+	if v := queryInt(t, db, `PRAGMA auto_vacuum`); v != 2 {
+		t.Errorf("auto_vacuum %d, want 2 (incremental)", v)
+	}
+	db.Close()
+	// Reopening the current version changes nothing.
+	s = openTest(t, func(o *StoreOptions) { o.Path = empty })
+	if s.Generation() != gen || s.LastRow() != 3 {
+		t.Errorf("reopened: generation %s, last row %d", s.Generation(), s.LastRow())
+	}
+	s.Close()
+
+	// Every earlier version, each built by the migrations before it and
+	// filled, migrates to the current one keeping its rows.
+	for v := 0; v < SchemaVersion; v++ {
+		p := filepath.Join(dir, fmt.Sprintf("v%d.db", v))
+		c := rawConn(t, p)
+		if v > 0 {
+			if _, err := c.ExecContext(ctx, `PRAGMA auto_vacuum = INCREMENTAL`); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i := 0; i < v; i++ {
+			if err := runMigration(ctx, c, i); err != nil {
+				t.Fatalf("build version %d: %v", i+1, err)
+			}
+		}
+		c.Close()
+		s := openTest(t, func(o *StoreOptions) { o.Path = p })
+		write(t, s, series("r", 1, 2)...)
+		s.Close()
+		if n := queryInt(t, roDB(t, p), `PRAGMA user_version`); n != SchemaVersion {
+			t.Errorf("from version %d: user_version %d", v, n)
+		}
+	}
+
+	// A newer schema and a foreign database are refused.
+	newer := filepath.Join(dir, "newer.db")
+	c := rawConn(t, newer)
+	if _, err := c.ExecContext(ctx, `PRAGMA user_version = 99`); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := OpenStore(ctx, StoreOptions{Path: newer}); err == nil || !strings.Contains(err.Error(), "newer than this program") {
+		t.Errorf("newer schema: %v", err)
+	}
+	foreign := filepath.Join(dir, "foreign.db")
+	c = rawConn(t, foreign)
+	if _, err := c.ExecContext(ctx, `CREATE TABLE x(a)`); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if _, err := OpenStore(ctx, StoreOptions{Path: foreign}); err == nil || !strings.Contains(err.Error(), "not a tinyscada database") {
+		t.Errorf("foreign database: %v", err)
+	}
+	if n := queryInt(t, roDB(t, foreign), `SELECT count(*) FROM sqlite_schema`); n != 1 {
+		t.Errorf("the foreign database was changed: %d objects", n)
+	}
+}
+
+func rawConn(t testing.TB, path string) *sql.Conn {
+	t.Helper()
+	db, err := sql.Open("sqlite", DSN(path, time.Second, "normal", false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	c, err := db.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func TestLockedDatabase(t *testing.T) {
+	s := openTest(t, nil)
+	write(t, s, series("r", 1, 1)...)
+	// Another connection (as another process would) holds the write lock.
+	other := rawConn(t, s.opts.Path)
+	if _, err := other.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Write(context.Background(), items(series("r", 2, 3)...))
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("write under a lock: %v", err)
+	}
+	if _, err := other.ExecContext(context.Background(), `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	res := write(t, s, series("r", 2, 3)...)
+	if res.Samples != 2 || ackOf(res, "r") != 3 {
+		t.Errorf("after the lock: %+v", res)
+	}
+}
