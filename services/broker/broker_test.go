@@ -741,3 +741,37 @@ func TestBadTLSFiles(t *testing.T) {
 		t.Errorf("start with a missing certificate: %v, want an error naming it", err)
 	}
 }
+
+// TestCloseWithUnfinishedConnection: a connection that has not finished its
+// CONNECT (or one a client opened again while the broker was closing) must
+// not keep Run from returning; mochi waits for every connection it handed a
+// goroutine to.
+func TestCloseWithUnfinishedConnection(t *testing.T) {
+	cfg := testConfig(t)
+	log, _ := newLogRecorder(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	b, err := start(ctx, cfg, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.run(ctx) }()
+	c, err := net.Dial("tcp", b.addrs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte{0x10}); err != nil { // the first byte of a CONNECT
+		t.Fatal(err)
+	}
+	time.Sleep(100 * time.Millisecond) // let the broker accept it (the test passes either way if it did not)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("run does not return while a connection is half open")
+	}
+}

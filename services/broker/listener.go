@@ -35,9 +35,14 @@ type listener struct {
 	ln     net.Listener
 	mu     sync.Mutex
 	closed bool
+	conns  map[net.Conn]struct{} // accepted and not yet finished
 }
 
 var _ listeners.Listener = (*listener)(nil)
+
+// connectTimeout is how long a new connection may take to send its CONNECT
+// (including the TLS handshake).
+const connectTimeout = 10 * time.Second
 
 // ErrAddrInUse is wrapped by Run's error when a listen address is taken;
 // test with errors.Is (it is syscall.EADDRINUSE).
@@ -125,7 +130,16 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			continue
 		}
 		delay = 0
+		// mochi sets no deadline until the CONNECT has arrived, then its
+		// own from the keep-alive: a connection that never sends one
+		// would hold its goroutine for good.
+		_ = conn.SetDeadline(time.Now().Add(connectTimeout))
+		if !l.track(conn) {
+			_ = conn.Close()
+			return
+		}
 		go func() {
+			defer l.untrack(conn)
 			if err := establish(l.id, conn); err != nil {
 				l.log.Debug("client connection ended", "remote", conn.RemoteAddr().String(), "err", err)
 			}
@@ -133,8 +147,30 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 	}
 }
 
-// Close stops accepting and disconnects the listener's clients; a second call
-// does nothing.
+// track records a live connection; false if the listener is closed.
+func (l *listener) track(c net.Conn) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return false
+	}
+	if l.conns == nil {
+		l.conns = map[net.Conn]struct{}{}
+	}
+	l.conns[c] = struct{}{}
+	return true
+}
+
+func (l *listener) untrack(c net.Conn) {
+	l.mu.Lock()
+	delete(l.conns, c)
+	l.mu.Unlock()
+}
+
+// Close stops accepting, disconnects the listener's clients, and closes
+// every connection still open (one accepted while closing, which mochi
+// does not know as a client yet and would wait for); a second call does
+// nothing.
 func (l *listener) Close(closeClients listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
@@ -143,10 +179,15 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	}
 	l.closed = true
 	l.mu.Unlock()
-	closeClients(l.id)
 	if l.ln != nil {
 		_ = l.ln.Close() // a unix socket file is removed by Close
 	}
+	closeClients(l.id)
+	l.mu.Lock()
+	for c := range l.conns {
+		_ = c.Close()
+	}
+	l.mu.Unlock()
 }
 
 func (l *listener) isClosed() bool {
