@@ -305,6 +305,7 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 func (l *Logger) commit(ctx context.Context, batch []Item) error {
 	backoff := 50 * time.Millisecond
 	var stalled time.Time
+	fulls := 0
 	for {
 		l.mu.Lock()
 		l.store.SetUploaded(l.uploaded)
@@ -336,9 +337,12 @@ func (l *Logger) commit(ctx context.Context, batch []Item) error {
 			}
 		case errors.Is(err, ErrDiskFull):
 			l.diskFulls.Add(1)
+			fulls++
 			l.setDegraded("disk full: " + err.Error())
-			l.log.Error("disk full; freeing space by the storage policy, readings stay unacknowledged", "err", err)
-			if n, err := l.store.MakeRoom(ctx); err != nil && !errors.Is(err, ErrDiskFull) && !errors.Is(err, ErrLocked) {
+			if ok, n := l.limiter.Check("disk full", time.Now()); ok {
+				l.log.Error("disk full; freeing space by the storage policy, readings stay unacknowledged", "err", err, "suppressed", n)
+			}
+			if n, err := l.store.MakeRoom(ctx, fulls); err != nil && !errors.Is(err, ErrDiskFull) && !errors.Is(err, ErrLocked) {
 				return fmt.Errorf("logger: freeing space: %w", err)
 			} else if err != nil {
 				l.log.Warn("freeing space failed; retrying", "deleted", n, "err", err)
@@ -413,7 +417,7 @@ func (l *Logger) maintain(ctx context.Context) error {
 	case errors.Is(err, ErrLocked):
 		return nil
 	case errors.Is(err, ErrDiskFull):
-		if _, err := l.store.MakeRoom(ctx); err != nil && !errors.Is(err, ErrDiskFull) && !errors.Is(err, ErrLocked) {
+		if _, err := l.store.MakeRoom(ctx, 2); err != nil && !errors.Is(err, ErrDiskFull) && !errors.Is(err, ErrLocked) {
 			return fmt.Errorf("logger: freeing space: %w", err)
 		}
 	default:

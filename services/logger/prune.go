@@ -11,23 +11,30 @@ import (
 
 // Bounded storage
 //
-// The database may take Budget bytes: max_db_size, or less when the file
-// system has less room (what the database takes now plus the free space,
-// less a margin and the spare file). Maintain deletes the oldest samples
-// once the pages in use plus a full write-ahead log pass 90% of the
-// budget, down to 80%. Row ids grow with time, so the oldest rows are the
-// ones the uplink delivered first (ids up to its cursor): they go first and
-// silently. Rows beyond the cursor go only when nothing uploaded is left,
-// and a gap record of kind 'dropped' names them (first and last row, how
-// many samples and readings, their time span, why). Deletes run in chunks
-// no bigger than half the write-ahead log, each in its own transaction,
-// then incremental vacuum and a TRUNCATE checkpoint give the space back to
-// the file system.
+// The live data (pages in use) plus a full write-ahead log may take 90% of
+// the capacity: max_db_size, or less when the file system has less room
+// (what the database files take now, free pages included, plus the free
+// space, less a margin and the spare file). Past that, Maintain deletes the
+// oldest samples down to 80%. Row ids grow with time, so the oldest rows
+// are the ones the uplink delivered first (ids up to its cursor): they go
+// first and silently. Rows beyond the cursor go only when nothing uploaded
+// is left, and one gap record of kind 'dropped' per series of deletes
+// names them (first and last row, how many samples and readings, their
+// time span, why). Deletes run in chunks no bigger than half the
+// write-ahead log, each in its own transaction.
+//
+// Incremental vacuum gives the freed pages back to the file system, except
+// when it is nearly full (less than a tenth of the budget free): then the
+// freed pages stay in the file for the next readings, since handing them
+// back would only let another process take them. The write-ahead log is never
+// truncated below journal_size_limit, so that its file is room the next
+// transaction can always reuse.
 //
 // When a write fails because the disk is full, MakeRoom deletes the spare
-// file (so that the deletes themselves have room) and shrinks the database
-// below what it takes now; the logger retries the batch, and recreates the
-// spare file once the disk has room again.
+// file (so that the deletes themselves have room) and deletes rows (in
+// ever smaller chunks if even that fails) until the live data is 10% below
+// what it was; the logger retries the batch, and recreates the spare file
+// once the disk has room again.
 
 // EnsureReserve creates the spare file (Path + ".reserve", Reserve bytes of
 // zeros, fsynced) unless it exists or the disk has less than twice its size
@@ -74,17 +81,22 @@ func (s *Store) hasReserve() bool {
 	return err == nil && fi.Size() >= s.opts.Reserve
 }
 
-// Budget returns how many bytes the database may take now (see above).
-func (s *Store) Budget(z Size) int64 {
-	b := s.opts.MaxSize
+// Budget returns how many bytes the database may take now (see above),
+// and whether the file system is nearly full (less than a tenth of that
+// free), so that freed pages are better kept in the file.
+func (s *Store) Budget(z Size) (budget int64, tight bool) {
+	budget = s.opts.MaxSize
 	if free, ok := s.diskFree(); ok {
 		keep := int64(128 << 10)
 		if !s.hasReserve() {
 			keep += s.opts.Reserve
 		}
-		b = min(b, z.File+z.WAL+free-keep)
+		if fs := z.File + z.WAL + free - keep; fs < budget {
+			budget = fs
+		}
+		tight = free-keep < budget/10
 	}
-	return b
+	return budget, tight
 }
 
 func (s *Store) walMax() int64 { return int64(s.walPages) * 4096 }
@@ -104,22 +116,36 @@ func (s *Store) Maintain(ctx context.Context) (int64, error) {
 	if err != nil {
 		return n, err
 	}
-	budget := s.Budget(z)
-	if z.Used+s.walMax() <= budget*9/10 {
-		if n > 0 {
-			return n, s.vacuum(ctx)
+	budget, tight := s.Budget(z)
+	s.tight = tight
+	if z.Used+s.walMax() > budget*9/10 {
+		k, err := s.shrink(ctx, budget*8/10-s.walMax(), "max_db_size")
+		n += k
+		if err != nil {
+			return n, err
 		}
-		return n, nil
 	}
-	k, err := s.shrink(ctx, budget*8/10-s.walMax(), "max_db_size")
-	return n + k, err
+	// Free pages go back to the file system when it has room, when the
+	// database is over max_db_size, or to make room for the spare file.
+	if (!tight && n > 0) || z.File+z.WAL > s.opts.MaxSize*9/10 || (!s.hasReserve() && z.File-z.Used >= 2*s.opts.Reserve) {
+		return n, s.vacuum(ctx)
+	}
+	return n, nil
 }
 
-// MakeRoom frees space after ErrDiskFull: it deletes the spare file,
-// deletes the oldest rows until the database uses at most 80% of what the
-// file system gives it (and less than now), and gives the space back. It
-// returns how many samples it deleted; an error when even that failed.
-func (s *Store) MakeRoom(ctx context.Context) (int64, error) {
+// MakeRoom frees space after the attempt-th consecutive ErrDiskFull of a
+// write. The first time it only checkpoints, so that the retry can reuse
+// the write-ahead log from its start instead of growing it. After that it
+// deletes the spare file, deletes the oldest rows by the policy until the
+// live data is at most 80% of the capacity and 90% of what it was, and
+// vacuums, so that the write-ahead log has room to grow. It returns how
+// many samples it deleted; ErrDiskFull when not even one could be deleted.
+func (s *Store) MakeRoom(ctx context.Context, attempt int) (int64, error) {
+	s.tight = true
+	s.checkpoint(ctx, "PASSIVE")
+	if attempt <= 1 {
+		return 0, nil
+	}
 	if s.opts.Reserve > 0 {
 		_ = os.Remove(s.reservePath)
 	}
@@ -127,57 +153,84 @@ func (s *Store) MakeRoom(ctx context.Context) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	target := min(s.Budget(z)*8/10-s.walMax(), z.Used*9/10)
-	return s.shrink(ctx, target, "disk full")
+	budget, _ := s.Budget(z)
+	n, err := s.shrink(ctx, min(budget*8/10-s.walMax(), z.Used*9/10), "disk full")
+	if err != nil {
+		return n, err
+	}
+	// Give back only what the write-ahead log and the spare file need;
+	// the other free pages stay in the file for the next readings.
+	if err := s.vacuumPages(ctx, (2*s.walMax()+2*s.opts.Reserve)/4096); err != nil {
+		return n, err
+	}
+	s.EnsureReserve()
+	return n, nil
 }
 
 // shrink deletes the oldest samples until the pages in use are at most
-// target bytes, then vacuums.
+// target bytes. When a chunk does not fit on the disk it tries smaller ones.
 func (s *Store) shrink(ctx context.Context, target int64, reason string) (int64, error) {
 	var deleted int64
 	target = max(target, 64<<10)
-	for range 1000 {
-		z, err := s.Size(ctx)
-		if err != nil {
-			return deleted, err
+	var g dropGap // one gap record for the whole shrink
+	limit := int64(1 << 62)
+	var err error
+	for range 10000 {
+		var z Size
+		if z, err = s.Size(ctx); err != nil {
+			break
 		}
 		if z.Used <= target || s.samples <= 0 {
 			break
 		}
 		per := max(z.Used/s.samples, 1)
-		k := (z.Used-target)/per + 1
-		k = min(k, max(s.walMax()/2/per, 1))
-		n, err := s.deleteOldest(ctx, k, reason)
-		deleted += n
-		if err != nil {
-			return deleted, err
+		k := (z.Used-target)/per*11/10 + 8 // a little more: pages free up only when empty
+		k = min(k, max(s.walMax()/2/per, 8), limit)
+		// A complete checkpoint lets the next transaction reuse the
+		// write-ahead log from its start instead of growing it.
+		s.checkpoint(ctx, "PASSIVE")
+		var n int64
+		n, err = s.deleteOldest(ctx, k, reason, &g)
+		if errors.Is(err, ErrDiskFull) && k > 1 {
+			limit, err = k/2, nil // no room for that much write-ahead log
+			continue
 		}
-		if n == 0 {
+		deleted += n
+		if err != nil || n == 0 {
 			break
 		}
 		s.checkpoint(ctx, "PASSIVE")
 	}
 	if deleted > 0 {
 		s.log.Warn("deleted the oldest readings to stay within the space the database may take",
-			"samples", deleted, "reason", reason, "uploaded_up_to", s.uploaded)
+			"samples", deleted, "reason", reason, "uploaded_up_to", s.uploaded, "gap_record", g.id)
 	}
-	return deleted, s.vacuum(ctx)
+	return deleted, err
 }
 
 // deleteOldest deletes up to k of the oldest samples with their readings,
 // recording the ones not yet uploaded as a gap.
-func (s *Store) deleteOldest(ctx context.Context, k int64, reason string) (int64, error) {
+func (s *Store) deleteOldest(ctx context.Context, k int64, reason string, g *dropGap) (int64, error) {
 	var last sql.NullInt64
 	err := s.conn.QueryRowContext(ctx, `SELECT max(id) FROM (SELECT id FROM sample ORDER BY id LIMIT ?)`, k).Scan(&last)
 	if err != nil || !last.Valid {
 		return 0, err
 	}
-	return s.deleteUpTo(ctx, last.Int64, reason)
+	return s.deleteUpTo(ctx, last.Int64, reason, g)
+}
+
+// dropGap is the gap record of one series of deletes: chunks that follow
+// each other extend it rather than adding records.
+type dropGap struct {
+	id      int64
+	lastRow int64
 }
 
 // deleteUpTo deletes every sample with an id up to last, in one
-// transaction, and returns how many.
-func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string) (int64, error) {
+// transaction, and returns how many. The ones not uploaded are recorded in
+// g's gap record (extended when it ends right before them) or a new one.
+func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string, g *dropGap) (int64, error) {
+	saved := *g
 	var samples, readings int64
 	err := s.tx(ctx, func() error {
 		var first sql.NullInt64
@@ -200,12 +253,26 @@ func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string) (int6
 			if err := s.conn.QueryRowContext(ctx, `SELECT count(*) FROM reading WHERE sample BETWEEN ? AND ?`, from, last).Scan(&nr); err != nil {
 				return err
 			}
-			if _, err := s.exec(ctx, `INSERT INTO gap(kind, first_row, last_row, samples, readings, t_from, t_to, at, reason)
-				VALUES ('dropped', ?, ?, ?, ?, ?, ?, ?, ?)`, from, last, n, nr, tFrom, tTo, s.opts.Now().UnixMilli(),
-				fmt.Sprintf("%d readings deleted before they were uploaded (%s)", nr, reason)); err != nil {
-				return err
+			if g.id != 0 && g.lastRow == from-1 {
+				if _, err := s.exec(ctx, `UPDATE gap SET last_row = ?, samples = samples + ?, readings = readings + ?,
+					t_from = min(t_from, ?), t_to = max(t_to, ?),
+					reason = (readings + ?) || ' readings deleted before they were uploaded (' || ? || ')' WHERE id = ?`,
+					last, n, nr, tFrom, tTo, nr, reason, g.id); err != nil {
+					return err
+				}
+			} else {
+				res, err := s.exec(ctx, `INSERT INTO gap(kind, first_row, last_row, samples, readings, t_from, t_to, at, reason)
+					VALUES ('dropped', ?, ?, ?, ?, ?, ?, ?, ?)`, from, last, n, nr, tFrom, tTo, s.opts.Now().UnixMilli(),
+					fmt.Sprintf("%d readings deleted before they were uploaded (%s)", nr, reason))
+				if err != nil {
+					return err
+				}
+				if g.id, err = res.LastInsertId(); err != nil {
+					return err
+				}
 			}
-			s.log.Warn("deleted readings that were not uploaded; recorded as a gap", "first_row", from, "last_row", last,
+			g.lastRow = last
+			s.log.Debug("deleted readings that were not uploaded; recorded as a gap", "first_row", from, "last_row", last,
 				"samples", n, "readings", nr, "reason", reason)
 		}
 		for _, q := range []string{
@@ -224,6 +291,7 @@ func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string) (int6
 		return err
 	})
 	if err != nil {
+		*g = saved
 		return 0, err
 	}
 	s.samples -= samples
@@ -280,6 +348,7 @@ func (s *Store) expire(ctx context.Context) (int64, error) {
 		return 0, nil
 	}
 	var total int64
+	var g dropGap
 	for {
 		// In chunks that keep the write-ahead log bounded.
 		var upTo sql.NullInt64
@@ -290,7 +359,7 @@ func (s *Store) expire(ctx context.Context) (int64, error) {
 		if !upTo.Valid {
 			return total, nil
 		}
-		n, err := s.deleteUpTo(ctx, upTo.Int64, "retention")
+		n, err := s.deleteUpTo(ctx, upTo.Int64, "retention", &g)
 		total += n
 		if err != nil || n == 0 {
 			return total, err
@@ -300,9 +369,12 @@ func (s *Store) expire(ctx context.Context) (int64, error) {
 }
 
 // vacuum gives free pages back to the file system: incremental vacuum in
-// steps, each followed by a checkpoint, then a TRUNCATE checkpoint.
-func (s *Store) vacuum(ctx context.Context) error {
-	for range 10000 {
+// steps, each followed by a checkpoint.
+func (s *Store) vacuum(ctx context.Context) error { return s.vacuumPages(ctx, 1<<62) }
+
+// vacuumPages gives up to n free pages back to the file system.
+func (s *Store) vacuumPages(ctx context.Context, n int64) error {
+	for n > 0 {
 		var free int64
 		if err := s.conn.QueryRowContext(ctx, `PRAGMA freelist_count`).Scan(&free); err != nil {
 			return err
@@ -310,7 +382,8 @@ func (s *Store) vacuum(ctx context.Context) error {
 		if free == 0 {
 			break
 		}
-		step := min(free, max(int64(s.walPages)/2, 8))
+		step := min(free, max(int64(s.walPages)/2, 8), n)
+		n -= step
 		if _, err := s.exec(ctx, fmt.Sprintf(`PRAGMA incremental_vacuum(%d)`, step)); err != nil {
 			if errors.Is(s.classify(err), ErrLocked) {
 				return nil // another time
@@ -319,7 +392,6 @@ func (s *Store) vacuum(ctx context.Context) error {
 		}
 		s.checkpoint(ctx, "PASSIVE")
 	}
-	s.checkpoint(ctx, "TRUNCATE")
 	return nil
 }
 

@@ -158,6 +158,7 @@ type Store struct {
 	lastRow                 int64
 	samples, readings       int64
 	stallEnd                time.Time
+	tight                   bool // the file system is nearly full
 	walPages                int
 	reservePath             string
 }
@@ -513,6 +514,11 @@ func (s *Store) exec(ctx context.Context, q string, args ...any) (sql.Result, er
 // tx runs fn inside BEGIN IMMEDIATE ... COMMIT. On any failure it rolls
 // back and reloads the in-memory state, and returns the error classified.
 func (s *Store) tx(ctx context.Context, fn func() error) error {
+	if s.tight {
+		// On a nearly full disk, a complete checkpoint first lets the
+		// transaction reuse the write-ahead log rather than grow it.
+		s.checkpoint(ctx, "PASSIVE")
+	}
 	if _, err := s.exec(ctx, `BEGIN IMMEDIATE`); err != nil {
 		return s.classify(err)
 	}

@@ -1,0 +1,190 @@
+package logger
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// bigSeries returns n messages of run with 40 float readings each.
+func bigSeries(run string, from, n int, at func(i int) time.Duration) []msg {
+	ms := make([]msg, n)
+	for i := range ms {
+		seq := from + i
+		var v strings.Builder
+		for p := range 40 {
+			if p > 0 {
+				v.WriteByte(',')
+			}
+			fmt.Fprintf(&v, `"p%02d":%g`, p, 1000.123+float64(seq*40+p)*0.37)
+		}
+		ms[i] = msg{dev: "dev", run: run, seq: uint64(seq), at: good(at(seq)), vals: v.String()}
+	}
+	return ms
+}
+
+func perSecond(i int) time.Duration { return time.Duration(i) * time.Second }
+
+// missingCovered checks that every sample id up to the last row that is not
+// in the database was uploaded (≤ uploaded) or is named by a 'dropped' gap.
+func missingCovered(t *testing.T, db *sql.DB, last, uploaded int64) (dropped int64) {
+	t.Helper()
+	present := map[int64]bool{}
+	rows, err := db.Query(`SELECT id FROM sample`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		rows.Scan(&id)
+		present[id] = true
+	}
+	rows.Close()
+	type span struct{ a, b int64 }
+	var gaps []span
+	rows, err = db.Query(`SELECT first_row, last_row, samples FROM gap WHERE kind = 'dropped'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var sp span
+		var n int64
+		rows.Scan(&sp.a, &sp.b, &n)
+		gaps = append(gaps, sp)
+		dropped += n
+	}
+	rows.Close()
+	for id := int64(1); id <= last; id++ {
+		if present[id] || id <= uploaded {
+			continue
+		}
+		covered := false
+		for _, g := range gaps {
+			if id >= g.a && id <= g.b {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			t.Fatalf("sample %d is gone without a gap record (uploaded up to %d)", id, uploaded)
+		}
+	}
+	return dropped
+}
+
+func TestMaxSizeDropsOldestWithGaps(t *testing.T) {
+	ctx := context.Background()
+	const limit = 1 << 20
+	s := openTest(t, func(o *StoreOptions) { o.MaxSize = limit; o.Reserve = 0 })
+	db := roDB(t, s.opts.Path)
+	seq := 1
+	fill := func(rounds int) {
+		for range rounds {
+			write(t, s, bigSeries("r", seq, 50, perSecond)...)
+			seq += 50
+			if _, err := s.Maintain(ctx); err != nil {
+				t.Fatal(err)
+			}
+			z, err := s.Size(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if z.File+z.WAL > limit {
+				t.Fatalf("database takes %d + %d bytes, more than %d", z.File, z.WAL, limit)
+			}
+		}
+		if err := s.Check(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill(40) // 2000 samples, 80000 readings: several times the limit
+	if n := queryInt(t, db, `SELECT count(*) FROM gap WHERE kind = 'dropped'`); n == 0 {
+		t.Fatal("nothing uploaded, rows deleted, but no gap record")
+	}
+	if !strings.Contains(queryText(t, db, `SELECT reason FROM gap WHERE kind = 'dropped' LIMIT 1`), "max_db_size") {
+		t.Error("gap reason does not name max_db_size")
+	}
+	missingCovered(t, db, s.LastRow(), 0)
+
+	// Now the uplink has delivered everything but the last 100 samples:
+	// those rows go first, without new gap records.
+	gaps := queryInt(t, db, `SELECT count(*) FROM gap`)
+	up := s.LastRow() - 100
+	s.SetUploaded(up)
+	fill(4)
+	if n := queryInt(t, db, `SELECT count(*) FROM gap`); n != gaps {
+		t.Errorf("%d gap records after deleting uploaded rows, want %d", n, gaps)
+	}
+	if min := queryInt(t, db, `SELECT min(id) FROM sample`); min > up+1 {
+		t.Errorf("oldest sample %d: rows not uploaded were deleted while uploaded ones (≤ %d) were there", min, up)
+	}
+	missingCovered(t, db, s.LastRow(), up)
+	if v := queryInt(t, db, `SELECT value FROM meta WHERE key = 'uploaded'`); v != up {
+		t.Errorf("uploaded cursor saved as %d, want %d", v, up)
+	}
+}
+
+func queryText(t *testing.T, db *sql.DB, q string) string {
+	t.Helper()
+	var s string
+	if err := db.QueryRow(q).Scan(&s); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return s
+}
+
+func TestRetention(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, func(o *StoreOptions) { o.Retention = time.Hour })
+	// Three hours of samples, one a minute.
+	write(t, s, bigSeries("r", 1, 180, func(i int) time.Duration { return time.Duration(i) * time.Minute })...)
+	s.SetUploaded(30)
+	n, err := s.Maintain(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := roDB(t, s.opts.Path)
+	if min := queryInt(t, db, `SELECT min(seq) FROM sample`); min != 120 || n != 119 {
+		t.Errorf("kept from seq %d, deleted %d; want from 120 (the newest is 180 minutes), 119 deleted", min, n)
+	}
+	var first, last, samples int64
+	var reason string
+	if err := db.QueryRow(`SELECT first_row, last_row, samples, reason FROM gap WHERE kind = 'dropped'`).Scan(&first, &last, &samples, &reason); err != nil {
+		t.Fatal(err)
+	}
+	if first != 31 || last != 119 || samples != 89 || !strings.Contains(reason, "retention") {
+		t.Errorf("gap %d..%d (%d) %q", first, last, samples, reason)
+	}
+	if err := s.Check(ctx); err != nil {
+		t.Error(err)
+	}
+	if fl := queryInt(t, db, `PRAGMA freelist_count`); fl != 0 {
+		t.Errorf("%d free pages left after vacuum", fl)
+	}
+}
+
+func TestOneGapRecordPerShrink(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, func(o *StoreOptions) { o.MaxSize = 4 << 20; o.Reserve = 0 })
+	write(t, s, bigSeries("r", 1, 6000, perSecond)...)
+	z, _ := s.Size(ctx)
+	if _, err := s.Maintain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	db := roDB(t, s.opts.Path)
+	if n := queryInt(t, db, `SELECT count(*) FROM gap`); n != 1 {
+		t.Errorf("%d gap records for one shrink (from %d bytes), want 1", n, z.Used)
+	}
+	if d := missingCovered(t, db, s.LastRow(), 0); d != queryInt(t, db, `SELECT 6000 - count(*) FROM sample`) {
+		t.Errorf("gap says %d samples dropped", d)
+	}
+	var readings, want int64
+	db.QueryRow(`SELECT readings FROM gap`).Scan(&readings)
+	want = 40 * queryInt(t, db, `SELECT samples FROM gap`)
+	if readings != want || !strings.HasPrefix(queryText(t, db, `SELECT reason FROM gap`), fmt.Sprint(want, " readings")) {
+		t.Errorf("gap readings %d, want %d; reason %q", readings, want, queryText(t, db, `SELECT reason FROM gap`))
+	}
+}
