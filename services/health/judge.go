@@ -183,12 +183,15 @@ func (t *tracked) judge(now time.Time, r rules, brokerUp bool, graceUntil time.T
 			return verdict{false, Degraded, "waiting for its first heartbeat"}
 		}
 		return verdict{false, bad, "never seen"}
+	case t.graced && now.Before(graceUntil):
+		// Before "lost": a broker that goes down publishes the wills of
+		// everyone connected. A service that really died meanwhile fails
+		// the MainPID check instead.
+		return verdict{true, Degraded, fmt.Sprintf("broker unreachable; pinged on grace for %s more", graceUntil.Sub(now).Round(time.Second))}
 	case t.state == "lost":
 		return verdict{false, bad, "lost (its broker connection died)"}
 	case t.state == "stopping":
 		return verdict{false, bad, "stopping"}
-	case t.graced && now.Before(graceUntil):
-		return verdict{true, Degraded, fmt.Sprintf("broker unreachable; pinged on grace for %s more", graceUntil.Sub(now).Round(time.Second))}
 	case t.lastHB.IsZero():
 		if now.Sub(t.progressAt) < r.stale {
 			return verdict{false, Degraded, "waiting for its first heartbeat"}

@@ -56,6 +56,7 @@ func TestJudge(t *testing.T) {
 		{"never seen", "logger", true, nil, 4 * s, true, false, 0, false, Failed, "never seen"},
 		{"broker down: no pings for the broker", "broker", true, []step{{0, hb(10, 1), nil}}, 1 * s, false, true, 60 * s, false, Failed, "broker unreachable"},
 		{"broker down: grace for the others", "poller", true, []step{{0, hb(10, 1), nil}}, 30 * s, false, true, 60 * s, true, Degraded, "grace for 30s more"},
+		{"broker down: its wills do not end the grace", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"lost", 10, ""}}}, 30 * s, false, true, 60 * s, true, Degraded, "grace"},
 		{"grace over", "poller", true, []step{{0, hb(10, 1), nil}}, 61 * s, false, true, 60 * s, false, Failed, "heartbeat stale"},
 		{"no grace when not pinged before", "poller", true, []step{{0, hb(10, 1), nil}}, 30 * s, false, false, 60 * s, false, Failed, "heartbeat stale"},
 	}
