@@ -1,0 +1,338 @@
+package logger
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tinyscada/tinyscada/internal/testpeer"
+	"github.com/tinyscada/tinyscada/services/broker"
+	"github.com/tinyscada/tinyscada/shared/bus"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/service"
+)
+
+// stack is our broker on a free port, a logger and a stand-in for the
+// poller (a client with the poller's credential that publishes data
+// messages and collects the acknowledgements).
+type stack struct {
+	t   *testing.T
+	cfg *config.Config
+	ctx context.Context
+
+	poller *service.Service
+	mu     sync.Mutex
+	acked  map[string]uint64
+
+	logger *Logger
+	svc    *service.Service
+	stop   func()
+}
+
+func newStack(t *testing.T, mod func(*config.Config)) *stack {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	port := testpeer.FreePort(t)
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	cfg.Bus.Address = fmt.Sprintf("127.0.0.1:%d", port)
+	cfg.Bus.HeartbeatInterval.Duration = 200 * time.Millisecond
+	cfg.Bus.RetryMax.Duration = 200 * time.Millisecond
+	cfg.Broker.Listen = []string{cfg.Bus.Address}
+	cfg.Logger.BatchDelay.Duration = 20 * time.Millisecond
+	cfg.Logger.Synchronous = "normal"
+	cfg.Logger.ClockSync = false
+	cfg.Logger.RetryMax.Duration = 200 * time.Millisecond
+	if mod != nil {
+		mod(cfg)
+	}
+	bctx, bcancel := context.WithCancel(ctx)
+	bdone := make(chan struct{})
+	go func() { defer close(bdone); _ = broker.Run(bctx, cfg, testLog(t).With("role", "broker")) }()
+	t.Cleanup(func() { bcancel(); <-bdone })
+	if err := testpeer.WaitPort(cfg.Bus.Address, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	st := &stack{t: t, cfg: cfg, ctx: ctx, acked: map[string]uint64{}}
+	p, err := service.Start(ctx, "poller", cfg, testLog(t).With("role", "poller"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.poller = p
+	if err := p.Bus.Subscribe(p.Topics.Ack("poller"), 1, func(_ string, b []byte) {
+		var a struct {
+			Run string `json:"run"`
+			Seq uint64 `json:"seq"`
+		}
+		if json.Unmarshal(b, &a) == nil {
+			st.mu.Lock()
+			st.acked[a.Run] = max(st.acked[a.Run], a.Seq)
+			st.mu.Unlock()
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{}, 100)
+	if err := p.Bus.Subscribe(p.Topics.SvcState("logger"), 1, func(_ string, b []byte) {
+		var s service.State
+		if json.Unmarshal(b, &s) == nil && s.State == service.Ready {
+			ready <- struct{}{}
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	st.startLogger()
+	// The logger's first subscription must exist before anything is
+	// published: this stand-in for the poller never publishes again.
+	select {
+	case <-ready:
+	case <-time.After(10 * time.Second):
+		t.Fatal("logger not ready")
+	}
+	return st
+}
+
+// startLogger starts the logger as `tinyscada logger` does.
+func (st *stack) startLogger() {
+	t := st.t
+	t.Helper()
+	ctx, cancel := context.WithCancel(st.ctx)
+	log := testLog(t).With("role", "logger")
+	l, err := New(ctx, st.cfg, Options{Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := service.Start(ctx, "logger", st.cfg, log, service.StartOptions{PersistentSession: true, OnMessage: l.Handle})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); svc.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		if err := l.Serve(ctx, svc); err != nil {
+			t.Errorf("logger: %v", err)
+		}
+	}()
+	st.logger, st.svc = l, svc
+	st.stop = func() { cancel(); wg.Wait(); l.Close() }
+	t.Cleanup(func() {
+		if st.logger == l {
+			st.stop()
+		}
+	})
+}
+
+func (st *stack) stopLogger() {
+	st.stop()
+	st.logger = nil
+}
+
+func (st *stack) publish(m msg) {
+	st.t.Helper()
+	err := st.poller.Bus.Publish(st.ctx, bus.Message{Topic: st.poller.Topics.Data(m.dev), QoS: 1, Payload: m.payload()})
+	if err != nil {
+		st.t.Fatal(err)
+	}
+}
+
+func (st *stack) ack(run string) uint64 {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.acked[run]
+}
+
+// waitAck waits until run is acknowledged up to seq.
+func (st *stack) waitAck(run string, seq uint64, within time.Duration) {
+	st.t.Helper()
+	deadline := time.Now().Add(within)
+	for st.ack(run) < seq {
+		if time.Now().After(deadline) {
+			st.t.Fatalf("run %s acknowledged up to %d, want %d", run, st.ack(run), seq)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (st *stack) dbPath() string { return st.cfg.Logger.Path(st.cfg.StateDir) }
+
+// exactlyOnce checks that run's seqs 1..n are stored once each.
+func (st *stack) exactlyOnce(run string, n int) {
+	st.t.Helper()
+	db := roDB(st.t, st.dbPath())
+	seqs := seqsOf(st.t, db, run)
+	if len(seqs) != n {
+		st.t.Fatalf("%d samples of run %s stored, want %d", len(seqs), run, n)
+	}
+	for i, s := range seqs {
+		if s != int64(i+1) {
+			st.t.Fatalf("run %s: stored seqs not 1..%d: %v", run, n, seqs)
+		}
+	}
+	if err := integrityCheck(context.Background(), db); err != nil {
+		st.t.Fatal(err)
+	}
+}
+
+func TestThroughBroker(t *testing.T) {
+	st := newStack(t, nil)
+	for _, m := range series("run1", 1, 300) {
+		st.publish(m)
+	}
+	st.waitAck("run1", 300, 10*time.Second)
+	st.exactlyOnce("run1", 300)
+	// The committed row is announced, retained, with the generation.
+	sub := make(chan []byte, 10)
+	if err := st.poller.Bus.Subscribe(st.poller.Topics.Committed(), 1, func(_ string, b []byte) { sub <- b }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case b := <-sub:
+		var c struct {
+			Gen string `json:"gen"`
+			Row int64  `json:"row"`
+		}
+		if err := json.Unmarshal(b, &c); err != nil || c.Gen != st.logger.Store().Generation() || c.Row != 300 {
+			t.Errorf("committed = %s (%v)", b, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no retained committed message")
+	}
+	hb := st.logger.HeartbeatFields()
+	if hb["samples"] != int64(300) || hb["readings"] != int64(900) {
+		t.Errorf("heartbeat %v", hb)
+	}
+}
+
+// Malformed payloads of every kind, between good ones, never stop
+// ingestion; those with a run and seq are acknowledged past.
+func TestMalformedThroughBroker(t *testing.T) {
+	st := newStack(t, nil)
+	good := series("run1", 1, 20)
+	for i, m := range good {
+		if i%4 == 2 {
+			bad := badMsgs[i%len(badMsgs)].in
+			if err := st.poller.Bus.Publish(st.ctx, bus.Message{Topic: st.poller.Topics.Data("meter"), QoS: 1, Payload: []byte(bad)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st.publish(m)
+	}
+	// A malformed message that carries run1's seq 21.
+	if err := st.poller.Bus.Publish(st.ctx, bus.Message{Topic: st.poller.Topics.Data("meter"), QoS: 1,
+		Payload: []byte(`{"run":"run1","seq":21,"t":1,"m":1,"v":{"x":"oops"}}`)}); err != nil {
+		t.Fatal(err)
+	}
+	st.publish(series("run1", 22, 22)[0])
+	st.waitAck("run1", 22, 10*time.Second)
+	db := roDB(t, st.dbPath())
+	if n := queryInt(t, db, `SELECT count(*) FROM sample`); n != 21 {
+		t.Errorf("%d samples stored, want 21", n)
+	}
+	if hb := st.logger.HeartbeatFields(); hb["malformed"].(int64) != 6 {
+		t.Errorf("malformed count %v, want 6", hb["malformed"])
+	}
+}
+
+// With a persistent session, messages published while the logger is down
+// are queued by the broker and stored when it comes back, without the
+// poller publishing anything again.
+func TestPersistentSessionKeepsMessages(t *testing.T) {
+	st := newStack(t, nil)
+	all := series("run1", 1, 60)
+	for _, m := range all[:10] {
+		st.publish(m)
+	}
+	st.waitAck("run1", 10, 10*time.Second)
+	st.stopLogger()
+	for _, m := range all[10:] {
+		st.publish(m)
+	}
+	st.startLogger()
+	st.waitAck("run1", 60, 10*time.Second)
+	st.exactlyOnce("run1", 60)
+}
+
+// A technician's sqlite3 shell holds a write transaction for 10 s: the
+// logger waits and retries, acknowledges nothing meanwhile, shows it in its
+// heartbeat, and catches up without loss afterwards.
+func TestSqlite3ShellHoldsLock(t *testing.T) {
+	t.Parallel()
+	sqlite := testpeer.Need(t, "sqlite3")
+	st := newStack(t, nil)
+	all := series("run1", 1, 200)
+	for _, m := range all[:50] {
+		st.publish(m)
+	}
+	st.waitAck("run1", 50, 10*time.Second)
+
+	sh := exec.Command(sqlite, st.dbPath())
+	stdin, err := sh.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Process.Kill()
+	lines := bufio.NewScanner(stdout)
+	io.WriteString(stdin, "BEGIN IMMEDIATE;\nINSERT INTO meta VALUES ('technician', 1);\nSELECT 'locked';\n")
+	if !lines.Scan() || lines.Text() != "locked" {
+		t.Fatalf("sqlite3 did not take the lock: %q %v", lines.Text(), lines.Err())
+	}
+	held := time.Now()
+	for _, m := range all[50:] {
+		st.publish(m)
+	}
+	const hold = 10 * time.Second
+	time.Sleep(hold / 2)
+	if a := st.ack("run1"); a != 50 {
+		t.Errorf("acknowledged up to %d while the database was locked (before: 50)", a)
+	}
+	hb := st.logger.HeartbeatFields()
+	if hb["lock_waits"].(int64) == 0 || hb["waiting"] == nil {
+		t.Errorf("heartbeat does not show the wait: %v", hb)
+	}
+	time.Sleep(hold - time.Since(held))
+	if a := st.ack("run1"); a != 50 {
+		t.Errorf("acknowledged up to %d while the database was locked (before: 50)", a)
+	}
+	io.WriteString(stdin, "ROLLBACK;\n.quit\n")
+	if err := sh.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	st.waitAck("run1", 200, 15*time.Second)
+	st.exactlyOnce("run1", 200)
+	if hb := st.logger.HeartbeatFields(); hb["waiting"] != nil {
+		t.Errorf("still waiting after the lock went: %v", hb["waiting"])
+	}
+}
+
+// The database directory is created, and a second logger on the same
+// file fails cleanly rather than corrupting anything.
+func TestNewCreatesDirectory(t *testing.T) {
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	cfg.Logger.DB = filepath.Join("sub", "dir", "r.db")
+	l, err := New(context.Background(), cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if s := l.Status(); s == "" {
+		t.Error("empty status")
+	}
+}
