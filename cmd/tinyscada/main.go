@@ -41,6 +41,7 @@ func commands() []command {
 		{"broker", "run the embedded MQTT broker", roleCmd("broker", runBroker)},
 		{"health", "turn heartbeats into watchdog pings; restart failing units", roleCmd("health", runHealth)},
 		{"poller", "poll the serial devices and publish readings", pollerCmd},
+		{"logger", "store readings in SQLite and acknowledge them", roleCmd("logger", runLogger)}, {"export", "write stored readings as CSV or JSON lines", exportCmd},
 		{"run", "run the whole stack without systemd", runStack},
 		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", func(_ context.Context, args []string) error {
 			return simulate.Main(args)

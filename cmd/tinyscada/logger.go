@@ -1,0 +1,32 @@
+package main
+
+import (
+	"context"
+	"log/slog"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/tinyscada/tinyscada/services/logger"
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/service"
+)
+
+// runLogger is the logger role: see package logger. The database is opened
+// before the broker connection, so that the messages the broker queued for
+// the logger's persistent session have somewhere to go the moment it
+// connects.
+func runLogger(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	l, err := logger.New(ctx, cfg, logger.Options{Log: log})
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	svc, err := service.Start(ctx, "logger", cfg, log, service.StartOptions{PersistentSession: true, OnMessage: l.Handle})
+	if err != nil {
+		return err
+	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return l.Serve(ctx, svc) })
+	g.Go(func() error { return svc.Run(ctx) })
+	return g.Wait()
+}
