@@ -1,0 +1,103 @@
+package broker
+
+import (
+	"net"
+	"sync"
+)
+
+// maxPendingWrite bounds what one connection may have buffered and not yet
+// written; a writer beyond it waits (back-pressure, as a blocking socket).
+const maxPendingWrite = 256 << 10
+
+// coalescingConn gathers the many small writes mochi makes — one write
+// syscall for every PUBACK and every PUBLISH — and hands them to the socket
+// in one write per wake-up of its flusher goroutine. Under load the writes
+// that arrive while the flusher is in the kernel go out together; when idle,
+// each write goes out at once (no timer, no added delay beyond a goroutine
+// hand-off). Write errors are reported by the next Write or Close.
+type coalescingConn struct {
+	net.Conn
+	mu      sync.Mutex
+	space   *sync.Cond // signalled when the flusher took the buffer
+	buf     []byte     // written by mochi, not yet taken by the flusher
+	spare   []byte
+	err     error
+	closing bool
+	kick    chan struct{}
+	done    chan struct{}
+}
+
+func newCoalescingConn(c net.Conn) *coalescingConn {
+	cc := &coalescingConn{Conn: c, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	cc.space = sync.NewCond(&cc.mu)
+	go cc.flusher()
+	return cc
+}
+
+// Write queues p for the flusher; it blocks only while maxPendingWrite
+// bytes are already waiting.
+func (c *coalescingConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	for len(c.buf) >= maxPendingWrite && c.err == nil && !c.closing {
+		c.space.Wait()
+	}
+	if c.err != nil || c.closing {
+		err := c.err
+		c.mu.Unlock()
+		if err == nil {
+			err = net.ErrClosed
+		}
+		return 0, err
+	}
+	c.buf = append(c.buf, p...)
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return len(p), nil
+}
+
+func (c *coalescingConn) flusher() {
+	defer close(c.done)
+	for range c.kick {
+		c.mu.Lock()
+		out := c.buf
+		c.buf = c.spare[:0]
+		closing := c.closing
+		c.mu.Unlock()
+		var err error
+		if len(out) > 0 {
+			_, err = c.Conn.Write(out)
+		}
+		c.mu.Lock()
+		c.spare = out[:0]
+		if err != nil && c.err == nil {
+			c.err = err
+		}
+		c.space.Broadcast()
+		stop := c.err != nil || (closing && len(c.buf) == 0)
+		c.mu.Unlock()
+		if stop {
+			return
+		}
+	}
+}
+
+// Close sends what is still buffered (mochi writes a DISCONNECT or a refusal
+// right before closing), then closes the socket.
+func (c *coalescingConn) Close() error {
+	c.mu.Lock()
+	already := c.closing
+	c.closing = true
+	c.space.Broadcast()
+	c.mu.Unlock()
+	if !already {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+		<-c.done
+	}
+	return c.Conn.Close()
+}
