@@ -383,6 +383,9 @@ func (s *stack) samples() int {
 // tail), never lies inside one.
 func (s *stack) checkNothingLost() {
 	s.t.Helper()
+	s.t.Logf("database: %s samples, runs %s, gaps %q", s.query("SELECT count(*) FROM sample"),
+		strings.ReplaceAll(s.query("SELECT id || ':' || producer || ':' || run || ':' || committed FROM run"), "\n", " "),
+		s.query("SELECT kind, run, first_seq, last_seq, reason FROM gap"))
 	rows := s.query(`SELECT r.id, r.run, count(DISTINCT s.seq), min(s.seq), max(s.seq) FROM sample s JOIN run r ON r.id = s.run GROUP BY r.id`)
 	if rows == "" {
 		s.t.Error("no samples in the database")

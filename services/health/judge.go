@@ -121,9 +121,21 @@ func (t *tracked) newInstance(pid int, now time.Time) {
 	t.instances++
 }
 
+// reorderWindow is how far back a heartbeat's seq may be and still count
+// as one overtaken by a newer one (messages may arrive out of order: the bus
+// hands each to its own goroutine). Further back, it is a new process that
+// got the same pid.
+const reorderWindow = 8
+
 // observeHeartbeat records a heartbeat received at now.
 func (t *tracked) observeHeartbeat(h heartbeat, now time.Time) {
-	if h.PID != t.pid {
+	switch {
+	case h.PID != t.pid:
+		t.newInstance(h.PID, now)
+	case !t.lastHB.IsZero() && h.Seq <= t.seq && t.seq-h.Seq < reorderWindow:
+		return // an older heartbeat overtaken by a newer one
+	case !t.lastHB.IsZero() && h.Seq <= t.seq:
+		// Far behind: a new process that got the same pid.
 		t.newInstance(h.PID, now)
 	}
 	if t.lastHB.IsZero() || h.Progress != t.progress {
@@ -142,11 +154,19 @@ func (t *tracked) observeHeartbeat(h heartbeat, now time.Time) {
 	t.graced = false
 }
 
+// stateRank orders the states of one process: it only ever moves forward.
+var stateRank = map[string]int{"starting": 1, "ready": 2, "stopping": 3, "lost": 4}
+
 // observeState records a retained state message. A "lost" or "stopping"
 // of another pid than the current one is a late word about an instance that
 // is gone already, and is ignored; "starting" or "ready" of another pid is a
-// new instance.
+// new instance. For the same pid a state never goes back ("starting" after
+// "ready"): messages may arrive out of order (the bus hands each to its own
+// goroutine), so an older one is ignored.
 func (t *tracked) observeState(s stateMsg, now time.Time) {
+	if s.PID == t.pid && stateRank[s.State] < stateRank[t.state] {
+		return
+	}
 	if s.PID != t.pid {
 		if s.State != "starting" && s.State != "ready" {
 			if t.pid != 0 {

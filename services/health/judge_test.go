@@ -22,7 +22,10 @@ type step struct {
 	state *stateMsg
 }
 
-func hb(pid int, progress uint64) *heartbeat { return &heartbeat{PID: pid, Seq: 1, Progress: progress} }
+// hb is a heartbeat whose seq follows its progress.
+func hb(pid int, progress uint64) *heartbeat {
+	return &heartbeat{PID: pid, Seq: progress, Progress: progress}
+}
 
 func TestJudge(t *testing.T) {
 	r := rules{stale: 3 * s, stall: 10 * s}
@@ -43,12 +46,13 @@ func TestJudge(t *testing.T) {
 		{"starting", "poller", true, []step{{0, nil, &stateMsg{"starting", 10, ""}}, {1 * s, hb(10, 1), nil}}, 2 * s, true, false, 0, true, Degraded, "starting"},
 		{"stale", "poller", true, []step{{0, hb(10, 1), nil}}, 4 * s, true, false, 0, false, Failed, "heartbeat stale (4s old)"},
 		{"stale, unexpected", "script", false, []step{{0, hb(10, 1), nil}}, 4 * s, true, false, 0, false, Degraded, "heartbeat stale"},
-		{"stalled", "poller", true, []step{{0, hb(10, 5), nil}, {9 * s, hb(10, 5), nil}, {11 * s, hb(10, 5), nil}}, 12 * s, true, false, 0, false, Failed, "no progress for 12s"},
-		{"idle is not stalled", "poller", true, []step{{0, hb(10, 5), nil}, {11 * s, &heartbeat{PID: 10, Progress: 5, Idle: true}, nil}}, 12 * s, true, false, 0, true, OK, ""},
-		{"failing by its own report", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, &heartbeat{PID: 10, Progress: 2, Failing: "port gone"}, nil}}, 3 * s, true, false, 0, true, Degraded, "failing for 2s: port gone"},
-		{"failing withdrawn", "poller", true, []step{{0, &heartbeat{PID: 10, Progress: 2, Failing: "port gone"}, nil}, {1 * s, hb(10, 3), nil}}, 2 * s, true, false, 0, true, OK, ""},
+		{"stalled", "poller", true, []step{{0, &heartbeat{PID: 10, Seq: 1, Progress: 5}, nil}, {9 * s, &heartbeat{PID: 10, Seq: 2, Progress: 5}, nil}, {11 * s, &heartbeat{PID: 10, Seq: 3, Progress: 5}, nil}}, 12 * s, true, false, 0, false, Failed, "no progress for 12s"},
+		{"idle is not stalled", "poller", true, []step{{0, &heartbeat{PID: 10, Seq: 1, Progress: 5}, nil}, {11 * s, &heartbeat{PID: 10, Seq: 2, Progress: 5, Idle: true}, nil}}, 12 * s, true, false, 0, true, OK, ""},
+		{"failing by its own report", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, &heartbeat{PID: 10, Seq: 2, Progress: 2, Failing: "port gone"}, nil}}, 3 * s, true, false, 0, true, Degraded, "failing for 2s: port gone"},
+		{"failing withdrawn", "poller", true, []step{{0, &heartbeat{PID: 10, Seq: 2, Progress: 2, Failing: "port gone"}, nil}, {1 * s, hb(10, 3), nil}}, 2 * s, true, false, 0, true, OK, ""},
 		{"lost", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"lost", 10, ""}}}, 2 * s, true, false, 0, false, Failed, "lost"},
 		{"stopping", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"stopping", 10, ""}}}, 2 * s, true, false, 0, false, Failed, "stopping"},
+		{"states out of order", "poller", true, []step{{0, nil, &stateMsg{"ready", 10, ""}}, {0, nil, &stateMsg{"starting", 10, ""}}, {1 * s, hb(10, 1), nil}}, 2 * s, true, false, 0, true, OK, ""},
 		{"late will of an old pid is ignored", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, hb(11, 1), nil}, {2 * s, nil, &stateMsg{"lost", 10, ""}}}, 2 * s, true, false, 0, true, OK, ""},
 		{"new instance waits for its heartbeat", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"ready", 11, ""}}}, 2 * s, true, false, 0, false, Degraded, "waiting for its first heartbeat"},
 		{"new instance never beats", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"ready", 11, ""}}}, 5 * s, true, false, 0, false, Failed, "no heartbeat for 4s"},
@@ -77,6 +81,24 @@ func TestJudge(t *testing.T) {
 				t.Errorf("got %+v, want ping %t, level %s, reason with %q", v, tc.ping, tc.level, tc.reason)
 			}
 		})
+	}
+}
+
+func TestOlderHeartbeatIgnored(t *testing.T) {
+	tr := newTracked("poller", true, t0)
+	tr.observeHeartbeat(heartbeat{PID: 10, Seq: 5, Progress: 9}, t0)
+	tr.observeHeartbeat(heartbeat{PID: 10, Seq: 4, Progress: 8, Failing: "old"}, at(s))
+	if tr.seq != 5 || tr.progress != 9 || tr.failing != "" || tr.lastHB != t0 {
+		t.Errorf("an overtaken heartbeat was taken: %+v", tr)
+	}
+}
+
+func TestReusedPIDIsNewInstance(t *testing.T) {
+	tr := newTracked("poller", true, t0)
+	tr.observeHeartbeat(heartbeat{PID: 10, Seq: 50, Progress: 9}, t0)
+	tr.observeHeartbeat(heartbeat{PID: 10, Seq: 1, Progress: 0}, at(s))
+	if tr.instances != 2 || tr.seq != 1 || tr.lastHB != at(s) {
+		t.Errorf("a new process with the same pid was not taken as one: %+v", tr)
 	}
 }
 
