@@ -76,9 +76,10 @@ type tracked struct {
 	// heard is when the last message about the service arrived.
 	heard time.Time
 
-	pid    int // current instance, from its heartbeats or state
-	state  string
-	status string
+	pid     int // current instance, from its heartbeats or state
+	state   string
+	status  string
+	stateAt time.Time // when the state arrived
 
 	lastHB     time.Time // zero: no heartbeat from this pid yet
 	seq        uint64
@@ -154,17 +155,15 @@ func (t *tracked) observeHeartbeat(h heartbeat, now time.Time) {
 	t.graced = false
 }
 
-// stateRank orders the states of one process: it only ever moves forward.
-var stateRank = map[string]int{"starting": 1, "ready": 2, "stopping": 3, "lost": 4}
-
 // observeState records a retained state message. A "lost" or "stopping"
 // of another pid than the current one is a late word about an instance that
 // is gone already, and is ignored; "starting" or "ready" of another pid is a
-// new instance. For the same pid a state never goes back ("starting" after
-// "ready"): messages may arrive out of order (the bus hands each to its own
-// goroutine), so an older one is ignored.
+// new instance. Messages may arrive out of order (the bus hands each to its
+// own goroutine): a "starting" after "ready" of the same pid was overtaken
+// and is ignored. "lost" is not final: a service whose connection died (or
+// whose broker went away) connects again and says its state again.
 func (t *tracked) observeState(s stateMsg, now time.Time) {
-	if s.PID == t.pid && stateRank[s.State] < stateRank[t.state] {
+	if s.PID == t.pid && s.State == "starting" && t.state == "ready" {
 		return
 	}
 	if s.PID != t.pid {
@@ -175,7 +174,7 @@ func (t *tracked) observeState(s stateMsg, now time.Time) {
 		}
 		t.newInstance(s.PID, now)
 	}
-	t.state, t.status = s.State, s.Status
+	t.state, t.status, t.stateAt = s.State, s.Status, now
 }
 
 // verdict is the judgement of one service at one moment.
@@ -208,9 +207,11 @@ func (t *tracked) judge(now time.Time, r rules, brokerUp bool, graceUntil time.T
 		// everyone connected. A service that really died meanwhile fails
 		// the MainPID check instead.
 		return verdict{true, Degraded, fmt.Sprintf("broker unreachable; pinged on grace for %s more", graceUntil.Sub(now).Round(time.Second))}
-	case t.state == "lost":
+	// A heartbeat after "lost" (or "stopping") means the process is back on
+	// the bus: the state is old news until the service says it again.
+	case t.state == "lost" && !t.lastHB.After(t.stateAt):
 		return verdict{false, bad, "lost (its broker connection died)"}
-	case t.state == "stopping":
+	case t.state == "stopping" && !t.lastHB.After(t.stateAt):
 		return verdict{false, bad, "stopping"}
 	case t.lastHB.IsZero():
 		if now.Sub(t.progressAt) < r.stale {

@@ -53,6 +53,8 @@ func TestJudge(t *testing.T) {
 		{"lost", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"lost", 10, ""}}}, 2 * s, true, false, 0, false, Failed, "lost"},
 		{"stopping", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"stopping", 10, ""}}}, 2 * s, true, false, 0, false, Failed, "stopping"},
 		{"states out of order", "poller", true, []step{{0, nil, &stateMsg{"ready", 10, ""}}, {0, nil, &stateMsg{"starting", 10, ""}}, {1 * s, hb(10, 1), nil}}, 2 * s, true, false, 0, true, OK, ""},
+		{"back on the bus after lost", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"lost", 10, ""}}, {2 * s, hb(10, 2), nil}}, 3 * s, true, false, 0, true, OK, ""},
+		{"ready again after lost", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"lost", 10, ""}}, {2 * s, nil, &stateMsg{"ready", 10, ""}}, {2 * s, hb(10, 2), nil}}, 3 * s, true, false, 0, true, OK, ""},
 		{"late will of an old pid is ignored", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, hb(11, 1), nil}, {2 * s, nil, &stateMsg{"lost", 10, ""}}}, 2 * s, true, false, 0, true, OK, ""},
 		{"new instance waits for its heartbeat", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"ready", 11, ""}}}, 2 * s, true, false, 0, false, Degraded, "waiting for its first heartbeat"},
 		{"new instance never beats", "poller", true, []step{{0, hb(10, 1), nil}, {1 * s, nil, &stateMsg{"ready", 11, ""}}}, 5 * s, true, false, 0, false, Failed, "no heartbeat for 4s"},
