@@ -7,6 +7,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/tinyscada/tinyscada/shared/config"
 )
 
 // tmpfs mounts a tmpfs of size (e.g. "4m") on a temporary directory and
@@ -156,4 +159,40 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 		t.Errorf("%d stored + %d dropped != %d written", stored, dropped, s.LastRow())
 	}
 	t.Logf("%d samples written, %d kept, %d dropped with gap records", s.LastRow(), stored, dropped)
+}
+
+// The logger role with its database on a 4 MiB tmpfs, fed through the
+// broker three times what fits, with another file filling the disk half
+// way: it keeps acknowledging, every acknowledged message is stored or
+// named by a gap record, and the database is intact.
+func TestLoggerOnFullTmpfs(t *testing.T) {
+	dir := tmpfs(t, "4m")
+	st := newStack(t, func(cfg *config.Config) {
+		cfg.Logger.DB = filepath.Join(dir, "readings.db")
+		cfg.Logger.BatchReadings = 1000
+	})
+	const n, window = 12000, 400
+	ms := bigSeries("run1", 1, n, perSecond)
+	for i, m := range ms {
+		for uint64(i) >= st.ack("run1")+window {
+			time.Sleep(time.Millisecond)
+		}
+		if i == n/2 {
+			fillDisk(t, dir)
+		}
+		st.publish(m)
+	}
+	st.waitAck("run1", n, 30*time.Second)
+	db := roDB(t, st.dbPath())
+	if err := integrityCheck(context.Background(), db); err != nil {
+		t.Fatal(err)
+	}
+	last := queryInt(t, db, `SELECT max(id) FROM sample`)
+	dropped := missingCovered(t, db, last, 0)
+	stored := queryInt(t, db, `SELECT count(*) FROM sample`)
+	if last != n || stored+dropped != n || dropped == 0 {
+		t.Errorf("%d messages acknowledged: last row %d, %d stored + %d dropped with gap records", n, last, stored, dropped)
+	}
+	hb := st.logger.HeartbeatFields()
+	t.Logf("%d stored, %d dropped; heartbeat: disk_full %v, degraded %v", stored, dropped, hb["disk_full"], hb["degraded"])
 }

@@ -43,6 +43,10 @@ type Options struct {
 	// OnIdle is called with true when nothing arrived for a while and with
 	// false when messages arrive again.
 	OnIdle func(bool)
+	// OnFailing is called with the reason when the logger stops
+	// acknowledging because the disk is full, and with "" once a batch
+	// commits again (service.Service.Failing).
+	OnFailing func(reason string)
 }
 
 // Logger is the logger role. Create it with New (it opens the database),
@@ -57,6 +61,8 @@ type Logger struct {
 	data   string // "<prefix>/data/"
 
 	in      chan Item
+	full    chan struct{} // a batch's worth is queued
+	fullAt  atomic.Int64  // how many queued messages make a batch
 	done    chan struct{} // closed when Run returns
 	limiter *delayed.Limiter
 
@@ -123,6 +129,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 		topics:   tr,
 		data:     strings.TrimSuffix(tr.Sub("data"), "#"),
 		in:       make(chan Item, lc.Pending),
+		full:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		limiter:  delayed.NewLimiter(lc.LogInterval.Duration, 64),
 		acks:     map[string]Ack{},
@@ -133,6 +140,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 		l.noteAck(a)
 	}
 	l.committed = -1
+	l.fullAt.Store(int64(min(max(lc.BatchReadings/8, 1), lc.Pending/2+1)))
 	l.updateStats(ctx)
 	return l, nil
 }
@@ -152,6 +160,12 @@ func (l *Logger) Handle(topic string, payload []byte) {
 		l.pending.Add(1)
 		select {
 		case l.in <- Item{Device: dev, Payload: payload}:
+			if int64(len(l.in)) >= l.fullAt.Load() {
+				select {
+				case l.full <- struct{}{}:
+				default:
+				}
+			}
 		case <-l.done:
 			l.pending.Add(-1)
 		}
@@ -239,29 +253,39 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 		lastMsg = time.Now()
 		setIdle(false)
 	}
+	// drain takes what is queued, without waiting, up to a full batch.
+	drain := func() {
+		for readings < l.lc.BatchReadings {
+			select {
+			case it := <-l.in:
+				add(it)
+				continue
+			default:
+			}
+			break
+		}
+	}
+	// in is nil while a batch is open: the loop then wakes for the batch
+	// delay or when Handle says a batch's worth is queued, not for every
+	// message.
+	in := l.in
 	for {
 		flush := false
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case it := <-l.in:
+		case it := <-in:
 			add(it)
-			if len(batch) == 1 {
-				timer = time.NewTimer(l.lc.BatchDelay.Duration)
-				timerC = timer.C
-			}
-			// Take what is already queued without waiting.
-			for readings < l.lc.BatchReadings {
-				select {
-				case it := <-l.in:
-					add(it)
-					continue
-				default:
-				}
-				break
-			}
+			timer = time.NewTimer(l.lc.BatchDelay.Duration)
+			timerC = timer.C
+			drain()
+			flush = readings >= l.lc.BatchReadings
+			in = nil
+		case <-l.full:
+			drain()
 			flush = readings >= l.lc.BatchReadings
 		case <-timerC:
+			drain()
 			flush = true
 		case <-tick.C:
 			if len(batch) == 0 && time.Since(lastMsg) > 2*l.cfg.Bus.HeartbeatInterval.Duration {
@@ -288,6 +312,11 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 		if err := l.commit(ctx, batch); err != nil {
 			return err
 		}
+		// Wake early next time once a batch's worth of messages like
+		// these is queued.
+		perMsg := max(readings/len(batch), 1)
+		l.fullAt.Store(int64(min(max(l.lc.BatchReadings/perMsg, 1), cap(l.in)/2+1)))
+		in = l.in
 		l.pending.Add(-int64(len(batch)))
 		for i := range batch {
 			batch[i].Payload = nil
@@ -318,6 +347,9 @@ func (l *Logger) commit(ctx context.Context, batch []Item) error {
 				l.log.Info("database writable again; batch committed", "waited", time.Since(stalled).Round(time.Millisecond))
 			}
 			l.setWaiting("")
+			if fulls > 0 && l.opts.OnFailing != nil {
+				l.opts.OnFailing("")
+			}
 			l.committedBatch(res, batch)
 			return nil
 		}
@@ -339,6 +371,9 @@ func (l *Logger) commit(ctx context.Context, batch []Item) error {
 			l.diskFulls.Add(1)
 			fulls++
 			l.setDegraded("disk full: " + err.Error())
+			if l.opts.OnFailing != nil {
+				l.opts.OnFailing("disk full: readings are not acknowledged until space is freed")
+			}
 			if ok, n := l.limiter.Check("disk full", time.Now()); ok {
 				l.log.Error("disk full; freeing space by the storage policy, readings stay unacknowledged", "err", err, "suppressed", n)
 			}
@@ -603,6 +638,7 @@ func (l *Logger) Serve(ctx context.Context, svc *service.Service) error {
 	}
 	l.opts.OnProgress = svc.Advance
 	l.opts.OnIdle = svc.SetIdle
+	l.opts.OnFailing = svc.Failing
 	svc.SetExtra(l.HeartbeatFields)
 	for _, f := range []string{l.topics.Sub("data"), l.topics.UplinkCursor()} {
 		if err := svc.Bus.Subscribe(f, 1, l.Handle); err != nil {

@@ -23,7 +23,7 @@ import (
 // poller (a client with the poller's credential that publishes data
 // messages and collects the acknowledgements).
 type stack struct {
-	t   *testing.T
+	t   testing.TB
 	cfg *config.Config
 	ctx context.Context
 
@@ -36,7 +36,7 @@ type stack struct {
 	stop   func()
 }
 
-func newStack(t *testing.T, mod func(*config.Config)) *stack {
+func newStack(t testing.TB, mod func(*config.Config)) *stack {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
