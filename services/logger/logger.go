@@ -139,7 +139,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 	for _, a := range st.PendingAcks() {
 		l.noteAck(a)
 	}
-	l.committed = -1
+	l.committed = st.LastRow() // announced once connected
 	l.fullAt.Store(int64(min(max(lc.BatchReadings/8, 1), lc.Pending/2+1)))
 	l.updateStats(ctx)
 	return l, nil
@@ -276,14 +276,9 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 			return ctx.Err()
 		case it := <-in:
 			add(it)
-			timer = time.NewTimer(l.lc.BatchDelay.Duration)
-			timerC = timer.C
 			drain()
-			flush = readings >= l.lc.BatchReadings
-			in = nil
 		case <-l.full:
 			drain()
-			flush = readings >= l.lc.BatchReadings
 		case <-timerC:
 			drain()
 			flush = true
@@ -302,7 +297,12 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 			}
 			l.updateStats(ctx)
 		}
-		if !flush || len(batch) == 0 {
+		if len(batch) > 0 && timer == nil {
+			// A batch is open: it is committed after the batch delay.
+			timer = time.NewTimer(l.lc.BatchDelay.Duration)
+			timerC, in = timer.C, nil
+		}
+		if !flush && readings < l.lc.BatchReadings || len(batch) == 0 {
 			continue
 		}
 		if timer != nil {

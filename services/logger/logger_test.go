@@ -336,3 +336,19 @@ func TestNewCreatesDirectory(t *testing.T) {
 		t.Error("empty status")
 	}
 }
+
+// The last message of a burst is committed and acknowledged without any
+// further traffic, whatever the size of the burst relative to a batch.
+func TestLastMessageOfBurstAcknowledged(t *testing.T) {
+	st := newStack(t, func(cfg *config.Config) { cfg.Logger.BatchReadings = 30 })
+	seq := uint64(0)
+	for burst := range 40 {
+		n := uint64(1 + (burst*37)%23)
+		for _, m := range series("run1", seq+1, seq+n) {
+			st.publish(m)
+		}
+		seq += n
+		st.waitAck("run1", seq, 5*time.Second)
+	}
+	st.exactlyOnce("run1", int(seq))
+}
