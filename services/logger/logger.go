@@ -547,7 +547,10 @@ func (l *Logger) publishLoop(ctx context.Context, pub Publisher) {
 		row := l.committed
 		l.mu.Unlock()
 		for i, a := range acks {
-			b := fmt.Appendf(nil, `{"run":%q,"seq":%d}`, a.Run, a.Seq)
+			b, _ := json.Marshal(struct {
+				Run string `json:"run"`
+				Seq uint64 `json:"seq"`
+			}{a.Run, a.Seq})
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			err := pub.Publish(pctx, bus.Message{Topic: l.topics.Ack(a.Producer), QoS: 1, Payload: b})
 			cancel()

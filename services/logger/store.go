@@ -901,9 +901,9 @@ func (s *Store) recordMalformed(ctx context.Context, r *runState, it *Item) erro
 	if len(why) > 200 {
 		why = why[:200]
 	}
-	why = strings.ToValidUTF8(why, "?")
+	reason := strings.ToValidUTF8("malformed message on device "+it.Device+": "+why, "?")
 	_, err := s.exec(ctx, `INSERT INTO gap(kind, run, first_seq, last_seq, samples, at, reason) VALUES ('malformed', ?, ?, ?, 1, ?, ?)`,
-		r.id, int64(it.Msg.Seq), int64(it.Msg.Seq), s.opts.Now().UnixMilli(), "malformed message on device "+it.Device+": "+why)
+		r.id, int64(it.Msg.Seq), int64(it.Msg.Seq), s.opts.Now().UnixMilli(), reason)
 	return err
 }
 
