@@ -249,7 +249,7 @@ func (p *Poller) HeartbeatFields() map[string]any {
 		"run":             p.run,
 		"outbox":          s.Outbox.Depth,
 		"outbox_oldest_s": s.Outbox.Oldest.Truncate(time.Millisecond).Seconds(),
-		"seq":             s.Outbox.Seq,
+		"data_seq":        s.Outbox.Seq,
 		"acked":           s.Outbox.Acked,
 		"backpressure":    s.Backpressure,
 		"skipped":         s.Skipped,
