@@ -85,7 +85,8 @@ func fakeRole(name string) int {
 
 // stack is the installed and booted tinyscada.
 type stack struct {
-	t       *testing.T
+	t       *testing.T // the running (sub)test
+	top     *testing.T // TestSystem itself
 	sys     *System
 	root    string // DESTDIR
 	varLib  string // bound at /var/lib
@@ -109,7 +110,7 @@ func installAndBoot(t *testing.T) *stack {
 	testpeer.Need(t, "mosquitto_sub")
 	testpeer.Need(t, "systemd-sysusers")
 	dir := t.TempDir()
-	s := &stack{t: t, root: filepath.Join(dir, "root"), varLib: filepath.Join(dir, "varlib"), port: testpeer.FreePort(t), hasRole: map[string]bool{}}
+	s := &stack{t: t, top: t, root: filepath.Join(dir, "root"), varLib: filepath.Join(dir, "varlib"), port: testpeer.FreePort(t), hasRole: map[string]bool{}}
 	for _, d := range []string{s.root, s.varLib, filepath.Join(dir, "etc")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -255,7 +256,7 @@ func (s *stack) watch() {
 	bin := testpeer.Need(s.t, "mosquitto_sub")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	s.t.Cleanup(func() { cancel(); <-done })
+	s.top.Cleanup(func() { cancel(); <-done })
 	// mosquitto_sub exits when the broker goes away: run it again until the
 	// test ends.
 	go func() {
@@ -372,6 +373,27 @@ func (s *stack) query(q string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// flowing checks that readings reach the database (or, without a logger,
+// the bus) after what happened.
+func (s *stack) flowing(after string) {
+	s.t.Helper()
+	if !s.hasRole["logger"] {
+		data := testpeer.Sub(s.t, s.port, "-t", "tinyscada/data/#", "-C", "3")
+		testpeer.Expect(s.t, data, 30*time.Second, "readings on the bus after "+after, func(string) bool { return true })
+		return
+	}
+	n := s.samples()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.samples() < n+3 {
+		if time.Now().After(deadline) {
+			// Not fatal: the next steps still tell something.
+			s.t.Errorf("no new readings in the database 30s after %s (%d samples); the poller says:\n%s", after, n, s.sys.Journal(unit("poller"), 15))
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 func (s *stack) samples() int {
 	n, _ := strconv.Atoi(s.query("SELECT count(*) FROM sample"))
 	return n
@@ -433,6 +455,16 @@ func (s *stack) pss(units []string) (total int, each map[string]int) {
 	return total, each
 }
 
+// run runs a subtest with the stack's helpers failing that subtest.
+func (s *stack) run(t *testing.T, name string, f func(t *testing.T)) bool {
+	return t.Run(name, func(t *testing.T) {
+		pt, pst := s.t, s.sys.t
+		s.t, s.sys.t = t, t
+		defer func() { s.t, s.sys.t = pt, pst }()
+		f(t)
+	})
+}
+
 func TestSystem(t *testing.T) {
 	s := installAndBoot(t)
 	sys := s.sys
@@ -463,14 +495,14 @@ func TestSystem(t *testing.T) {
 		}
 	}()
 
-	t.Run("verify", func(t *testing.T) {
+	s.run(t, "verify", func(t *testing.T) {
 		args := append([]string{"sh", "-c", "cd /run/systemd/system && systemd-analyze verify \"$@\"", "verify"}, units...)
 		if out, err := sys.Exec(args...); err != nil || strings.TrimSpace(out) != "" {
 			t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 		}
 	})
 
-	t.Run("start", func(t *testing.T) {
+	s.run(t, "start", func(t *testing.T) {
 		start := time.Now()
 		sys.MustExec("systemctl", "start", "tinyscada-simulate@sim.service", "tinyscada.target")
 		for _, r := range s.roles {
@@ -512,7 +544,7 @@ func TestSystem(t *testing.T) {
 		return
 	}
 
-	t.Run("kill -9", func(t *testing.T) {
+	s.run(t, "kill -9", func(t *testing.T) {
 		order := []string{"broker", "logger", "health", "uplink"}
 		for _, r := range order {
 			if !slices(s.roles, r) {
@@ -525,6 +557,7 @@ func TestSystem(t *testing.T) {
 			ok := s.waitOK(start, time.Minute, "after kill -9 of "+r)
 			t.Logf("figure: kill -9 %s: READY again after %v, health ok %v later", r, d.Round(time.Millisecond), ok.Round(time.Millisecond))
 		}
+		s.flowing("kill -9 of each role")
 		// Each killed role was restarted once, and nobody else (in
 		// particular, no watchdog fired while health was away).
 		for _, r := range s.roles {
@@ -538,12 +571,11 @@ func TestSystem(t *testing.T) {
 		}
 	})
 
-	t.Run("broker stop and start", func(t *testing.T) {
+	s.run(t, "broker stop and start", func(t *testing.T) {
 		pids := map[string]int{}
 		for _, r := range s.roles {
 			pids[r] = sys.MainPID(unit(r))
 		}
-		samples := s.samples()
 		sys.MustExec("systemctl", "stop", unit("broker"))
 		// Longer than stale_after + the others' WatchdogSec (3 s + 8 s):
 		// without the grace, their watchdogs would fire.
@@ -559,12 +591,10 @@ func TestSystem(t *testing.T) {
 				t.Errorf("%s was restarted while the broker was away (pid %d → %d):\n%s", r, pids[r], p, sys.Journal(unit(r), 20))
 			}
 		}
-		if s.hasRole["logger"] {
-			sys.WaitFor(30*time.Second, "readings did not resume", func() bool { return s.samples() > samples+5 })
-		}
+		s.flowing("the broker's stop and start")
 	})
 
-	t.Run("failing by its own report", func(t *testing.T) {
+	s.run(t, "failing by its own report", func(t *testing.T) {
 		if s.hasRole["uplink"] {
 			t.Skip("the stand-in for a role that reports failure is the uplink unit; with the real uplink, trigger its own failure here")
 		}
@@ -585,18 +615,20 @@ func TestSystem(t *testing.T) {
 		}
 		sys.WaitFor(30*time.Second, "uplink not restarted", func() bool { return s.activeAgain("uplink", pid) })
 		s.waitOK(time.Now(), time.Minute, "after the failing service was restarted")
+		s.flowing("the failing service's restart")
 	})
 
-	t.Run("kill -9 poller", func(t *testing.T) {
+	s.run(t, "kill -9 poller", func(t *testing.T) {
 		pid := sys.MainPID(unit("poller"))
 		start := time.Now()
 		sys.MustExec("kill", "-9", strconv.Itoa(pid))
 		d := sys.WaitFor(time.Minute, "poller not active again after kill -9", func() bool { return s.activeAgain("poller", pid) })
 		ok := s.waitOK(start, time.Minute, "after kill -9 of the poller")
 		t.Logf("figure: kill -9 poller: READY again after %v, health ok %v later", d.Round(time.Millisecond), ok.Round(time.Millisecond))
+		s.flowing("kill -9 of the poller")
 	})
 
-	t.Run("SIGSTOP", func(t *testing.T) {
+	s.run(t, "SIGSTOP", func(t *testing.T) {
 		for _, r := range []string{"poller", "logger"} {
 			if !slices(s.roles, r) {
 				continue
@@ -616,10 +648,11 @@ func TestSystem(t *testing.T) {
 			ok := s.waitOK(start, time.Minute, "after the watchdog restart of "+r)
 			t.Logf("figure: SIGSTOP %s: pings withheld after %v, READY again (watchdog restart) after %v, health ok %v later",
 				r, withheld.Round(time.Millisecond), d.Round(time.Millisecond), ok.Round(time.Millisecond))
+			s.flowing("the watchdog restart of " + r)
 		}
 	})
 
-	t.Run("nothing lost", func(t *testing.T) {
+	s.run(t, "nothing lost", func(t *testing.T) {
 		if !s.hasRole["logger"] {
 			t.Skip("no logger role in this binary yet: nothing stores readings")
 		}
@@ -627,7 +660,7 @@ func TestSystem(t *testing.T) {
 		s.checkNothingLost()
 	})
 
-	t.Run("security", func(t *testing.T) {
+	s.run(t, "security", func(t *testing.T) {
 		re := regexp.MustCompile(`Overall exposure level for (\S+): (\d+\.\d+) (\S+)`)
 		for _, r := range s.roles {
 			out, _ := sys.Exec("systemd-analyze", "security", "--no-pager", unit(r))
@@ -647,7 +680,7 @@ func TestSystem(t *testing.T) {
 		}
 	})
 
-	t.Run("load", func(t *testing.T) {
+	s.run(t, "load", func(t *testing.T) {
 		if !s.hasRole["poller"] {
 			t.Skip("no poller")
 		}
