@@ -1,6 +1,8 @@
 package poller
 
 import (
+	"golang.org/x/sys/unix"
+
 	"fmt"
 	"os"
 	"strings"
@@ -263,4 +265,30 @@ func TestTwoPollersOnePort(t *testing.T) {
 		t.Error("the second poller does not count its port as tried")
 	}
 	first.wait(t, &from, "tinyscada/data/good", 5*time.Second, "the first poller going on", allGood)
+}
+
+// TestPTYNotLeftExclusive: the serial library sets TIOCEXCL; on a
+// pseudo-terminal whose other end stays open it would outlive a killed
+// poller and lock a restarted one (not root) out with EBUSY. The poller
+// clears it there and relies on its flock.
+func TestPTYNotLeftExclusive(t *testing.T) {
+	dir := t.TempDir()
+	startSim(t, twoUnits, simLink(t, dir))
+	cfg := testConfig(t, dir, twoDevices("100ms", "50ms", "50ms"))
+	rec := newRecorder()
+	startPoller(t, cfg, rec)
+	rec.wait(t, new(int), "tinyscada/data/good", 5*time.Second, "a round", allGood)
+
+	f, err := os.OpenFile(simLink(t, dir), os.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	excl, err := unix.IoctlGetInt(int(f.Fd()), unix.TIOCGEXCL)
+	if err != nil {
+		t.Fatalf("TIOCGEXCL: %v", err)
+	}
+	if excl != 0 {
+		t.Fatal("the pseudo-terminal is in exclusive mode while the poller holds it: a killed poller would leave it so")
+	}
 }

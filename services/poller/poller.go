@@ -590,7 +590,30 @@ func Serve(ctx context.Context, svc *service.Service) error {
 		case <-p.Started():
 			svc.Ready(p.Status())
 		case <-ctx.Done():
+			return
 		}
+		reportPorts(ctx, p, svc)
 	}()
 	return p.Run(ctx, svc.Bus)
+}
+
+// reportPorts tells health, through svc.Failing, while a port is not open
+// (an adapter unplugged, a node that cannot be opened): the poller is alive
+// and retrying, but failing by its own report, so health shows it degraded
+// and, if it lasts, restarts it. It returns when ctx ends.
+func reportPorts(ctx context.Context, p *Poller, svc *service.Service) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		if s := p.Stats(); s.PortsOpen < s.Ports {
+			svc.Failing(fmt.Sprintf("%d of %d ports not open", s.Ports-s.PortsOpen, s.Ports))
+		} else {
+			svc.Failing("")
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.bug.st/serial"
@@ -64,6 +65,16 @@ func openPort(pr *portRun) (serial.Port, func(), error) {
 		held.Close()
 		f.Close()
 		return nil, nil, fmt.Errorf("port %s: %w", c.Name, err)
+	}
+	// go.bug.st/serial sets TIOCEXCL. On a real port the kernel drops it
+	// at the last close, even after a kill -9; on a pseudo-terminal whose
+	// other end stays open (the simulator, socat) it outlives us, and a
+	// restarted poller that is not root then gets EBUSY for good. There
+	// the flock above is the exclusion, so clear the flag.
+	if isPTY(f) {
+		if err := clearExclusive(f); err != nil {
+			pr.log.Warn("cannot clear TIOCEXCL on the pseudo-terminal; a restarted poller may find it busy", "err", err)
+		}
 	}
 	closeAll := func() {
 		port.Close()
@@ -332,4 +343,32 @@ func reason(err error) string {
 		return "unexpected reply"
 	}
 	return strings.TrimPrefix(err.Error(), "modbus: ")
+}
+
+// isPTY reports whether f is the slave side of a Unix98 pseudo-terminal
+// (character device majors 136 to 143).
+func isPTY(f *os.File) bool {
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || fi.Mode()&os.ModeCharDevice == 0 {
+		return false
+	}
+	major := unix.Major(uint64(st.Rdev))
+	return major >= 136 && major <= 143
+}
+
+// clearExclusive clears the terminal's TIOCEXCL flag through f.
+func clearExclusive(f *os.File) error {
+	raw, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var ierr error
+	if err := raw.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TIOCNXCL, 0) }); err != nil {
+		return err
+	}
+	return ierr
 }
