@@ -75,6 +75,7 @@ func runStack(ctx context.Context, args []string) error {
 	sup := supervisor.New(supervisor.Options{
 		Exe:               exe,
 		Roles:             roles,
+		RunDir:            runDir,
 		Env:               []string{supervisorEnv + "=run"},
 		ReadyTimeout:      cfg.Run.ReadyTimeout.Duration,
 		RestartBackoff:    cfg.Run.RestartBackoff.Duration,

@@ -20,22 +20,42 @@ type notification struct {
 // notifySocket is the NOTIFY_SOCKET the supervisor gives its children.
 type notifySocket struct {
 	path string
-	dir  string
+	tmp  string // a private temporary directory to remove, if one was made
 	conn *net.UnixConn
 }
 
-// listenNotify creates a unixgram socket with SO_PASSCRED in a fresh private
-// directory (a short path: socket paths are limited to 108 bytes).
-func listenNotify() (*notifySocket, error) {
-	dir, err := os.MkdirTemp("", "tinyscada-run-")
-	if err != nil {
+// maxSocketPath is the longest path a unix socket address takes (108 bytes
+// with the terminating NUL).
+const maxSocketPath = 107
+
+// listenNotify creates a unixgram socket with SO_PASSCRED at dir/notify, or,
+// when dir is empty or that path is too long for a socket address, in a
+// fresh private directory under the system's temporary directory. A stale
+// socket left at dir/notify by a killed supervisor is replaced (the caller
+// holds the lock that makes it ours).
+func listenNotify(dir string) (*notifySocket, error) {
+	var tmp string
+	path := filepath.Join(dir, "notify")
+	if dir == "" || len(path) > maxSocketPath {
+		var err error
+		if tmp, err = os.MkdirTemp("", "tinyscada-run-"); err != nil {
+			return nil, fmt.Errorf("notify socket: %w", err)
+		}
+		path = filepath.Join(tmp, "notify")
+	} else if err := os.Remove(path); err != nil && !os.IsNotExist(err) {
+		return nil, fmt.Errorf("notify socket: remove stale %s: %w", path, err)
+	}
+	fail := func(err error) (*notifySocket, error) {
+		if tmp != "" {
+			os.RemoveAll(tmp)
+		} else {
+			os.Remove(path)
+		}
 		return nil, fmt.Errorf("notify socket: %w", err)
 	}
-	path := filepath.Join(dir, "notify")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
 	if err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("notify socket: %w", err)
+		return fail(err)
 	}
 	raw, err := conn.SyscallConn()
 	if err == nil {
@@ -49,10 +69,9 @@ func listenNotify() (*notifySocket, error) {
 	}
 	if err != nil {
 		conn.Close()
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("notify socket: SO_PASSCRED: %w", err)
+		return fail(fmt.Errorf("SO_PASSCRED: %w", err))
 	}
-	return &notifySocket{path: path, dir: dir, conn: conn}, nil
+	return &notifySocket{path: path, tmp: tmp, conn: conn}, nil
 }
 
 // read returns the next notification; an error means the socket is closed.
@@ -91,7 +110,9 @@ func parseNotify(s string) map[string]string {
 }
 
 func (n *notifySocket) Close() error {
-	err := n.conn.Close()
-	os.RemoveAll(n.dir)
+	err := n.conn.Close() // net removes the socket file it bound
+	if n.tmp != "" {
+		os.RemoveAll(n.tmp)
+	}
 	return err
 }

@@ -46,6 +46,10 @@ type Options struct {
 	RestartBackoff, RestartBackoffMax time.Duration
 	// StopTimeout is how long a child may take to exit after SIGTERM.
 	StopTimeout time.Duration
+	// RunDir, when set, holds the notify socket (RunDir/notify); otherwise,
+	// or when that path is too long for a socket, a temporary directory
+	// does.
+	RunDir string
 	// Env is added to the children's environment.
 	Env    []string
 	Stderr io.Writer
@@ -134,7 +138,7 @@ func (s *Supervisor) Status() []ChildStatus {
 func (s *Supervisor) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	ns, err := listenNotify()
+	ns, err := listenNotify(s.opts.RunDir)
 	if err != nil {
 		return err
 	}
@@ -293,6 +297,9 @@ func (s *Supervisor) watchdog(c *child, cmd *exec.Cmd) func() {
 				if late {
 					s.log.Error("watchdog timeout; aborting", "child", c.role.Name, "pid", cmd.Process.Pid)
 					_ = cmd.Process.Signal(syscall.SIGABRT)
+					// A stopped (SIGSTOP) child acts on it only once
+					// continued, as systemd does too.
+					_ = cmd.Process.Signal(syscall.SIGCONT)
 					time.AfterFunc(s.opts.StopTimeout, func() { _ = cmd.Process.Kill() })
 					return
 				}

@@ -169,3 +169,45 @@ func TestStopTerminatesChildren(t *testing.T) {
 		}
 	}
 }
+
+// A child stopped with SIGSTOP (hung, not dead) misses its watchdog and is
+// restarted at once: SIGABRT is followed by SIGCONT, as systemd does, instead
+// of waiting for the stop timeout's SIGKILL.
+func TestWatchdogRestartsStoppedChild(t *testing.T) {
+	setModes(t, "ok")
+	exe, _ := os.Executable()
+	runDir := t.TempDir()
+	// A stale socket from a killed supervisor is replaced.
+	if err := os.WriteFile(runDir+"/notify", nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	s := New(Options{
+		Exe:            exe,
+		Roles:          []Role{{Name: "a", Args: []string{"-test.run=^$"}, Watchdog: 300 * time.Millisecond}},
+		RunDir:         runDir,
+		ReadyTimeout:   5 * time.Second,
+		RestartBackoff: 50 * time.Millisecond,
+		StopTimeout:    time.Minute, // far longer than the wait below
+		OnStarted:      func() { close(started) },
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-started:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("never started")
+	}
+	old := s.Status()[0].PID
+	if err := syscall.Kill(old, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "restart of the stopped child", func() bool {
+		c := s.Status()[0]
+		return c.PID != old && c.Ready
+	})
+}
