@@ -186,7 +186,7 @@ func (s *Server) write(b []byte, start *time.Time) error {
 	perChunk := max(1, int(chunkTime/ct))
 	for i := 0; i < len(b); {
 		j := min(len(b), i+perChunk)
-		sleepUntil(start.Add(time.Duration(j) * ct))
+		modbus.Sleep(time.Until(start.Add(time.Duration(j) * ct)))
 		if _, err := s.rw.Write(b[i:j]); err != nil {
 			return fmt.Errorf("simulate: write: %w", err)
 		}
@@ -194,21 +194,4 @@ func (s *Server) write(b []byte, start *time.Time) error {
 	}
 	*start = start.Add(time.Duration(len(b)) * ct)
 	return nil
-}
-
-// sleepUntil sleeps until t with nanosleep(2): the Go timer rounds short
-// waits up to a millisecond, more than a character at 9600 baud.
-func sleepUntil(t time.Time) {
-	d := time.Until(t)
-	if d <= 0 {
-		return
-	}
-	ts := unix.NsecToTimespec(int64(d))
-	for {
-		var rem unix.Timespec
-		if err := unix.Nanosleep(&ts, &rem); err != unix.EINTR {
-			return
-		}
-		ts = rem
-	}
 }

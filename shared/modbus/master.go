@@ -189,7 +189,7 @@ func (m *Master) attempt(ctx context.Context, req *Request, frame []byte, timeou
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("modbus: %v: %w", req, err)
 	}
-	sleep(time.Until(m.lastBus.Add(m.silence)))
+	Sleep(time.Until(m.lastBus.Add(m.silence)))
 	if err := m.port.ResetInputBuffer(); err != nil {
 		return nil, fmt.Errorf("%w: flush input: %w", ErrPort, err)
 	}

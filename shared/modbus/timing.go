@@ -33,9 +33,10 @@ func Silence(baud int) time.Duration {
 	return CharTime(baud) * 7 / 2
 }
 
-// sleep waits d with nanosleep(2): the Go timer rounds short waits up to
-// a millisecond, which is several characters above 19200 baud.
-func sleep(d time.Duration) {
+// Sleep waits d with nanosleep(2): the Go timer rounds short waits up to
+// a millisecond, which is several characters above 19200 baud. It returns
+// at once for d ≤ 0.
+func Sleep(d time.Duration) {
 	if d <= 0 {
 		return
 	}
