@@ -235,9 +235,11 @@ func (d *decoder) message(m *Message) error {
 	return nil
 }
 
-func (d *decoder) values(m *Message) error {
+// members reads a JSON object of point names (what names it in errors),
+// calling member for each name after its ':'.
+func (d *decoder) members(what string, member func(name []byte) error) error {
 	if !d.eat('{') {
-		return d.fail("v is not an object")
+		return d.fail("%s is not an object", what)
 	}
 	for first := true; ; first = false {
 		d.ws()
@@ -246,7 +248,7 @@ func (d *decoder) values(m *Message) error {
 		}
 		if !first {
 			if !d.eat(',') {
-				return d.fail("want ',' or '}' in v")
+				return d.fail("want ',' or '}' in %s", what)
 			}
 			d.ws()
 		}
@@ -254,6 +256,19 @@ func (d *decoder) values(m *Message) error {
 		if err != nil {
 			return err
 		}
+		d.ws()
+		if !d.eat(':') {
+			return d.fail("want ':' after point name")
+		}
+		d.ws()
+		if err := member(name); err != nil {
+			return err
+		}
+	}
+}
+
+func (d *decoder) values(m *Message) error {
+	return d.members("v", func(name []byte) error {
 		for j := range m.Values {
 			if string(m.Values[j].Name) == string(name) {
 				return d.fail("point %q repeated in v", name)
@@ -262,11 +277,6 @@ func (d *decoder) values(m *Message) error {
 		if len(m.Values) >= maxValues {
 			return d.fail("more than %d values", maxValues)
 		}
-		d.ws()
-		if !d.eat(':') {
-			return d.fail("want ':' after point name")
-		}
-		d.ws()
 		v := Value{Name: name}
 		switch {
 		case d.lit("true"):
@@ -279,28 +289,12 @@ func (d *decoder) values(m *Message) error {
 			}
 		}
 		m.Values = append(m.Values, v)
-	}
+		return nil
+	})
 }
 
 func (d *decoder) bads(m *Message) error {
-	if !d.eat('{') {
-		return d.fail("bad is not an object")
-	}
-	for first := true; ; first = false {
-		d.ws()
-		if d.eat('}') {
-			return nil
-		}
-		if !first {
-			if !d.eat(',') {
-				return d.fail("want ',' or '}' in bad")
-			}
-			d.ws()
-		}
-		name, err := d.name()
-		if err != nil {
-			return err
-		}
+	return d.members("bad", func(name []byte) error {
 		for j := range m.Bad {
 			if string(m.Bad[j].Name) == string(name) {
 				return d.fail("point %q repeated in bad", name)
@@ -309,11 +303,6 @@ func (d *decoder) bads(m *Message) error {
 		if len(m.Bad) >= maxValues {
 			return d.fail("more than %d bad points", maxValues)
 		}
-		d.ws()
-		if !d.eat(':') {
-			return d.fail("want ':' after point name")
-		}
-		d.ws()
 		why, err := d.str()
 		if err != nil {
 			return err
@@ -327,7 +316,8 @@ func (d *decoder) bads(m *Message) error {
 			return d.fail("reason of %q is not UTF-8", name)
 		}
 		m.Bad = append(m.Bad, Bad{Name: name, Why: why})
-	}
+		return nil
+	})
 }
 
 // name reads a point name: a non-empty UTF-8 string of at most 128 bytes.
