@@ -5,13 +5,13 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tinyscada/tinyscada/shared/credentials"
+	"github.com/tinyscada/tinyscada/shared/delayed"
 )
 
 // users returns the users whose credentials the broker generates on its
@@ -133,7 +133,7 @@ type accessHook struct {
 	// local holds the ids of listeners (loopback TCP, unix socket) that
 	// accept anonymous clients.
 	local   map[string]bool
-	limiter *logLimiter
+	limiter *delayed.Limiter
 	log     *slog.Logger
 }
 
@@ -187,7 +187,7 @@ func (h *accessHook) refuse(cl *mqtt.Client, user, reason string) {
 	if hh, _, err := net.SplitHostPort(host); err == nil {
 		host = hh
 	}
-	if h.limiter.allow("connect\x00" + user + "\x00" + host + "\x00" + reason) {
+	if h.limiter.Allow("connect\x00"+user+"\x00"+host+"\x00"+reason, time.Now()) {
 		h.log.Warn("refused client", "client", cl.ID, "user", user, "remote", cl.Net.Remote,
 			"listener", cl.Net.Listener, "reason", reason)
 	}
@@ -205,45 +205,8 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	if mayPublish(h.prefix, user, topic) {
 		return true
 	}
-	if h.limiter.allow("publish\x00" + cl.ID + "\x00" + topic) {
+	if h.limiter.Allow("publish\x00"+cl.ID+"\x00"+topic, time.Now()) {
 		h.log.Warn("denied publish", "client", cl.ID, "user", user, "topic", topic, "remote", cl.Net.Remote)
 	}
 	return false
-}
-
-// logLimiter lets a key through at most once per period. It keeps at most
-// max keys; when full it forgets the expired ones, or all of them.
-type logLimiter struct {
-	period time.Duration
-	max    int
-	now    func() time.Time
-
-	mu   sync.Mutex
-	last map[string]time.Time
-}
-
-func newLogLimiter(period time.Duration, max int) *logLimiter {
-	return &logLimiter{period: period, max: max, now: time.Now, last: map[string]time.Time{}}
-}
-
-// allow reports whether key may be logged now, and if so records it.
-func (l *logLimiter) allow(key string) bool {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	now := l.now()
-	if t, ok := l.last[key]; ok && now.Sub(t) < l.period {
-		return false
-	}
-	if len(l.last) >= l.max {
-		for k, t := range l.last {
-			if now.Sub(t) >= l.period {
-				delete(l.last, k)
-			}
-		}
-		if len(l.last) >= l.max {
-			clear(l.last)
-		}
-	}
-	l.last[key] = now
-	return true
 }

@@ -4,7 +4,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 )
 
 // everyone is each user the rules know, plus anonymous ("") and a user the
@@ -182,34 +181,6 @@ func TestAuthenticate(t *testing.T) {
 		reason := h.authenticate(c.listener, c.user, []byte(c.pass))
 		if (reason == "") != c.ok {
 			t.Errorf("authenticate(%q, %q, %q) = %q, want ok=%v", c.listener, c.user, c.pass, reason, c.ok)
-		}
-	}
-}
-
-func TestLogLimiter(t *testing.T) {
-	now := time.Unix(1000, 0)
-	l := newLogLimiter(time.Minute, 3)
-	l.now = func() time.Time { return now }
-	steps := []struct {
-		advance time.Duration
-		key     string
-		want    bool
-	}{
-		{0, "a", true},
-		{0, "a", false},
-		{0, "b", true},
-		{59 * time.Second, "a", false},
-		{time.Second, "a", true},
-		{0, "c", true},
-		{0, "d", true}, // full: b (expired) goes, d comes in
-		{0, "a", false},
-		{0, "e", true}, // full, nothing expired: forgets everything
-		{0, "a", true},
-	}
-	for i, s := range steps {
-		now = now.Add(s.advance)
-		if got := l.allow(s.key); got != s.want {
-			t.Errorf("step %d: allow(%q) = %v, want %v", i, s.key, got, s.want)
 		}
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/credentials"
+	"github.com/tinyscada/tinyscada/shared/delayed"
 	"github.com/tinyscada/tinyscada/shared/service"
 )
 
@@ -112,7 +113,7 @@ func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger
 		prefix:    cfg.TopicPrefix,
 		passwords: passwords,
 		local:     map[string]bool{},
-		limiter:   newLogLimiter(time.Minute, 4096),
+		limiter:   delayed.NewLimiter(time.Minute, 4096),
 		log:       log.With("component", "access"),
 	}
 	for _, l := range lns {
