@@ -2,25 +2,13 @@ package simulate
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
-)
 
-// needTool skips the test when a tool is missing, or fails it when the
-// environment variable CI is "true".
-func needTool(t *testing.T, what string, err error) {
-	t.Helper()
-	if err == nil {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s: %v", what, err)
-	}
-	t.Skipf("%s not available: %v", what, err)
-}
+	"github.com/tinyscada/tinyscada/internal/testpeer"
+)
 
 const peerMap = `
 baud = 9600
@@ -77,8 +65,7 @@ value = 17
 // TestMbpollReadsSimulator has Debian's mbpoll, a Modbus master we did not
 // write, read and write the simulator (with byte timing on).
 func TestMbpollReadsSimulator(t *testing.T) {
-	mbpoll, err := exec.LookPath("mbpoll")
-	needTool(t, "mbpoll", err)
+	mbpoll := testpeer.Need(t, "mbpoll")
 	ctx, cancel := context.WithCancel(context.Background())
 	sim, err := Start(ctx, mustParse(t, peerMap), "", nil)
 	if err != nil {
