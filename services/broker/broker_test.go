@@ -25,24 +25,11 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/credentials"
 )
-
-// needTool returns the path of an external tool, skipping the test when it
-// is missing (failing it when CI=true).
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required (apt-get install mosquitto-clients): %v", name, err)
-		}
-		t.Skipf("%s not installed (apt-get install mosquitto-clients): %v", name, err)
-	}
-	return p
-}
 
 func testConfig(t testing.TB) *config.Config {
 	cfg := config.Default()
@@ -166,7 +153,7 @@ func mosq(t *testing.T, tool string, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, needTool(t, tool), args...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, testpeer.Need(t, tool), args...).CombinedOutput()
 	return string(out), err
 }
 
@@ -243,7 +230,7 @@ func password(t testing.TB, cfg *config.Config, user string) string {
 }
 
 func TestMosquittoSubSeesStateAndHeartbeat(t *testing.T) {
-	needTool(t, "mosquitto_sub")
+	testpeer.Need(t, "mosquitto_sub")
 	cfg := testConfig(t)
 	log, _ := newLogRecorder(t)
 	b := startBroker(t, cfg, log)
@@ -307,7 +294,7 @@ func TestHeartbeatProvesRouting(t *testing.T) {
 }
 
 func TestAccessControl(t *testing.T) {
-	needTool(t, "mosquitto_pub")
+	testpeer.Need(t, "mosquitto_pub")
 	cfg := testConfig(t)
 	log, logs := newLogRecorder(t)
 	b := startBroker(t, cfg, log)
@@ -408,7 +395,7 @@ func nonLoopbackIPv4() string {
 }
 
 func TestAnonymousRefusedOnNonLoopbackListener(t *testing.T) {
-	needTool(t, "mosquitto_pub")
+	testpeer.Need(t, "mosquitto_pub")
 	ip := nonLoopbackIPv4()
 	if ip == "" {
 		t.Skip("this machine has no non-loopback IPv4 address; the rule is covered by TestIsLoopback and TestAuthenticate")
@@ -432,7 +419,7 @@ func TestAnonymousRefusedOnNonLoopbackListener(t *testing.T) {
 }
 
 func TestUnixSocket(t *testing.T) {
-	needTool(t, "mosquitto_sub")
+	testpeer.Need(t, "mosquitto_sub")
 	cfg := testConfig(t)
 	sock := filepath.Join(t.TempDir(), "run", "broker.sock")
 	cfg.Broker.UnixSocket = sock
@@ -706,7 +693,7 @@ func selfSigned(t *testing.T, dir, ip string) (certFile, keyFile string) {
 // non-loopback listener speaks TLS (mosquitto_pub with the certificate as CA
 // publishes with a role's credential) and the loopback one stays plain.
 func TestTLSOnNonLoopbackListener(t *testing.T) {
-	needTool(t, "mosquitto_pub")
+	testpeer.Need(t, "mosquitto_pub")
 	ip := nonLoopbackIPv4()
 	if ip == "" {
 		t.Skip("this machine has no non-loopback IPv4 address")
