@@ -1,8 +1,6 @@
 package logger
 
 import (
-	"github.com/tinyscada/tinyscada/internal/testpeer"
-
 	"context"
 	"errors"
 	"os"
@@ -11,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/config"
 )
 
