@@ -9,8 +9,6 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/tinyscada/tinyscada/services/health"
 	"github.com/tinyscada/tinyscada/services/supervisor"
 	"github.com/tinyscada/tinyscada/shared/config"
@@ -53,10 +51,7 @@ func runHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return h.Serve(ctx) })
-	g.Go(func() error { return svc.Run(ctx) })
-	return g.Wait()
+	return svc.RunWith(ctx, func(ctx context.Context) error { return h.Serve(ctx) })
 }
 
 // runWatchdogs gives the roles of `tinyscada run` their watchdog timeouts,

@@ -4,8 +4,6 @@ import (
 	"context"
 	"log/slog"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/tinyscada/tinyscada/services/logger"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
@@ -25,8 +23,5 @@ func runLogger(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return l.Serve(ctx, svc) })
-	g.Go(func() error { return svc.Run(ctx) })
-	return g.Wait()
+	return svc.RunWith(ctx, func(ctx context.Context) error { return l.Serve(ctx, svc) })
 }

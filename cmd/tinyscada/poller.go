@@ -5,8 +5,6 @@ import (
 	"log/slog"
 	"os"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/tinyscada/tinyscada/services/poller"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/logging"
@@ -42,8 +40,5 @@ func runPoller(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return poller.Serve(ctx, svc) })
-	g.Go(func() error { return svc.Run(ctx) })
-	return g.Wait()
+	return svc.RunWith(ctx, func(ctx context.Context) error { return poller.Serve(ctx, svc) })
 }

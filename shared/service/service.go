@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/clock"
 	"github.com/tinyscada/tinyscada/shared/config"
@@ -308,6 +310,16 @@ func (s *Service) Heartbeat() Heartbeat {
 		h.Extra = extra()
 	}
 	return h
+}
+
+// RunWith runs the role's main loop serve and Run (the heartbeats) side by
+// side until ctx ends or either returns; the other is then stopped. It
+// returns serve's error, or nil after ctx ended.
+func (s *Service) RunWith(ctx context.Context, serve func(context.Context) error) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return serve(ctx) })
+	g.Go(func() error { return s.Run(ctx) })
+	return g.Wait()
 }
 
 // Run publishes a heartbeat every heartbeat_interval until ctx ends, then

@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -129,5 +130,35 @@ func TestHeartbeatJSONIsFlat(t *testing.T) {
 	}
 	if _, ok := m["idle"]; ok {
 		t.Errorf("idle present although false: %s", b)
+	}
+}
+
+// RunWith returns the role loop's error and stops the heartbeats with it;
+// when ctx ends first, it returns nil.
+func TestRunWith(t *testing.T) {
+	ctx := context.Background()
+	s, err := New(ctx, "poller", testConfig(t, 1), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("boom")
+	done := make(chan error, 1)
+	go func() {
+		done <- s.RunWith(ctx, func(ctx context.Context) error { return boom })
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, boom) {
+			t.Fatalf("RunWith = %v, want the loop's error", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunWith did not return after its loop failed: the heartbeats kept it running")
+	}
+
+	cctx, cancel := context.WithCancel(ctx)
+	go func() { done <- s.RunWith(cctx, func(ctx context.Context) error { <-ctx.Done(); return nil }) }()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("RunWith after ctx ended = %v, want nil", err)
 	}
 }
