@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"os"
 	"strings"
@@ -16,8 +14,8 @@ import (
 // exportCmd is `tinyscada export`: readings from the logger's database as
 // CSV or JSON lines on stdout.
 func exportCmd(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("export", flag.ContinueOnError)
-	cfgPath := fs.String("config", "", "configuration `file` whose logger.db to read (default: as for every role; else the built-in demo, ./tinyscada-state/readings.db)")
+	fs, cfgPath := commandFlags("export", "usage: tinyscada export [-config FILE | -db FILE] [-format csv|jsonl] [-device D,...] [-point P,...] [-from T] [-to T] [-no-gaps]\n"+
+		"Writes the stored readings to stdout with their corrected time and quality (see docs/logger.md); -config names the configuration whose logger database to read.")
 	dbPath := fs.String("db", "", "database `file` to read (overrides -config)")
 	format := fs.String("format", "csv", "output `format`: csv or jsonl")
 	devices := fs.String("device", "", "only these `devices` (comma-separated)")
@@ -25,20 +23,8 @@ func exportCmd(ctx context.Context, args []string) error {
 	from := fs.String("from", "", "only readings at or after this `time` (RFC 3339, or YYYY-MM-DD, UTC)")
 	to := fs.String("to", "", "only readings at or before this `time` (RFC 3339, or YYYY-MM-DD for the end of that day)")
 	noGaps := fs.Bool("no-gaps", false, "leave out the records of missing readings")
-	fs.Usage = func() {
-		fmt.Fprintln(fs.Output(), "usage: tinyscada export [-config FILE | -db FILE] [-format csv|jsonl] [-device D,...] [-point P,...] [-from T] [-to T] [-no-gaps]")
-		fmt.Fprintln(fs.Output(), "Writes the stored readings to stdout with their corrected time and quality (see docs/logger.md).")
-		fs.PrintDefaults()
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return errUsage
-	}
-	if fs.NArg() > 0 {
-		fs.Usage()
-		return errUsage
+	if err := parseFlags(fs, args); err != nil {
+		return err
 	}
 	f := logger.ExportFilter{Devices: splitList(*devices), Points: splitList(*points), NoGaps: *noGaps}
 	var err error
