@@ -24,12 +24,6 @@ import (
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
-// Publisher sends one message (a *bus.Client).
-type Publisher interface {
-	Publish(ctx context.Context, m bus.Message) error
-	Connected() bool
-}
-
 // Options configure a Logger beyond the configuration.
 type Options struct {
 	Log *slog.Logger
@@ -204,7 +198,7 @@ func (l *Logger) handleCursor(payload []byte) {
 // Run ingests until ctx ends. It returns nil when ctx ended, or the error
 // of a broken database. pub receives the acknowledgements and commit
 // announcements.
-func (l *Logger) Run(ctx context.Context, pub Publisher) error {
+func (l *Logger) Run(ctx context.Context, pub bus.Conn) error {
 	defer close(l.done)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -513,7 +507,7 @@ func (l *Logger) kick() {
 
 // publishLoop publishes acknowledgements and the committed row whenever
 // they change, and all of them again after a reconnect.
-func (l *Logger) publishLoop(ctx context.Context, pub Publisher) {
+func (l *Logger) publishLoop(ctx context.Context, pub bus.Conn) {
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	connected := false

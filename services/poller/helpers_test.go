@@ -56,7 +56,7 @@ func startSim(t testing.TB, mapText, link string) (*simulate.Sim, func()) {
 }
 
 // startPoller runs a Poller for cfg publishing to pub until the test ends.
-func startPoller(t testing.TB, cfg *config.Config, pub Publisher) *Poller {
+func startPoller(t testing.TB, cfg *config.Config, pub bus.Conn) *Poller {
 	t.Helper()
 	p, err := New(cfg, Options{})
 	if err != nil {

@@ -27,16 +27,6 @@ import (
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
-// Publisher is where the poller's messages go; *bus.Client is one.
-type Publisher interface {
-	// Publish sends m; for QoS 1 it waits for the broker's acknowledgement.
-	Publish(ctx context.Context, m bus.Message) error
-	// Connected reports whether the connection is up. A change from down
-	// to up makes the poller publish its whole outbox, device states and
-	// values again: the broker kept nothing for it.
-	Connected() bool
-}
-
 // Options configure a Poller.
 type Options struct {
 	// Log receives the poller's logs; nil discards them.
@@ -148,9 +138,11 @@ func (p *Poller) portTried() {
 }
 
 // Run polls until ctx ends, publishing through pub, and returns nil then.
+// Whenever pub's connection comes back up, the whole outbox, the device
+// states and the values are published again: the broker kept nothing.
 // A port that cannot be opened or vanishes is retried with backoff while
 // the other ports carry on; nothing a device does ends Run.
-func (p *Poller) Run(ctx context.Context, pub Publisher) error {
+func (p *Poller) Run(ctx context.Context, pub bus.Conn) error {
 	g, ctx := errgroup.WithContext(ctx)
 	for _, pr := range p.ports {
 		g.Go(func() error {
@@ -422,7 +414,7 @@ func (p *Poller) storeValues(d *device, t int64) {
 // send publishes data messages from the outbox, device states and values
 // until ctx ends. It publishes everything again after a reconnect, and
 // re-sends data messages not acknowledged within ack_timeout.
-func (p *Poller) send(ctx context.Context, pub Publisher) {
+func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 	ackTimeout := p.cfg.AckTimeout.Duration
 	tick := time.NewTicker(min(ackTimeout/4, 250*time.Millisecond))
 	defer tick.Stop()
@@ -468,7 +460,7 @@ func (p *Poller) send(ctx context.Context, pub Publisher) {
 
 // publishData publishes msgs in order; on a failure it marks that one and
 // the rest unsent and returns false.
-func (p *Poller) publishData(ctx context.Context, pub Publisher, msgs []Pending) bool {
+func (p *Poller) publishData(ctx context.Context, pub bus.Conn, msgs []Pending) bool {
 	for i, m := range msgs {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := pub.Publish(pctx, bus.Message{Topic: m.Topic, QoS: 1, Payload: m.Payload})
@@ -491,7 +483,7 @@ func (p *Poller) publishData(ctx context.Context, pub Publisher, msgs []Pending)
 	return true
 }
 
-func (p *Poller) publishStates(ctx context.Context, pub Publisher) {
+func (p *Poller) publishStates(ctx context.Context, pub bus.Conn) {
 	for _, d := range p.devices {
 		d.mu.Lock()
 		if !d.stateDirty {
@@ -526,7 +518,7 @@ func (p *Poller) publishStates(ctx context.Context, pub Publisher) {
 	}
 }
 
-func (p *Poller) publishValues(ctx context.Context, pub Publisher) {
+func (p *Poller) publishValues(ctx context.Context, pub bus.Conn) {
 	type valueMsg struct {
 		topic   string
 		payload []byte

@@ -24,6 +24,20 @@ type Message struct {
 	Payload []byte
 }
 
+// Publisher sends one message. *Client is one; so is the broker's
+// in-process client (through an adapter), and tests give their own.
+type Publisher interface {
+	Publish(ctx context.Context, m Message) error
+}
+
+// Conn is a Publisher that also says whether its connection is up: a change
+// from down to up means the broker kept nothing for this client, so what it
+// must hold (an outbox, retained states) is published again. *Client is one.
+type Conn interface {
+	Publisher
+	Connected() bool
+}
+
 // Credentials returns the username and password to connect with. It is
 // called before every connection attempt, so a credential file that appears
 // later (the broker creates them on its first start) is picked up.

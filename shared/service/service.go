@@ -79,12 +79,6 @@ func (h Heartbeat) MarshalJSON() ([]byte, error) {
 	return json.Marshal(m)
 }
 
-// Publisher sends one message; *bus.Client satisfies it through Attach's
-// adapter, and the broker's inline client through its own.
-type Publisher interface {
-	Publish(ctx context.Context, m bus.Message) error
-}
-
 // Service is one role's runtime. Create it with New (the broker, which has
 // no client connection) or Start (every other role).
 type Service struct {
@@ -102,7 +96,7 @@ type Service struct {
 	failing  atomic.Pointer[string]
 
 	mu     sync.Mutex
-	pub    Publisher
+	pub    bus.Publisher
 	state  State
 	extra  func() map[string]any
 	hbSeq  uint64
@@ -208,7 +202,7 @@ func (s *Service) newState(st string) State {
 
 // Attach sets where state and heartbeats go and publishes the current state
 // there.
-func (s *Service) Attach(p Publisher) {
+func (s *Service) Attach(p bus.Publisher) {
 	s.mu.Lock()
 	s.pub = p
 	s.mu.Unlock()
