@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/tinyscada/tinyscada/shared/connbuf"
 )
 
 // listener is a mochi listener for TCP (optionally TLS) or a unix socket. It
@@ -43,6 +45,10 @@ var _ listeners.Listener = (*listener)(nil)
 // connectTimeout is how long a new connection may take to send its CONNECT
 // (including the TLS handshake).
 const connectTimeout = 10 * time.Second
+
+// writeTimeout bounds one write to a client's socket: a client that stops
+// reading is dropped after it, instead of holding its buffers for good.
+const writeTimeout = 30 * time.Second
 
 // ErrAddrInUse is wrapped by Run's error when a listen address is taken;
 // test with errors.Is (it is syscall.EADDRINUSE).
@@ -134,7 +140,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		// own from the keep-alive: a connection that never sends one
 		// would hold its goroutine for good.
 		_ = conn.SetDeadline(time.Now().Add(connectTimeout))
-		conn = newCoalescingConn(conn)
+		conn = connbuf.Coalesce(conn, writeTimeout)
 		if !l.track(conn) {
 			_ = conn.Close()
 			return

@@ -8,12 +8,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tinyscada/tinyscada/shared/connbuf"
 )
 
 // Message is one MQTT message to send.
@@ -88,6 +91,28 @@ type subscription struct {
 	h   Handler
 }
 
+const (
+	connectTimeout = 5 * time.Second
+	// writeTimeout bounds one write to the broker's socket (connbuf).
+	writeTimeout = 10 * time.Second
+)
+
+// dialBroker opens the connection paho speaks MQTT on, buffered both ways
+// (connbuf.Client): paho reads a packet header a byte at a time and writes
+// every packet with its own syscall, which made the client side of the bus
+// the bottleneck of ingest (docs/logger.md, "Throughput").
+func dialBroker(u *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
+	network, addr := "tcp", u.Host
+	if u.Scheme == "unix" {
+		network, addr = "unix", u.Path
+	}
+	c, err := net.DialTimeout(network, addr, connectTimeout)
+	if err != nil {
+		return nil, err
+	}
+	return connbuf.Client(c, writeTimeout), nil
+}
+
 // ErrClosed is returned by Dial when ctx ends before the broker answered;
 // test with errors.Is.
 var ErrClosed = errors.New("bus: gave up connecting")
@@ -134,8 +159,8 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		SetOrderMatters(false).
 		SetKeepAlive(opts.KeepAlive).
 		SetPingTimeout(opts.KeepAlive / 2).
-		SetConnectTimeout(5 * time.Second).
-		SetWriteTimeout(10 * time.Second).
+		SetConnectTimeout(connectTimeout).
+		SetCustomOpenConnectionFn(dialBroker).
 		SetAutoReconnect(true).
 		SetMaxReconnectInterval(opts.RetryMax).
 		SetConnectRetry(false).
