@@ -65,6 +65,7 @@ type Logger struct {
 	ackDirty  map[string]bool
 	committed int64 // last row announced
 	wake      chan struct{}
+	beats     producerBeats
 
 	// Heartbeat figures.
 	malformed  atomic.Int64
@@ -165,8 +166,94 @@ func (l *Logger) Handle(topic string, payload []byte) {
 		}
 		return
 	}
-	if topic == l.topics.UplinkCursor() {
+	switch topic {
+	case l.topics.UplinkCursor():
 		l.handleCursor(payload)
+	case l.topics.SvcHeartbeat(Producer):
+		l.handleBeat(payload)
+	case l.topics.SvcState(Producer):
+		l.handleProducerState(payload)
+	}
+}
+
+// producerBeats is what the producer's heartbeats and state said, for the
+// write loop to hand to the store (Store.Produced, Store.EndRuns). Guarded
+// by Logger.mu.
+type producerBeats struct {
+	run, live string            // run of the newest heartbeat; live: "" once it said stopping
+	pid       int               // its process
+	produced  map[string]uint64 // run → data_seq, not yet handed over
+	changed   bool              // live changed since handed over
+}
+
+// beat is the part of the poller's heartbeat the logger reads.
+type beat struct {
+	Run     string  `json:"run"`
+	DataSeq *uint64 `json:"data_seq"`
+	PID     int     `json:"pid"`
+}
+
+func (l *Logger) handleBeat(payload []byte) {
+	var b beat
+	if err := json.Unmarshal(payload, &b); err != nil || b.Run == "" || b.DataSeq == nil {
+		if ok, n := l.limiter.Check("beat", time.Now()); ok {
+			l.log.Warn("producer heartbeat without run and data_seq ignored", "topic", l.topics.SvcHeartbeat(Producer),
+				"payload", string(payload), "err", err, "suppressed", n)
+		}
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	pb := &l.beats
+	if pb.produced == nil {
+		pb.produced = map[string]uint64{}
+	}
+	pb.produced[b.Run] = max(pb.produced[b.Run], *b.DataSeq)
+	if b.Run != pb.live || b.Run != pb.run {
+		pb.changed = true
+	}
+	pb.run, pb.live, pb.pid = b.Run, b.Run, b.PID
+}
+
+// handleProducerState ends the producer's run when it says it is stopping
+// (its outbox goes with it).
+func (l *Logger) handleProducerState(payload []byte) {
+	var st service.State
+	if json.Unmarshal(payload, &st) != nil || st.State != service.Stopping {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if pb := &l.beats; pb.live != "" && st.PID == pb.pid {
+		pb.live, pb.changed = "", true
+	}
+}
+
+// handBeats gives the store what the producer's heartbeats said since the
+// last call; it runs on the write loop (the store's goroutine).
+func (l *Logger) handBeats(ctx context.Context) error {
+	l.mu.Lock()
+	pb := &l.beats
+	produced, changed, live := pb.produced, pb.changed, pb.live
+	pb.produced, pb.changed = nil, false
+	l.mu.Unlock()
+	for run, seq := range produced {
+		l.store.Produced(Producer, run, seq)
+	}
+	if !changed {
+		return nil
+	}
+	err := l.store.EndRuns(ctx, Producer, live)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrLocked), errors.Is(err, ErrDiskFull):
+		l.mu.Lock()
+		l.beats.changed = true // the next tick tries again
+		l.mu.Unlock()
+		return nil
+	default:
+		return fmt.Errorf("logger: recording the end of a producer run: %w", err)
 	}
 }
 
@@ -280,6 +367,9 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 			if len(batch) == 0 && time.Since(lastMsg) > 2*l.cfg.Bus.HeartbeatInterval.Duration {
 				setIdle(true)
 			}
+			if err := l.handBeats(ctx); err != nil {
+				return err
+			}
 			if err := l.closeGaps(ctx); err != nil {
 				return err
 			}
@@ -302,6 +392,9 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 		if timer != nil {
 			timer.Stop()
 			timer, timerC = nil, nil
+		}
+		if err := l.handBeats(ctx); err != nil {
+			return err
 		}
 		if err := l.commit(ctx, batch); err != nil {
 			return err
@@ -637,7 +730,7 @@ func (l *Logger) Serve(ctx context.Context, svc *service.Service) error {
 	l.opts.OnIdle = svc.SetIdle
 	l.opts.OnFailing = svc.Failing
 	svc.SetExtra(l.HeartbeatFields)
-	for _, f := range []string{l.topics.Sub("data"), l.topics.UplinkCursor()} {
+	for _, f := range []string{l.topics.Sub("data"), l.topics.UplinkCursor(), l.topics.SvcHeartbeat(Producer), l.topics.SvcState(Producer)} {
 		if err := svc.Bus.Subscribe(f, 1, l.Handle); err != nil {
 			svc.Log.Warn("subscribe failed; retried on reconnect", "filter", f, "err", err)
 		}

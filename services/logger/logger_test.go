@@ -352,3 +352,52 @@ func TestLastMessageOfBurstAcknowledged(t *testing.T) {
 	}
 	st.exactlyOnce("run1", int(seq))
 }
+
+// A poller that dies with messages in its outbox: its heartbeats said how
+// far its run got, and once the next run's heartbeats arrive (or it said it
+// is stopping) the part that never arrived becomes a gap record and the
+// acknowledgement moves past it, through the real broker.
+func TestDeadRunTailThroughBroker(t *testing.T) {
+	st := newStack(t, func(cfg *config.Config) {
+		cfg.Poller.AckTimeout.Duration = 50 * time.Millisecond
+		cfg.Logger.GapAfter.Duration = 150 * time.Millisecond
+	})
+	p := st.poller
+	beat := func(run string, seq uint64, pid int) {
+		t.Helper()
+		err := p.Bus.Publish(st.ctx, bus.Message{Topic: p.Topics.SvcHeartbeat("poller"), QoS: 0,
+			Payload: fmt.Appendf(nil, `{"run":%q,"data_seq":%d,"pid":%d,"seq":1,"progress":1}`, run, seq, pid)})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	beat("a", 4, 101)
+	for _, m := range series("a", 1, 4) {
+		st.publish(m)
+	}
+	beat("a", 10, 101) // 5..10 made; 5 and 6 arrive, then it dies
+	for _, m := range series("a", 5, 6) {
+		st.publish(m)
+	}
+	st.waitAck("a", 6, 10*time.Second)
+	time.Sleep(300 * time.Millisecond)
+	if n := st.ack("a"); n != 6 {
+		t.Fatalf("a live run acknowledged to %d past what arrived", n)
+	}
+	beat("b", 2, 102) // the restarted poller
+	st.publish(series("b", 1, 1)[0])
+	st.waitAck("a", 10, 10*time.Second)
+	// b says it is stopping: its seq 2 went with it.
+	err := p.Bus.Publish(st.ctx, bus.Message{Topic: p.Topics.SvcState("poller"), QoS: 1, Retain: true,
+		Payload: []byte(`{"state":"stopping","pid":102,"since":1}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.waitAck("b", 2, 10*time.Second)
+	db := roDB(t, st.dbPath())
+	got := queryText(t, db, `SELECT group_concat(r.run || ' ' || g.first_seq || '..' || g.last_seq, ', ') FROM gap g JOIN run r ON r.id = g.run`)
+	if got != "a 7..10, b 2..2" {
+		t.Errorf("gap records %q, want %q", got, "a 7..10, b 2..2")
+	}
+	st.exactlyOnce("a", 6)
+}

@@ -159,11 +159,20 @@ JOIN reason x ON x.id = f.reason;
 `
 
 // SchemaVersion is the schema version this program writes.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // migrations[i] migrates a database from version i to i+1 inside tx.
 var migrations = []func(ctx context.Context, tx *sql.Conn) error{
 	migrateV0,
+	migrateV1,
+}
+
+// migrateV1 adds run.produced: the highest seq the producer's heartbeats
+// said the run made, so that the end of a run that died with messages in
+// its outbox becomes a gap record.
+func migrateV1(ctx context.Context, c *sql.Conn) error {
+	_, err := c.ExecContext(ctx, `ALTER TABLE run ADD COLUMN produced INTEGER NOT NULL DEFAULT 0`)
+	return err
 }
 
 // migrateV0 creates the schema in an empty database with a new

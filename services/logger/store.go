@@ -128,9 +128,22 @@ type runState struct {
 	name      string
 	committed uint64
 	above     map[uint64]struct{} // stored seqs above committed
-	holeSince time.Time
-	dirty     bool
-	touched   bool
+	// produced is the highest seq the producer said it made (its
+	// heartbeats' data_seq), saved with the run; ended says another run
+	// of the producer took over (or it said it was stopping), so seqs up
+	// to produced that never arrive were lost with its outbox.
+	produced      uint64
+	producedSaved uint64
+	ended         bool
+	holeSince     time.Time
+	dirty         bool
+	touched       bool
+}
+
+// hole reports whether seqs of the run are missing: below a stored one, or
+// below what an ended run said it produced.
+func (r *runState) hole() bool {
+	return len(r.above) > 0 || r.ended && r.produced > r.committed
 }
 
 // Store is the logger's SQLite database. It is not safe for concurrent use:
@@ -152,6 +165,9 @@ type Store struct {
 	points  map[int64]map[string]pointInfo
 	reasons map[string]int64
 	runs    map[string]map[string]*runState // producer → run → state
+	// announced holds what producers' heartbeats said of runs that have
+	// no row yet: producer → run → highest seq made.
+	announced map[string]map[string]uint64
 	boots   map[string]*bootState
 
 	uploaded, uploadedSaved int64
@@ -411,13 +427,13 @@ func (s *Store) load(ctx context.Context) error {
 	if err := closeRows(rows); err != nil {
 		return err
 	}
-	if rows, err = s.conn.QueryContext(ctx, `SELECT id, producer, run, committed FROM run`); err != nil {
+	if rows, err = s.conn.QueryContext(ctx, `SELECT id, producer, run, committed, produced FROM run`); err != nil {
 		return err
 	}
 	var runs []*runState
 	for rows.Next() {
 		r := &runState{}
-		if err := rows.Scan(&r.id, &r.producer, &r.name, &r.committed); err != nil {
+		if err := rows.Scan(&r.id, &r.producer, &r.name, &r.committed, &r.produced); err != nil {
 			rows.Close()
 			return err
 		}
@@ -433,8 +449,11 @@ func (s *Store) load(ctx context.Context) error {
 		}
 		s.runs[r.producer][r.name] = r
 		r.holeSince = now
+		r.producedSaved = r.produced
+		r.produced = max(r.produced, s.announced[r.producer][r.name])
 		if old := oldRuns[r.producer][r.name]; old != nil {
-			r.holeSince = old.holeSince
+			r.holeSince, r.ended = old.holeSince, old.ended
+			r.produced = max(r.produced, old.produced)
 		}
 		rows, err := s.conn.QueryContext(ctx, `SELECT seq FROM sample WHERE run = ?1 AND seq > ?2
 			UNION SELECT last_seq FROM gap WHERE run = ?1 AND kind = 'malformed' AND last_seq > ?2`, r.id, int64(r.committed))
@@ -653,13 +672,13 @@ func (r *runState) advance() {
 // uploaded cursor.
 func (s *Store) saveState(ctx context.Context, runs []*runState) error {
 	for _, r := range runs {
-		if !r.dirty {
+		if !r.dirty && r.produced == r.producedSaved {
 			continue
 		}
-		if _, err := s.exec(ctx, `UPDATE run SET committed = ? WHERE id = ?`, int64(r.committed), r.id); err != nil {
+		if _, err := s.exec(ctx, `UPDATE run SET committed = ?, produced = ? WHERE id = ?`, int64(r.committed), int64(r.produced), r.id); err != nil {
 			return err
 		}
-		r.dirty = false
+		r.dirty, r.producedSaved = false, r.produced
 	}
 	for _, b := range s.boots {
 		if !b.dirty {
@@ -691,7 +710,8 @@ func (s *Store) run(ctx context.Context, producer string, name []byte) (*runStat
 	if err != nil {
 		return nil, err
 	}
-	r := &runState{id: id, producer: producer, name: string(name), holeSince: time.Now()}
+	r := &runState{id: id, producer: producer, name: string(name), holeSince: time.Now(), dirty: true}
+	r.produced = s.announced[producer][r.name]
 	if s.runs[producer] == nil {
 		s.runs[producer] = map[string]*runState{}
 	}
@@ -937,6 +957,73 @@ func (s *Store) PendingAcks() []Ack {
 	return acks
 }
 
+// Produced notes that producer's run has made seqs up to seq (its
+// heartbeat's data_seq). It is kept in memory and saved with the run's next
+// transaction, so that what a run made is known even after a restart of the
+// logger or a power cut.
+func (s *Store) Produced(producer, run string, seq uint64) {
+	if r := s.runs[producer][run]; r != nil {
+		r.produced = max(r.produced, seq)
+		delete(s.announced[producer], run)
+		return
+	}
+	if s.announced == nil {
+		s.announced = map[string]map[string]uint64{}
+	}
+	if s.announced[producer] == nil {
+		s.announced[producer] = map[string]uint64{}
+	}
+	s.announced[producer][run] = max(s.announced[producer][run], seq)
+}
+
+// EndRuns says that every run of producer other than live has ended (live
+// is the run its heartbeats come from now; "" when it said it is
+// stopping): whatever of those runs' produced seqs never arrives is lost
+// with the dead process's outbox and becomes a gap record after GapAfter
+// (CloseGaps). A run known only from heartbeats gets its row now. Errors as
+// for Write; the call can be repeated.
+func (s *Store) EndRuns(ctx context.Context, producer, live string) error {
+	now := time.Now()
+	for name, r := range s.runs[producer] {
+		if name == live || r.ended {
+			continue
+		}
+		r.ended = true
+		if len(r.above) == 0 && r.produced > r.committed {
+			r.holeSince = now
+		}
+	}
+	var unknown []string
+	for name, seq := range s.announced[producer] {
+		if name != live && seq > 0 && s.runs[producer][name] == nil {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	var made []*runState
+	err := s.tx(ctx, func() error {
+		made = made[:0]
+		for _, name := range unknown {
+			r, err := s.run(ctx, producer, []byte(name))
+			if err != nil {
+				return err
+			}
+			r.ended = true
+			made = append(made, r)
+		}
+		return s.saveState(ctx, made)
+	})
+	if err != nil {
+		return err
+	}
+	for _, name := range unknown {
+		delete(s.announced[producer], name)
+	}
+	return nil
+}
+
 // Stalled tells the store that writes were impossible until now (locked
 // database, full disk), so that holes in sequence numbers are not judged
 // by time the logger could not ingest.
@@ -949,7 +1036,7 @@ func (s *Store) CloseGaps(ctx context.Context, now time.Time) ([]Ack, error) {
 	var due []*runState
 	for _, runs := range s.runs {
 		for _, r := range runs {
-			if len(r.above) == 0 {
+			if !r.hole() {
 				continue
 			}
 			since := r.holeSince
@@ -975,11 +1062,17 @@ func (s *Store) CloseGaps(ctx context.Context, now time.Time) ([]Ack, error) {
 						next = seq
 					}
 				}
-				if err := s.recordSeqGap(ctx, r, r.committed+1, next-1); err != nil {
+				if err := s.recordSeqGap(ctx, r, r.committed+1, next-1, false); err != nil {
 					return err
 				}
 				r.committed = next - 1
 				r.advance()
+			}
+			if r.ended && r.produced > r.committed {
+				if err := s.recordSeqGap(ctx, r, r.committed+1, r.produced, true); err != nil {
+					return err
+				}
+				r.committed = r.produced
 			}
 			r.dirty = true
 			acks = append(acks, Ack{Producer: r.producer, Run: r.name, Seq: r.committed})
@@ -992,7 +1085,9 @@ func (s *Store) CloseGaps(ctx context.Context, now time.Time) ([]Ack, error) {
 	return acks, nil
 }
 
-func (s *Store) recordSeqGap(ctx context.Context, r *runState, first, last uint64) error {
+// recordSeqGap records seqs first..last of r as missing; tail says they are
+// the end of an ended run (no later seq of it was stored).
+func (s *Store) recordSeqGap(ctx context.Context, r *runState, first, last uint64, tail bool) error {
 	var before, after sql.NullInt64
 	var row sql.NullInt64
 	if first > 1 {
@@ -1006,11 +1101,15 @@ func (s *Store) recordSeqGap(ctx context.Context, r *runState, first, last uint6
 		return err
 	}
 	n := last - first + 1
+	reason := fmt.Sprintf("%d message(s) of %s run %s never arrived", n, r.producer, r.name)
+	if tail {
+		reason += fmt.Sprintf(": the run ended (its heartbeats said it had made %d) with them unacknowledged", r.produced)
+	}
 	s.log.Warn("gap in a producer's messages: they never arrived", "producer", r.producer, "run", r.name,
-		"first_seq", first, "last_seq", last, "messages", n)
+		"first_seq", first, "last_seq", last, "messages", n, "end_of_run", tail)
 	_, err = s.exec(ctx, `INSERT INTO gap(kind, run, first_seq, last_seq, first_row, samples, t_from, t_to, at, reason)
 		VALUES ('seq', ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.id, int64(first), int64(last), row, int64(n), before, after,
-		s.opts.Now().UnixMilli(), fmt.Sprintf("%d message(s) of %s run %s never arrived", n, r.producer, r.name))
+		s.opts.Now().UnixMilli(), reason)
 	return err
 }
 

@@ -98,6 +98,78 @@ func TestHolesFillOrBecomeGaps(t *testing.T) {
 	}
 }
 
+// The end of a run that died with messages in its outbox: what its
+// heartbeats said it made, less what arrived, becomes a gap once another
+// run of the producer took over; that knowledge survives a restart of the
+// logger. A run known only from heartbeats gets its row and its gap; a run
+// whose tail still arrives, or that ended with everything stored, gets none.
+func TestEndOfDeadRunBecomesGap(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, func(o *StoreOptions) { o.GapAfter = 50 * time.Millisecond })
+	s.Produced(Producer, "a", 4)
+	write(t, s, series("a", 1, 4)...)
+	s.Produced(Producer, "a", 10) // 5..10 made, then the poller died
+	write(t, s, series("a", 5, 6)...)
+	time.Sleep(60 * time.Millisecond)
+	if acks, err := s.CloseGaps(ctx, time.Now()); err != nil || len(acks) != 0 {
+		t.Fatalf("a live run's unsent messages became a gap: %v %v", acks, err)
+	}
+	path := s.opts.Path
+	s.Close()
+	if n := queryInt(t, roDB(t, path), `SELECT produced FROM run WHERE run = 'a'`); n != 10 {
+		t.Fatalf("run a saved with produced %d, want 10", n)
+	}
+
+	s = openTest(t, func(o *StoreOptions) { o.Path = path; o.GapAfter = 50 * time.Millisecond })
+	s.Produced(Producer, "f", 5) // ends with its tail still on the way
+	write(t, s, series("f", 1, 3)...)
+	s.Produced(Producer, "d", 2) // ends with everything stored
+	write(t, s, series("d", 1, 2)...)
+	s.Produced(Producer, "b", 3) // the new run: a's heartbeats stopped
+	if err := s.EndRuns(ctx, Producer, "b"); err != nil {
+		t.Fatal(err)
+	}
+	write(t, s, series("f", 4, 5)...)
+	if acks, _ := s.CloseGaps(ctx, time.Now()); len(acks) != 0 {
+		t.Fatalf("gap closed before GapAfter: %v", acks)
+	}
+	time.Sleep(60 * time.Millisecond)
+	acks, err := s.CloseGaps(ctx, time.Now())
+	if err != nil || len(acks) != 1 || acks[0].Run != "a" || acks[0].Seq != 10 {
+		t.Fatalf("CloseGaps = %v, %v; want run a acknowledged to 10", acks, err)
+	}
+	// b dies before any of its messages arrived; c is the next run.
+	s.Produced(Producer, "c", 1)
+	if err := s.EndRuns(ctx, Producer, "c"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(60 * time.Millisecond)
+	if acks, err := s.CloseGaps(ctx, time.Now()); err != nil || len(acks) != 1 || acks[0].Run != "b" || acks[0].Seq != 3 {
+		t.Fatalf("CloseGaps = %v, %v; want run b acknowledged to 3", acks, err)
+	}
+	db := roDB(t, path)
+	rows, err := db.Query(`SELECT r.run, g.first_seq, g.last_seq, g.samples, g.reason FROM gap g JOIN run r ON r.id = g.run ORDER BY g.id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var run, reason string
+		var first, last, n int64
+		if err := rows.Scan(&run, &first, &last, &n, &reason); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s %d..%d (%d)", run, first, last, n))
+		if !strings.Contains(reason, "the run ended") {
+			t.Errorf("gap reason %q does not say the run ended", reason)
+		}
+	}
+	if want := []string{"a 7..10 (4)", "b 1..3 (3)"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("gaps %v, want %v", got, want)
+	}
+}
+
 func TestReopenKeepsHoles(t *testing.T) {
 	s := openTest(t, nil)
 	all := series("r1", 1, 5)
@@ -245,12 +317,28 @@ func TestMigrations(t *testing.T) {
 				t.Fatalf("build version %d: %v", i+1, err)
 			}
 		}
+		if v >= 1 {
+			// A run of the old version, part-way through.
+			if _, err := c.ExecContext(ctx, `INSERT INTO run(producer, run, committed) VALUES ('poller', 'old', 7)`); err != nil {
+				t.Fatal(err)
+			}
+		}
 		c.Close()
 		s := openTest(t, func(o *StoreOptions) { o.Path = p })
 		write(t, s, series("r", 1, 2)...)
+		if v >= 1 {
+			// Its seq 8 still fills the run where it left off.
+			write(t, s, series("old", 8, 8)...)
+		}
 		s.Close()
-		if n := queryInt(t, roDB(t, p), `PRAGMA user_version`); n != SchemaVersion {
+		db := roDB(t, p)
+		if n := queryInt(t, db, `PRAGMA user_version`); n != SchemaVersion {
 			t.Errorf("from version %d: user_version %d", v, n)
+		}
+		if v >= 1 {
+			if c, pr := queryInt(t, db, `SELECT committed FROM run WHERE run = 'old'`), queryInt(t, db, `SELECT produced FROM run WHERE run = 'old'`); c != 8 || pr != 0 {
+				t.Errorf("from version %d: the old run has committed %d, produced %d; want 8, 0", v, c, pr)
+			}
 		}
 	}
 

@@ -317,7 +317,8 @@ func (s *Service) RunWith(ctx context.Context, serve func(context.Context) error
 }
 
 // Run publishes a heartbeat every heartbeat_interval until ctx ends, then
-// publishes "stopping", sends STOPPING=1 and disconnects. It returns nil.
+// sends STOPPING=1, publishes a last heartbeat and "stopping", and
+// disconnects. It returns nil.
 func (s *Service) Run(ctx context.Context) error {
 	t := time.NewTicker(s.Config.Bus.HeartbeatInterval.Duration)
 	defer t.Stop()
@@ -326,6 +327,11 @@ func (s *Service) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			_ = sdnotify.Stopping()
+			// A last heartbeat with the final figures (the poller's
+			// data_seq tells the logger where its run ended).
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+			s.beat(fctx)
+			cancel()
 			s.setState(Stopping)
 			if s.Bus != nil {
 				s.Bus.Close()
