@@ -168,7 +168,7 @@ type Store struct {
 	// announced holds what producers' heartbeats said of runs that have
 	// no row yet: producer → run → highest seq made.
 	announced map[string]map[string]uint64
-	boots   map[string]*bootState
+	boots     map[string]*bootState
 
 	uploaded, uploadedSaved int64
 	lastRow                 int64
