@@ -1,9 +1,11 @@
 package main
 
 import (
+	"bufio"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/services/logger"
+	"github.com/tinyscada/tinyscada/services/poller"
 )
 
 // fastPoller is the configuration tail for a stack of broker, poller (two
@@ -273,4 +276,124 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 	if int64(len(recs)-1) != climate || climate == 0 || recs[1][1] != "climate" || recs[1][2] != "temperature" {
 		t.Errorf("export gave %d records for %d climate readings; first %q", len(recs)-1, climate, recs[1])
 	}
+}
+
+// A real loss: a technician's sqlite3 holds the database, so nothing is
+// acknowledged and the poller notes its run's progress in its run file;
+// then the logger and the poller are killed together (the logger's pending
+// messages and the poller's outbox go with them). After the restart, the
+// new poller's heartbeats carry the old run's progress and the logger
+// records the lost end of the old run as one gap record: every seq up to
+// what the run file said is stored or in the gap, never both.
+func TestKilledPollerLossIsRecorded(t *testing.T) {
+	sqlite := testpeer.Need(t, "sqlite3")
+	testpeer.Need(t, "mosquitto_sub")
+	port := testpeer.FreePort(t)
+	cfgPath, stateDir := writeConfig(t, port, fastPoller)
+	cmd := startRun(t, cfgPath)
+	if err := testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	w := watch(t, port)
+	loggerPID := w.readyPID(t, "logger", 0)
+	pollerPID := w.readyPID(t, "poller", 0)
+	w.drained(t, "start", 50)
+	w.mu.Lock()
+	run := w.poller.Run
+	w.mu.Unlock()
+
+	dbPath := filepath.Join(stateDir, "readings.db")
+	sh := exec.Command(sqlite, dbPath)
+	stdin, err := sh.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := sh.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer sh.Process.Kill()
+	lines := bufio.NewScanner(stdout)
+	io.WriteString(stdin, ".timeout 10000\nBEGIN IMMEDIATE;\nSELECT 'locked';\n")
+	if !lines.Scan() || lines.Text() != "locked" {
+		t.Fatalf("sqlite3 did not take the lock: %q %v", lines.Text(), lines.Err())
+	}
+
+	// ack_timeout is 1 s: within a few the poller notes its run.
+	runFile := filepath.Join(stateDir, poller.RunFileName)
+	var noted *poller.RunRecord
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r, err := poller.ReadRunRecord(runFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r != nil && r.Run == run && r.DataSeq > 20 {
+			noted = r
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no run file for run %s: %+v", run, r)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, pid := range []int{loggerPID, pollerPID} {
+		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+	}
+	io.WriteString(stdin, "ROLLBACK;\n.quit\n")
+	if err := sh.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	w.readyPID(t, "logger", loggerPID)
+	w.readyPID(t, "poller", pollerPID)
+	w.waitFor(t, "a heartbeat of the new poller run", 10*time.Second, func() bool { return w.poller.Run != run })
+	w.drained(t, "the restart", 50)
+
+	db, err := logger.OpenReadOnly(dbPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var committed int64
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		if err := db.QueryRow(`SELECT committed FROM run WHERE run = ?`, run).Scan(&committed); err != nil {
+			t.Fatal(err)
+		}
+		if committed >= int64(noted.DataSeq) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed run %s is committed to %d; its run file said %d", run, committed, noted.DataSeq)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+
+	var n, maxSeq, gaps, first, last, overlap int64
+	if err := db.QueryRow(`SELECT count(DISTINCT s.seq), coalesce(max(s.seq), 0) FROM sample s JOIN run r ON r.id = s.run WHERE r.run = ?`, run).
+		Scan(&n, &maxSeq); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(`SELECT count(*), coalesce(min(g.first_seq), 0), coalesce(max(g.last_seq), 0) FROM gap g JOIN run r ON r.id = g.run WHERE r.run = ?`, run).
+		Scan(&gaps, &first, &last); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(`SELECT count(*) FROM sample s JOIN run r ON r.id = s.run JOIN gap g ON g.run = s.run
+		WHERE r.run = ? AND s.seq BETWEEN g.first_seq AND g.last_seq`, run).Scan(&overlap); err != nil {
+		t.Fatal(err)
+	}
+	if n != maxSeq || gaps != 1 || first != maxSeq+1 || last != committed || overlap != 0 {
+		t.Errorf("run %s: seqs 1..%d stored (%d distinct); %d gap record(s) %d..%d; %d overlapping; committed %d; run file said %d",
+			run, maxSeq, n, gaps, first, last, overlap, committed, noted.DataSeq)
+	}
+	t.Logf("run %s: %d messages stored, %d..%d recorded as lost (run file: data_seq %d)", run, n, first, last, noted.DataSeq)
 }

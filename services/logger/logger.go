@@ -191,6 +191,10 @@ type beat struct {
 	Run     string  `json:"run"`
 	DataSeq *uint64 `json:"data_seq"`
 	PID     int     `json:"pid"`
+	// How far the previous run got while nothing acknowledged it, from
+	// the poller's run file (poller.RunFileName).
+	PrevRun     string `json:"prev_run"`
+	PrevDataSeq uint64 `json:"prev_data_seq"`
 }
 
 func (l *Logger) handleBeat(payload []byte) {
@@ -209,6 +213,9 @@ func (l *Logger) handleBeat(payload []byte) {
 		pb.produced = map[string]uint64{}
 	}
 	pb.produced[b.Run] = max(pb.produced[b.Run], *b.DataSeq)
+	if b.PrevRun != "" && b.PrevRun != b.Run {
+		pb.produced[b.PrevRun] = max(pb.produced[b.PrevRun], b.PrevDataSeq)
+	}
 	if b.Run != pb.live || b.Run != pb.run {
 		pb.changed = true
 	}

@@ -356,7 +356,9 @@ func TestLastMessageOfBurstAcknowledged(t *testing.T) {
 // A poller that dies with messages in its outbox: its heartbeats said how
 // far its run got, and once the next run's heartbeats arrive (or it said it
 // is stopping) the part that never arrived becomes a gap record and the
-// acknowledgement moves past it, through the real broker.
+// acknowledgement moves past it, through the real broker; so does what the
+// next run's heartbeats say the previous one made (prev_run, from the
+// poller's run file).
 func TestDeadRunTailThroughBroker(t *testing.T) {
 	st := newStack(t, func(cfg *config.Config) {
 		cfg.Poller.AckTimeout.Duration = 50 * time.Millisecond
@@ -394,10 +396,18 @@ func TestDeadRunTailThroughBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.waitAck("b", 2, 10*time.Second)
+	// The next run read b's run file: b made up to 5 while nothing
+	// acknowledged it (its heartbeats could not say so).
+	err = p.Bus.Publish(st.ctx, bus.Message{Topic: p.Topics.SvcHeartbeat("poller"), QoS: 0,
+		Payload: []byte(`{"run":"c","data_seq":0,"pid":103,"prev_run":"b","prev_data_seq":5}`)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.waitAck("b", 5, 10*time.Second)
 	db := roDB(t, st.dbPath())
 	got := queryText(t, db, `SELECT group_concat(r.run || ' ' || g.first_seq || '..' || g.last_seq, ', ') FROM gap g JOIN run r ON r.id = g.run`)
-	if got != "a 7..10, b 2..2" {
-		t.Errorf("gap records %q, want %q", got, "a 7..10, b 2..2")
+	if want := "a 7..10, b 2..2, b 3..5"; got != want {
+		t.Errorf("gap records %q, want %q", got, want)
 	}
 	st.exactlyOnce("a", 6)
 }

@@ -963,7 +963,14 @@ func (s *Store) PendingAcks() []Ack {
 // logger or a power cut.
 func (s *Store) Produced(producer, run string, seq uint64) {
 	if r := s.runs[producer][run]; r != nil {
-		r.produced = max(r.produced, seq)
+		if seq > r.produced {
+			// A hole this opens (an ended run said it made more) is
+			// timed from now, like any other.
+			if !r.hole() {
+				r.holeSince = time.Now()
+			}
+			r.produced = seq
+		}
 		delete(s.announced[producer], run)
 		return
 	}

@@ -120,12 +120,16 @@ func TestAcknowledgedOutbox(t *testing.T) {
 	testpeer.Mosquitto(t, port)
 	a := newAcker(t, port)
 	a.acking.Store(true)
-	p, _ := busPoller(t, port, twoDevices("100ms", "20ms", "50ms", "outbox = 16"))
+	p, dir := busPoller(t, port, twoDevices("100ms", "20ms", "50ms", "outbox = 16", `ack_timeout = "100ms"`))
 	eventually(t, 10*time.Second, "60 messages acknowledged", func() bool { return p.Outbox().Stats(time.Now()).Acked >= 60 })
 	maxSeq, complete, _ := a.snapshot()
 	st := p.Stats()
 	if !complete || st.Skipped != 0 || st.Outbox.Depth >= 16 {
 		t.Errorf("max seq %d, complete %v, stats %+v", maxSeq, complete, st)
+	}
+	// While the logger keeps up, the run file is never written.
+	if r, err := ReadRunRecord(filepath.Join(dir, RunFileName)); r != nil || err != nil {
+		t.Errorf("run file written while acknowledged: %+v %v", r, err)
 	}
 }
 
@@ -136,7 +140,7 @@ func TestBackpressure(t *testing.T) {
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	a := newAcker(t, port)
-	p, _ := busPoller(t, port, twoDevices("100ms", "20ms", "50ms", "outbox = 5", `ack_timeout = "300ms"`))
+	p, dir := busPoller(t, port, twoDevices("100ms", "20ms", "50ms", "outbox = 5", `ack_timeout = "300ms"`))
 
 	eventually(t, 10*time.Second, "back-pressure", func() bool {
 		s := p.Stats()
@@ -149,6 +153,20 @@ func TestBackpressure(t *testing.T) {
 	eventually(t, 10*time.Second, "re-sent after ack_timeout", func() bool { return p.Stats().Resent > 0 })
 	if m, _, _ := a.snapshot(); m != 5 {
 		t.Errorf("max seq %d while blocked, want 5", m)
+	}
+	// Unacknowledged past ack_timeout: the run's progress is noted, and
+	// the next run's heartbeats carry it.
+	runFile := filepath.Join(dir, RunFileName)
+	eventually(t, 5*time.Second, "the run file", func() bool {
+		r, _ := ReadRunRecord(runFile)
+		return r != nil && r.Run == p.RunID() && r.DataSeq == 5
+	})
+	next, err := New(testConfig(t, dir, twoDevices("100ms", "20ms", "50ms")), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hb := next.HeartbeatFields(); hb["prev_run"] != p.RunID() || hb["prev_data_seq"] != uint64(5) {
+		t.Errorf("next run's heartbeat: prev_run %v, prev_data_seq %v", hb["prev_run"], hb["prev_data_seq"])
 	}
 
 	a.acking.Store(true)

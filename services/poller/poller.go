@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -44,13 +45,16 @@ type Options struct {
 // Poller polls every configured device and publishes the readings. Create
 // it with New, start it with Run.
 type Poller struct {
-	cfg     *config.Poller
-	plan    *Plan
-	topics  topics.Tree
-	clock   clock.Clock
-	log     *slog.Logger
-	run     string
-	out     *Outbox
+	cfg    *config.Poller
+	plan   *Plan
+	topics topics.Tree
+	clock  clock.Clock
+	log    *slog.Logger
+	run    string
+	out    *Outbox
+
+	runFile string
+	prev    *RunRecord // what the previous run noted, or nil
 	onRound func()
 	limiter *delayed.Limiter
 
@@ -102,6 +106,15 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 		limiter: delayed.NewLimiter(cfg.Poller.LogInterval.Duration, 0),
 		wake:    make(chan struct{}, 1),
 		started: make(chan struct{}),
+
+		runFile: filepath.Join(cfg.StateDir, RunFileName),
+	}
+	prev, err := ReadRunRecord(p.runFile)
+	switch {
+	case err != nil:
+		opts.Log.Warn("run file of the previous run unreadable; ignored", "err", err)
+	case prev != nil && prev.Run != p.run:
+		p.prev = prev
 	}
 	for _, pp := range plan.Ports {
 		pr := &portRun{plan: pp, log: opts.Log.With("port", pp.Config.Name)}
@@ -155,6 +168,7 @@ func (p *Poller) Run(ctx context.Context, pub bus.Conn) error {
 		})
 	}
 	g.Go(func() error { p.send(ctx, pub); return nil })
+	g.Go(func() error { p.noteRun(ctx); return nil })
 	return g.Wait()
 }
 
@@ -237,7 +251,7 @@ func (p *Poller) Stats() Stats {
 // service.SetExtra).
 func (p *Poller) HeartbeatFields() map[string]any {
 	s := p.Stats()
-	return map[string]any{
+	m := map[string]any{
 		"run":             p.run,
 		"outbox":          s.Outbox.Depth,
 		"outbox_oldest_s": s.Outbox.Oldest.Truncate(time.Millisecond).Seconds(),
@@ -252,6 +266,12 @@ func (p *Poller) HeartbeatFields() map[string]any {
 		"ports_open":      s.PortsOpen,
 		"ports":           s.Ports,
 	}
+	if p.prev != nil {
+		// How far the previous run got while the logger was not
+		// acknowledging (see RunFileName).
+		m["prev_run"], m["prev_data_seq"] = p.prev.Run, p.prev.DataSeq
+	}
+	return m
 }
 
 // Status is a one-line summary for systemd's STATUS=.
