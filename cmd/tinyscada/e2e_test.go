@@ -27,7 +27,7 @@ var (
 )
 
 // binary builds the real tinyscada binary once for the package's tests.
-func binary(t *testing.T) string {
+func binary(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "tinyscada-bin-")
@@ -57,7 +57,7 @@ func TestMain(m *testing.M) {
 
 // writeConfig writes a configuration for a stack on a free port in a
 // temporary state directory, with the given extra TOML appended.
-func writeConfig(t *testing.T, port int, extra string) (path, stateDir string) {
+func writeConfig(t testing.TB, port int, extra string) (path, stateDir string) {
 	t.Helper()
 	dir := t.TempDir()
 	stateDir = filepath.Join(dir, "state")

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tinyscada/tinyscada/internal/benchdata"
 	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
@@ -131,6 +134,80 @@ func TestLoggerResources(t *testing.T) {
 			t.Logf("logger RSS: idle %d KiB, max under load %d KiB, now %d KiB, peak (VmHWM) %d KiB", idleRSS, maxRSS, rss, hwm)
 			t.Logf("logger CPU: %s = %.2f µs per reading (%.1f%% of one core)", cpu1-cpu0,
 				float64((cpu1-cpu0).Microseconds())/readings, 100*(cpu1-cpu0).Seconds()/elapsed.Seconds())
+		})
+	}
+}
+
+// BenchmarkIngestProcesses is services/logger's BenchmarkIngestBroker with
+// the processes as deployed: `tinyscada run` starts the broker (its own
+// process, one Go thread) and the logger (its own process); this test
+// process publishes as the poller would. b.N is the number of readings.
+// Compare with services/logger's BenchmarkRawInsert in the same command:
+//
+//	go test -run XXX -bench 'RawInsert|Ingest' -benchtime 1000000x ./services/logger ./cmd/tinyscada
+func BenchmarkIngestProcesses(b *testing.B) {
+	for _, mode := range []string{"normal", "full"} {
+		b.Run(mode, func(b *testing.B) {
+			port := testpeer.FreePort(b)
+			cfgPath, _ := writeConfig(b, port, `roles = ["broker", "logger"]
+[logger]
+clock_sync = false
+batch_readings = 1000
+max_db_size = "4GiB"
+synchronous = "`+mode+`"
+`)
+			cmd := exec.Command(binary(b), "run", "-config", cfgPath)
+			cmd.Env = append(os.Environ(), os.Getenv("BENCH_ENV"))
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			defer func() { _ = cmd.Process.Signal(syscall.SIGTERM); _ = cmd.Wait() }()
+			if err := testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
+				b.Fatal(err)
+			}
+			cfg, err := config.Load(cfgPath)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			p, err := service.Start(ctx, "poller", cfg, slog.New(slog.DiscardHandler))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Bus.Close()
+			var mu sync.Mutex
+			acked := map[string]uint64{}
+			if err := p.Bus.Subscribe(p.Topics.Ack("poller"), 1, func(_ string, m []byte) {
+				var a struct {
+					Run string
+					Seq uint64
+				}
+				if json.Unmarshal(m, &a) == nil {
+					mu.Lock()
+					acked[a.Run] = max(acked[a.Run], a.Seq)
+					mu.Unlock()
+				}
+			}); err != nil {
+				b.Fatal(err)
+			}
+			ack := func(run string) func() uint64 {
+				return func() uint64 { mu.Lock(); defer mu.Unlock(); return acked[run] }
+			}
+			topic := p.Topics.Data("meter")
+			// The logger is up once it acknowledges a first message.
+			warm := benchdata.NewRound(1).Payloads("warm", 1)
+			deadline := time.Now().Add(20 * time.Second)
+			for ack("warm")() < 1 {
+				if time.Now().After(deadline) {
+					b.Fatal("the logger never acknowledged a first message")
+				}
+				_ = p.Bus.Publish(ctx, bus.Message{Topic: topic, QoS: 1, Payload: warm[0]})
+				time.Sleep(50 * time.Millisecond)
+			}
+			run := fmt.Sprint("bench", b.N)
+			payloads := benchdata.NewRound(3).Payloads(run, b.N/benchdata.PointsPerRound+1)
+			benchdata.Publish(b, ctx, p.Bus, topic, payloads, ack(run))
 		})
 	}
 }

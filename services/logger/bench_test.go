@@ -5,18 +5,15 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
+	"github.com/tinyscada/tinyscada/internal/benchdata"
 	"github.com/tinyscada/tinyscada/shared/bus"
-	"github.com/tinyscada/tinyscada/shared/clock"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
 )
@@ -33,54 +30,7 @@ import (
 // logger and waits for the last acknowledgement. Both report readings/s;
 // their ratio is the overhead of the whole path.
 
-// demoRound is a poll round shaped like the demo's meter: three floats, a
-// growing counter, a scaled frequency, a constant and two booleans.
-type demoRound struct {
-	rng *rand.Rand
-	n   int
-	v   [3]float64
-}
-
-func newDemoRound(seed uint64) *demoRound {
-	return &demoRound{rng: rand.New(rand.NewPCG(seed, 1)), v: [3]float64{230, 12, 2768}}
-}
-
-// vals returns the inside of "v" of the next round.
-func (d *demoRound) vals(dst []byte) []byte {
-	d.n++
-	for i := range d.v {
-		d.v[i] += (d.rng.Float64() - 0.5) * d.v[i] / 1000
-	}
-	// float32 values printed as the poller prints them (shortest form).
-	dst = append(dst, `"voltage":`...)
-	dst = strconv.AppendFloat(dst, float64(float32(d.v[0])), 'g', -1, 32)
-	dst = append(dst, `,"current":`...)
-	dst = strconv.AppendFloat(dst, float64(float32(d.v[1])), 'g', -1, 32)
-	dst = append(dst, `,"power":`...)
-	dst = strconv.AppendFloat(dst, float64(float32(d.v[2])), 'g', -1, 32)
-	dst = append(dst, `,"energy":`...)
-	dst = strconv.AppendInt(dst, 123400+int64(d.n/4), 10)
-	dst = append(dst, `,"frequency":`...)
-	dst = strconv.AppendFloat(dst, float64(4990+d.rng.IntN(20))*0.01, 'g', -1, 64)
-	dst = append(dst, `,"ct_ratio":100,"breaker_closed":true,"alarm":`...)
-	dst = strconv.AppendBool(dst, d.rng.IntN(50) == 0)
-	return dst
-}
-
-const pointsPerRound = 8
-
-// roundPayload is one data message of the demo shape.
-func roundPayload(d *demoRound, run string, seq uint64, at clock.Stamp) []byte {
-	b := fmt.Appendf(nil, `{"run":%q,"seq":%d,"t":%d,"m":%d,"b":%q,"v":{`, run, seq, at.Wall.UnixMilli(), int64(at.Mono), at.Boot)
-	b = d.vals(b)
-	return append(b, "}}"...)
-}
-
-// stampAt is the stamp of round i (one every 100 ms).
-func stampAt(i int) clock.Stamp {
-	d := time.Duration(i) * 100 * time.Millisecond
-	return clock.Stamp{Wall: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).Add(d), Mono: time.Hour + d, Boot: "7d9c3ab4-6a1e-4f55-9a57-3c1f0c5e2b11"}
-}
+const pointsPerRound = benchdata.PointsPerRound
 
 func benchStore(b *testing.B, mode string) *Store {
 	return openTest(b, func(o *StoreOptions) {
@@ -114,11 +64,11 @@ func BenchmarkRawInsert(b *testing.B) {
 				}
 			}
 			// Pre-decoded rounds.
-			d := newDemoRound(1)
+			d := benchdata.NewRound(1)
 			const rounds = 1024
 			msgs := make([]Message, rounds)
 			for i := range msgs {
-				if err := Decode(roundPayload(d, "r", uint64(i+1), stampAt(i)), &msgs[i]); err != nil {
+				if err := Decode(d.Payload("r", uint64(i+1), benchdata.StampAt(i)), &msgs[i]); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -180,11 +130,11 @@ func BenchmarkDecodeInsert(b *testing.B) {
 	for _, mode := range []string{"normal", "full"} {
 		b.Run(mode, func(b *testing.B) {
 			s := benchStore(b, mode)
-			d := newDemoRound(2)
+			d := benchdata.NewRound(2)
 			rounds := b.N/pointsPerRound + 1
 			payloads := make([][]byte, rounds)
 			for i := range payloads {
-				payloads[i] = roundPayload(d, "r", uint64(i+1), stampAt(i))
+				payloads[i] = d.Payload("r", uint64(i+1), benchdata.StampAt(i))
 			}
 			batch := make([]Item, 1000/pointsPerRound)
 			ctx := context.Background()
@@ -223,15 +173,18 @@ func BenchmarkIngestBroker(b *testing.B) {
 			st := newStack(b, func(cfg *config.Config) {
 				cfg.Logger.Synchronous = mode
 				cfg.Logger.BatchReadings = 1000
+				// Room for every reading of a long run: the size
+				// policy is not what is measured.
+				cfg.Logger.MaxDBSize = 4 << 30
 			})
 			rounds := b.N/pointsPerRound + 1
-			d := newDemoRound(3)
+			d := benchdata.NewRound(3)
 			run := fmt.Sprint("bench", mode, b.N)
 			payloads := make([][]byte, rounds)
 			for i := range payloads {
-				payloads[i] = roundPayload(d, run, uint64(i+1), stampAt(i))
+				payloads[i] = d.Payload(run, uint64(i+1), benchdata.StampAt(i))
 			}
-			publishAll(b, st, run, payloads)
+			benchdata.Publish(b, st.ctx, st.poller.Bus, st.poller.Topics.Data("meter"), payloads, func() uint64 { return st.ack(run) })
 			db := roDB(b, st.dbPath())
 			if n := queryInt(b, db, `SELECT count(*) FROM sample s JOIN run r ON r.id = s.run WHERE r.run = ?`, run); n != int64(rounds) {
 				b.Fatalf("%d messages stored, want %d", n, rounds)
@@ -249,7 +202,7 @@ func TestBytesPerReading(t *testing.T) {
 	}
 	for _, shape := range []string{"demo", "floats"} {
 		s := openTest(t, func(o *StoreOptions) { o.Synchronous = "normal"; o.Reserve = 0; o.Log = nil })
-		d := newDemoRound(4)
+		d := benchdata.NewRound(4)
 		const readings = 1_000_000
 		rounds := readings / pointsPerRound
 		batch := make([]Item, 1000/pointsPerRound)
@@ -258,15 +211,15 @@ func TestBytesPerReading(t *testing.T) {
 			for k := range batch {
 				var p []byte
 				if shape == "demo" {
-					p = roundPayload(d, "r", uint64(i+k+1), stampAt(i+k))
+					p = d.Payload("r", uint64(i+k+1), benchdata.StampAt(i+k))
 				} else {
-					at := stampAt(i + k)
+					at := benchdata.StampAt(i + k)
 					var v strings.Builder
 					for j := range pointsPerRound {
 						if j > 0 {
 							v.WriteByte(',')
 						}
-						fmt.Fprintf(&v, `"f%d":%v`, j, math.Float32frombits(uint32(d.rng.Uint64())>>2|0x3f000000))
+						fmt.Fprintf(&v, `"f%d":%v`, j, math.Float32frombits(uint32(d.Rng.Uint64())>>2|0x3f000000))
 					}
 					p = msg{dev: "meter", run: "r", seq: uint64(i + k + 1), at: at, vals: v.String()}.payload()
 				}
@@ -339,47 +292,10 @@ func BenchmarkTransport(b *testing.B) {
 	}); err != nil {
 		b.Fatal(err)
 	}
-	d := newDemoRound(5)
+	d := benchdata.NewRound(5)
 	payloads := make([][]byte, rounds)
 	for i := range payloads {
-		payloads[i] = roundPayload(d, run, uint64(i+1), stampAt(i))
+		payloads[i] = d.Payload(run, uint64(i+1), benchdata.StampAt(i))
 	}
-	publishAll(b, st, run, payloads)
-}
-
-// publishAll times the publication of payloads (data messages of run) on
-// the poller's connection, 8 publishers in parallel, until the last one is
-// acknowledged, and reports readings/s and msgs/s. Like the poller's outbox,
-// at most window messages wait for their acknowledgement (the broker queues
-// up to max_pending for a client and drops beyond).
-func publishAll(b *testing.B, st *stack, run string, payloads [][]byte) {
-	topic := st.poller.Topics.Data("meter")
-	b.ResetTimer()
-	const publishers, window = 8, 1000
-	next := make(chan int, publishers)
-	var wg sync.WaitGroup
-	for range publishers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := st.poller.Bus.Publish(st.ctx, bus.Message{Topic: topic, QoS: 1, Payload: payloads[i]}); err != nil {
-					b.Error(err)
-				}
-			}
-		}()
-	}
-	for i := range payloads {
-		for uint64(i) >= st.ack(run)+window {
-			time.Sleep(100 * time.Microsecond)
-		}
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	st.waitAck(run, uint64(len(payloads)), time.Minute)
-	b.StopTimer()
-	b.ReportMetric(float64(len(payloads)*pointsPerRound)/b.Elapsed().Seconds(), "readings/s")
-	b.ReportMetric(float64(len(payloads))/b.Elapsed().Seconds(), "msgs/s")
-	b.ReportMetric(0, "ns/op")
+	benchdata.Publish(b, st.ctx, st.poller.Bus, st.poller.Topics.Data("meter"), payloads, func() uint64 { return st.ack(run) })
 }
