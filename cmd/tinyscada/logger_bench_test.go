@@ -157,7 +157,6 @@ max_db_size = "4GiB"
 synchronous = "`+mode+`"
 `)
 			cmd := exec.Command(binary(b), "run", "-config", cfgPath)
-			cmd.Env = append(os.Environ(), os.Getenv("BENCH_ENV"))
 			if err := cmd.Start(); err != nil {
 				b.Fatal(err)
 			}
