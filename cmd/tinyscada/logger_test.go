@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -142,6 +140,38 @@ func (w *watcher) drained(t *testing.T, what string, more uint64) {
 	})
 }
 
+// startWatched starts `tinyscada run` with cfgTail on a free port and
+// waits until every role of it is ready and the poller's outbox drained
+// once; it returns the run, the watcher, the state directory and the
+// configuration file.
+func startWatched(t *testing.T, cfgTail string) (cmd *exec.Cmd, w *watcher, stateDir, cfgPath string) {
+	t.Helper()
+	testpeer.Need(t, "mosquitto_sub")
+	port := testpeer.FreePort(t)
+	cfgPath, stateDir = writeConfig(t, port, cfgTail)
+	cmd = startRun(t, cfgPath)
+	if err := testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	w = watch(t, port)
+	for _, role := range []string{"broker", "logger", "poller"} {
+		w.readyPID(t, role, 0)
+	}
+	w.drained(t, "start", 100)
+	return cmd, w, stateDir, cfgPath
+}
+
+// pids returns the ready pids of roles, in order.
+func (w *watcher) pids(roles ...string) []int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]int, len(roles))
+	for i, r := range roles {
+		out[i] = w.states[r].PID
+	}
+	return out
+}
+
 // Poller → broker → logger, as `tinyscada run` starts them, through kill -9
 // of the logger (three times, at random moments of its batches), of the
 // broker, and of both at once: every message the poller got acknowledged
@@ -150,18 +180,9 @@ func (w *watcher) drained(t *testing.T, what string, more uint64) {
 // the last data_seq its heartbeats showed are all accounted for, stored or
 // in a gap record of its end, never both, and the new run drains.
 func TestLoggerSurvivesKillNine(t *testing.T) {
-	testpeer.Need(t, "mosquitto_sub")
-	port := testpeer.FreePort(t)
-	cfgPath, stateDir := writeConfig(t, port, fastPoller)
-	cmd := startRun(t, cfgPath)
-	if err := testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	w := watch(t, port)
-	loggerPID := w.readyPID(t, "logger", 0)
-	brokerPID := w.readyPID(t, "broker", 0)
-	pollerPID := w.readyPID(t, "poller", 0)
-	w.drained(t, "start", 100)
+	cmd, w, stateDir, cfgPath := startWatched(t, fastPoller)
+	p := w.pids("logger", "broker", "poller")
+	loggerPID, brokerPID, pollerPID := p[0], p[1], p[2]
 	w.mu.Lock()
 	run := w.poller.Run
 	w.mu.Unlock()
@@ -286,41 +307,15 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 // records the lost end of the old run as one gap record: every seq up to
 // what the run file said is stored or in the gap, never both.
 func TestKilledPollerLossIsRecorded(t *testing.T) {
-	sqlite := testpeer.Need(t, "sqlite3")
-	testpeer.Need(t, "mosquitto_sub")
-	port := testpeer.FreePort(t)
-	cfgPath, stateDir := writeConfig(t, port, fastPoller)
-	cmd := startRun(t, cfgPath)
-	if err := testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	w := watch(t, port)
-	loggerPID := w.readyPID(t, "logger", 0)
-	pollerPID := w.readyPID(t, "poller", 0)
-	w.drained(t, "start", 50)
+	cmd, w, stateDir, _ := startWatched(t, fastPoller)
+	p := w.pids("logger", "poller")
+	loggerPID, pollerPID := p[0], p[1]
 	w.mu.Lock()
 	run := w.poller.Run
 	w.mu.Unlock()
 
 	dbPath := filepath.Join(stateDir, "readings.db")
-	sh := exec.Command(sqlite, dbPath)
-	stdin, err := sh.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := sh.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sh.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer sh.Process.Kill()
-	lines := bufio.NewScanner(stdout)
-	io.WriteString(stdin, ".timeout 10000\nBEGIN IMMEDIATE;\nSELECT 'locked';\n")
-	if !lines.Scan() || lines.Text() != "locked" {
-		t.Fatalf("sqlite3 did not take the lock: %q %v", lines.Text(), lines.Err())
-	}
+	release := testpeer.LockSQLite(t, dbPath)
 
 	// ack_timeout is 1 s: within a few the poller notes its run.
 	runFile := filepath.Join(stateDir, poller.RunFileName)
@@ -345,10 +340,7 @@ func TestKilledPollerLossIsRecorded(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	io.WriteString(stdin, "ROLLBACK;\n.quit\n")
-	if err := sh.Wait(); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	w.readyPID(t, "logger", loggerPID)
 	w.readyPID(t, "poller", pollerPID)
 	w.waitFor(t, "a heartbeat of the new poller run", 10*time.Second, func() bool { return w.poller.Run != run })

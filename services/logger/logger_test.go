@@ -1,12 +1,9 @@
 package logger
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -267,7 +264,6 @@ func TestPersistentSessionKeepsMessages(t *testing.T) {
 // heartbeat, and catches up without loss afterwards.
 func TestSqlite3ShellHoldsLock(t *testing.T) {
 	t.Parallel()
-	sqlite := testpeer.Need(t, "sqlite3")
 	st := newStack(t, nil)
 	all := series("run1", 1, 200)
 	for _, m := range all[:50] {
@@ -275,24 +271,7 @@ func TestSqlite3ShellHoldsLock(t *testing.T) {
 	}
 	st.waitAck("run1", 50, 10*time.Second)
 
-	sh := exec.Command(sqlite, st.dbPath())
-	stdin, err := sh.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := sh.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := sh.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer sh.Process.Kill()
-	lines := bufio.NewScanner(stdout)
-	io.WriteString(stdin, "BEGIN IMMEDIATE;\nINSERT INTO meta VALUES ('technician', 1);\nSELECT 'locked';\n")
-	if !lines.Scan() || lines.Text() != "locked" {
-		t.Fatalf("sqlite3 did not take the lock: %q %v", lines.Text(), lines.Err())
-	}
+	release := testpeer.LockSQLite(t, st.dbPath(), "INSERT INTO meta VALUES ('technician', 1);")
 	held := time.Now()
 	for _, m := range all[50:] {
 		st.publish(m)
@@ -310,10 +289,7 @@ func TestSqlite3ShellHoldsLock(t *testing.T) {
 	if a := st.ack("run1"); a != 50 {
 		t.Errorf("acknowledged up to %d while the database was locked (before: 50)", a)
 	}
-	io.WriteString(stdin, "ROLLBACK;\n.quit\n")
-	if err := sh.Wait(); err != nil {
-		t.Fatal(err)
-	}
+	release()
 	st.waitAck("run1", 200, 15*time.Second)
 	st.exactlyOnce("run1", 200)
 	if hb := st.logger.HeartbeatFields(); hb["waiting"] != nil {
