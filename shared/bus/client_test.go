@@ -1,0 +1,523 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/tinyscada/tinyscada/internal/testpeer"
+)
+
+// These tests run the client against Debian's mosquitto: a broker we did
+// not write.
+
+// logRecorder is a slog handler that keeps the messages logged.
+type logRecorder struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (l *logRecorder) WithAttrs([]slog.Attr) slog.Handler       { return l }
+func (l *logRecorder) WithGroup(string) slog.Handler            { return l }
+func (l *logRecorder) Handle(_ context.Context, r slog.Record) error {
+	s := r.Level.String() + " " + r.Message
+	r.Attrs(func(a slog.Attr) bool { s += " " + a.String(); return true })
+	l.mu.Lock()
+	l.lines = append(l.lines, s)
+	l.mu.Unlock()
+	return nil
+}
+
+// has returns the first line containing s, or "".
+func (l *logRecorder) has(s string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, line := range l.lines {
+		if strings.Contains(line, s) {
+			return line
+		}
+	}
+	return ""
+}
+
+func addr(port int) string { return "127.0.0.1:" + strconv.Itoa(port) }
+
+// dial connects to the broker at port with o's settings (Address, a client
+// id and a 10 s deadline filled in) and closes the client when the test
+// ends.
+func dial(t *testing.T, port int, o Options) *Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if o.Address == "" {
+		o.Address = addr(port)
+	}
+	if o.ClientID == "" {
+		o.ClientID = fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano())
+	}
+	if o.RetryMax == 0 {
+		o.RetryMax = 200 * time.Millisecond
+	}
+	c, err := Dial(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+type msg struct{ topic, payload string }
+
+// collect returns a handler that sends what it gets on the channel.
+func collect() (Handler, chan msg) {
+	ch := make(chan msg, 1000)
+	return func(topic string, payload []byte) { ch <- msg{topic, string(payload)} }, ch
+}
+
+func expect(t *testing.T, ch <-chan msg, want ...msg) {
+	t.Helper()
+	for _, w := range want {
+		select {
+		case got := <-ch:
+			if got != w {
+				t.Fatalf("got %v; want %v", got, w)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("waiting for %v: nothing came", w)
+		}
+	}
+}
+
+func publish(t *testing.T, c *Client, topic string, qos byte, payload string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Publish(ctx, Message{Topic: topic, QoS: qos, Payload: []byte(payload)}); err != nil {
+		t.Fatalf("publish %s: %v", topic, err)
+	}
+}
+
+// eventually waits up to 15 s for cond.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: not after 15s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestPubSub(t *testing.T) {
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	c := dial(t, port, Options{CleanSession: true})
+	h, got := collect()
+	for _, f := range []string{"ps/+/x", "ps/exact", "ps/deep/#"} {
+		if err := c.Subscribe(f, 1, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, tc := range []struct {
+		topic string
+		match bool
+	}{
+		{"ps/a/x", true},
+		{"ps/a/y", false},
+		{"ps/exact", true},
+		{"ps/exact/more", false},
+		{"ps/deep", true},
+		{"ps/deep/1/2/3", true},
+	} {
+		for _, qos := range []byte{0, 1} {
+			payload := fmt.Sprint(i, qos)
+			publish(t, c, tc.topic, qos, payload)
+			if tc.match {
+				expect(t, got, msg{tc.topic, payload})
+			}
+		}
+	}
+	// Only what matched came, in order: a marker is next.
+	publish(t, c, "ps/exact", 1, "end")
+	expect(t, got, msg{"ps/exact", "end"})
+
+	// Another client's messages, and mosquitto_pub's.
+	other := dial(t, port, Options{CleanSession: true})
+	publish(t, other, "ps/b/x", 1, "from other")
+	expect(t, got, msg{"ps/b/x", "from other"})
+	if out, err := testpeer.Pub(t, port, "-q", "1", "-t", "ps/c/x", "-m", "from mosquitto_pub"); err != nil {
+		t.Fatalf("mosquitto_pub: %v %s", err, out)
+	}
+	expect(t, got, msg{"ps/c/x", "from mosquitto_pub"})
+
+	// What we publish reaches mosquitto_sub, retained flag included.
+	sub := testpeer.Sub(t, port, "-v", "-t", "ps/out/#")
+	time.Sleep(200 * time.Millisecond) // mosquitto_sub subscribes
+	publish(t, c, "ps/out/1", 1, "to mosquitto_sub")
+	testpeer.Expect(t, sub, 10*time.Second, "our message", func(l string) bool { return l == "ps/out/1 to mosquitto_sub" })
+}
+
+// A retained message reaches a later subscriber; $-topics are not matched
+// by a leading wildcard.
+func TestRetainedAndDollarTopics(t *testing.T) {
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	c := dial(t, port, Options{CleanSession: true})
+	for i, qos := range []byte{0, 1} {
+		err := c.Publish(context.Background(), Message{Topic: fmt.Sprint("rt/", i), QoS: qos, Retain: true, Payload: []byte("kept")})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish(t, c, "rt/2", 1, "not kept")
+	later := dial(t, port, Options{CleanSession: true})
+	all, allGot := collect()
+	if err := later.Subscribe("#", 0, all); err != nil {
+		t.Fatal(err)
+	}
+	h, got := collect()
+	if err := later.Subscribe("rt/+", 1, h); err != nil {
+		t.Fatal(err)
+	}
+	expect(t, got, msg{"rt/0", "kept"}, msg{"rt/1", "kept"})
+	// $SYS messages come (mosquitto publishes them at once to a new
+	// subscriber of $SYS/#) but not to "#".
+	sys, sysGot := collect()
+	if err := later.Subscribe("$SYS/broker/version", 0, sys); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-sysGot:
+		if !strings.HasPrefix(m.payload, "mosquitto") {
+			t.Errorf("$SYS/broker/version = %q", m.payload)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no $SYS/broker/version")
+	}
+	publish(t, c, "rt/end", 1, "end")
+	for m := range allGot {
+		if strings.HasPrefix(m.topic, "$") {
+			t.Errorf("%q delivered to the subscription of #", m.topic)
+		}
+		if m.topic == "rt/end" {
+			break
+		}
+	}
+}
+
+// The will is published when the connection ends without DISCONNECT, not
+// after Close.
+func TestWill(t *testing.T) {
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	watch := dial(t, port, Options{CleanSession: true})
+	h, got := collect()
+	if err := watch.Subscribe("will/#", 1, h); err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, port, Options{CleanSession: true, Will: &Message{Topic: "will/c", QoS: 1, Payload: []byte("lost")}})
+
+	// A crash, as the broker sees it: the socket closes, no DISCONNECT.
+	c.cur.Load().raw.Close()
+	expect(t, got, msg{"will/c", "lost"})
+	eventually(t, "reconnect", c.Connected)
+
+	c.Close()
+	marker := dial(t, port, Options{CleanSession: true})
+	publish(t, marker, "will/c", 1, "marker")
+	expect(t, got, msg{"will/c", "marker"})
+}
+
+// When the broker dies and comes back, the client reconnects by itself,
+// subscribes again and runs OnConnect again.
+func TestReconnect(t *testing.T) {
+	port := testpeer.FreePort(t)
+	broker := testpeer.Mosquitto(t, port)
+	connects := make(chan struct{}, 10)
+	log := &logRecorder{}
+	c := dial(t, port, Options{CleanSession: true, Log: slog.New(log), OnConnect: func(*Client) { connects <- struct{}{} }})
+	<-connects
+	if !c.Connected() {
+		t.Fatal("not connected after Dial")
+	}
+	h, got := collect()
+	if err := c.Subscribe("rc/#", 1, h); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, c, "rc/1", 1, "before")
+	expect(t, got, msg{"rc/1", "before"})
+
+	_ = broker.Process.Kill()
+	_ = broker.Wait()
+	eventually(t, "Connected() false", func() bool { return !c.Connected() })
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.Publish(ctx, Message{Topic: "rc/x", QoS: 1}); err == nil {
+		t.Error("QoS 1 Publish without a connection and with an ended context succeeded")
+	}
+	if err := c.Publish(ctx, Message{Topic: "rc/x", QoS: 0}); err != nil {
+		t.Errorf("QoS 0 Publish while reconnecting: %v; want nil (dropped)", err)
+	}
+	if err := c.Subscribe("rc2/#", 1, h); err == nil {
+		t.Error("Subscribe while disconnected succeeded")
+	}
+
+	testpeer.Mosquitto(t, port)
+	select {
+	case <-connects:
+	case <-time.After(15 * time.Second):
+		t.Fatal("OnConnect not run again after the broker came back")
+	}
+	if !c.Connected() {
+		t.Error("not connected in OnConnect")
+	}
+	// The new broker knows nothing: both subscriptions were made again.
+	publish(t, c, "rc/2", 1, "after")
+	publish(t, c, "rc2/3", 1, "kept while down")
+	expect(t, got, msg{"rc/2", "after"}, msg{"rc2/3", "kept while down"})
+	if log.has("lost broker connection") == "" {
+		t.Error(`no "lost broker connection" warning logged`)
+	}
+}
+
+// With a stable id and CleanSession false, what the broker queued while
+// the client was away reaches DefaultHandler, before Subscribe.
+func TestPersistentSession(t *testing.T) {
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	o := Options{ClientID: "persistent", CleanSession: false}
+	first := dial(t, port, o)
+	if err := first.Subscribe("ps/#", 1, func(string, []byte) {}); err != nil {
+		t.Fatal(err)
+	}
+	first.Close()
+
+	pub := dial(t, port, Options{CleanSession: true})
+	for i := range 5 {
+		publish(t, pub, "ps/q", 1, fmt.Sprint(i))
+	}
+	def, defGot := collect()
+	o.DefaultHandler = def
+	again := dial(t, port, o)
+	expect(t, defGot, msg{"ps/q", "0"}, msg{"ps/q", "1"}, msg{"ps/q", "2"}, msg{"ps/q", "3"}, msg{"ps/q", "4"})
+
+	h, got := collect()
+	if err := again.Subscribe("ps/#", 1, h); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, pub, "ps/q", 1, "subscribed")
+	expect(t, got, msg{"ps/q", "subscribed"})
+}
+
+// A handler that blocks for three keep-alive intervals holds up neither
+// the connection nor the other subscriptions.
+func TestBlockingHandler(t *testing.T) {
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	var connects atomic.Int32
+	log := &logRecorder{}
+	c := dial(t, port, Options{
+		CleanSession: true,
+		KeepAlive:    time.Second,
+		Log:          slog.New(log),
+		OnConnect:    func(*Client) { connects.Add(1) },
+	})
+	release := make(chan struct{})
+	slow := make(chan string, 10)
+	if err := c.Subscribe("slow/#", 1, func(_ string, p []byte) { <-release; slow <- string(p) }); err != nil {
+		t.Fatal(err)
+	}
+	h, got := collect()
+	if err := c.Subscribe("fast/#", 1, h); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, c, "slow/1", 1, "a")
+	publish(t, c, "slow/1", 1, "b")
+	for i := range 30 {
+		publish(t, c, "fast/1", 1, fmt.Sprint(i))
+		expect(t, got, msg{"fast/1", fmt.Sprint(i)})
+		time.Sleep(100 * time.Millisecond) // 30 × 100 ms: three keep-alives
+		if !c.Connected() {
+			t.Fatal("disconnected while a handler blocks")
+		}
+	}
+	close(release)
+	for _, want := range []string{"a", "b"} {
+		if p := <-slow; p != want {
+			t.Fatalf("slow handler got %q; want %q", p, want)
+		}
+	}
+	if n := connects.Load(); n != 1 {
+		t.Errorf("%d connections; want 1", n)
+	}
+	if l := log.has("lost broker connection"); l != "" {
+		t.Errorf("logged %q", l)
+	}
+}
+
+// When a subscription's queue is full the reader waits, and with it every
+// subscription; the connection stays up through three keep-alive
+// intervals (the client keeps pinging, and its own timeout does not fire
+// while the reader is held), and nothing is lost or reordered.
+func TestFullQueueHoldsReader(t *testing.T) {
+	defer func(n int) { queueLimit = n }(queueLimit)
+	queueLimit = 2
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	var connects atomic.Int32
+	log := &logRecorder{}
+	c := dial(t, port, Options{
+		CleanSession: true,
+		KeepAlive:    time.Second,
+		Log:          slog.New(log),
+		OnConnect:    func(*Client) { connects.Add(1) },
+	})
+	release := make(chan struct{})
+	slow := make(chan string, 100)
+	if err := c.Subscribe("slow/#", 0, func(_ string, p []byte) { <-release; slow <- string(p) }); err != nil {
+		t.Fatal(err)
+	}
+	h, got := collect()
+	if err := c.Subscribe("fast/#", 0, h); err != nil {
+		t.Fatal(err)
+	}
+	pub := dial(t, port, Options{CleanSession: true})
+	for i := range 10 {
+		publish(t, pub, "slow/1", 1, fmt.Sprint(i))
+	}
+	publish(t, pub, "fast/1", 1, "behind")
+	eventually(t, "the reader blocked", func() bool { c := c.cur.Load(); return c != nil && c.blocked.Load() })
+	time.Sleep(3500 * time.Millisecond) // three keep-alive intervals and a half
+	if !c.Connected() || connects.Load() != 1 {
+		t.Fatalf("connected %v after %d connections; want the first one still up", c.Connected(), connects.Load())
+	}
+	close(release)
+	for i := range 10 {
+		if p := <-slow; p != fmt.Sprint(i) {
+			t.Fatalf("slow handler got %q; want %d", p, i)
+		}
+	}
+	expect(t, got, msg{"fast/1", "behind"})
+	if l := log.has("lost broker connection"); l != "" {
+		t.Errorf("logged %q", l)
+	}
+	if connects.Load() != 1 {
+		t.Errorf("%d connections; want 1", connects.Load())
+	}
+}
+
+// A message that matches several subscriptions reaches each handler.
+func TestOverlappingSubscriptions(t *testing.T) {
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	c := dial(t, port, Options{CleanSession: true})
+	h1, got1 := collect()
+	h2, got2 := collect()
+	if err := c.Subscribe("ov/#", 1, h1); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Subscribe("ov/+", 1, h2); err != nil {
+		t.Fatal(err)
+	}
+	publish(t, c, "ov/a", 1, "both")
+	publish(t, c, "ov/a/b", 1, "one")
+	expect(t, got1, msg{"ov/a", "both"})
+	expect(t, got2, msg{"ov/a", "both"})
+	// mosquitto may send a message once per matching subscription: each
+	// handler sees it then once per copy.
+	for m := range got1 {
+		if m.payload == "one" {
+			break
+		}
+	}
+}
+
+// Dial with credentials mosquitto refuses gives up when its context ends,
+// naming the refusal.
+func TestRefusedByMosquitto(t *testing.T) {
+	bin := testpeer.Need(t, "mosquitto")
+	passwd := testpeer.Need(t, "mosquitto_passwd")
+	dir := t.TempDir()
+	pwFile := filepath.Join(dir, "passwd")
+	if out, err := exec.Command(passwd, "-b", "-c", pwFile, "user", "right").CombinedOutput(); err != nil {
+		t.Fatalf("mosquitto_passwd: %v %s", err, out)
+	}
+	port := testpeer.FreePort(t)
+	conf := filepath.Join(dir, "mosquitto.conf")
+	// As root, mosquitto drops to its own user before it reads the
+	// password file, which that user cannot reach in the test's directory.
+	body := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous false\npassword_file %s\npersistence false\nuser root\nlog_dest stderr\nlog_type error\n", port, pwFile)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-c", conf)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if err := testpeer.WaitPort(addr(port), 10*time.Second); err != nil {
+		t.Fatalf("%v; mosquitto: %s", err, stderr.String())
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_, err := Dial(ctx, Options{Address: addr(port), ClientID: "refused", RetryMax: 100 * time.Millisecond,
+		Credentials: func() (string, string, error) { return "user", "wrong", nil }})
+	if err == nil || !strings.Contains(err.Error(), "not authorized") {
+		t.Fatalf("Dial with a wrong password: %v; want the refusal named", err)
+	}
+	c := dial(t, port, Options{CleanSession: true, Credentials: func() (string, string, error) { return "user", "right", nil }})
+	publish(t, c, "ok", 1, "in")
+}
+
+// Close leaves no goroutine behind.
+func TestCloseLeavesNoGoroutines(t *testing.T) {
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	before := runtime.NumGoroutine()
+	for range 3 {
+		def, _ := collect()
+		c := dial(t, port, Options{CleanSession: false, ClientID: "leak", DefaultHandler: def, OnConnect: func(*Client) {}})
+		h, got := collect()
+		for _, f := range []string{"leak/a", "leak/b"} {
+			if err := c.Subscribe(f, 1, h); err != nil {
+				t.Fatal(err)
+			}
+		}
+		publish(t, c, "leak/a", 1, "x")
+		publish(t, c, "leak/b", 0, "y")
+		expect(t, got, msg{"leak/a", "x"}, msg{"leak/b", "y"})
+		c.Close()
+		if err := c.Publish(context.Background(), Message{Topic: "leak/a", QoS: 1}); err == nil {
+			t.Error("Publish after Close succeeded")
+		}
+		if err := c.Publish(context.Background(), Message{Topic: "leak/a", QoS: 0}); err == nil {
+			t.Error("QoS 0 Publish after Close succeeded")
+		}
+		if c.Connected() {
+			t.Error("Connected() after Close")
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines after Close, %d before:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

@@ -1,0 +1,342 @@
+package bus
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// These tests script the broker's side byte by byte, for what a real
+// broker does not do on demand: drop a connection at a chosen packet, go
+// silent, send garbage.
+
+// fakeBroker accepts connections on a loopback port; each accepted
+// connection is handed to the test.
+type fakeBroker struct {
+	l     net.Listener
+	conns chan *fakeConn
+}
+
+type fakeConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func newFakeBroker(t *testing.T) *fakeBroker {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fb := &fakeBroker{l: l, conns: make(chan *fakeConn, 10)}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				close(fb.conns)
+				return
+			}
+			fb.conns <- &fakeConn{Conn: c, r: bufio.NewReader(c)}
+		}
+	}()
+	t.Cleanup(func() {
+		l.Close()
+		for c := range fb.conns {
+			c.Close()
+		}
+	})
+	return fb
+}
+
+func (fb *fakeBroker) addr() string { return fb.l.Addr().String() }
+
+// accept returns the next connection after reading its CONNECT and
+// answering with CONNACK code.
+func (fb *fakeBroker) accept(t *testing.T, code byte) *fakeConn {
+	t.Helper()
+	select {
+	case c := <-fb.conns:
+		t.Cleanup(func() { c.Close() })
+		if h, _ := c.next(t); h>>4 != typeConnect {
+			t.Fatalf("first packet of type %d; want CONNECT", h>>4)
+		}
+		c.send(t, 0x20, 2, 0, code)
+		return c
+	case <-time.After(15 * time.Second):
+		t.Fatal("no connection to the fake broker")
+		return nil
+	}
+}
+
+// next reads one packet from the client: its first byte and the rest after
+// the remaining length.
+func (c *fakeConn) next(t *testing.T) (byte, []byte) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	h, err := c.r.ReadByte()
+	if err != nil {
+		t.Fatalf("fake broker read: %v", err)
+	}
+	n, err := readLength(c.r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(c.r, body); err != nil {
+		t.Fatal(err)
+	}
+	return h, body
+}
+
+// nextRaw is next without a test to fail.
+func (c *fakeConn) nextRaw() (byte, error) {
+	_ = c.SetReadDeadline(time.Now().Add(15 * time.Second))
+	h, err := c.r.ReadByte()
+	if err != nil {
+		return 0, err
+	}
+	n, err := readLength(c.r)
+	if err != nil {
+		return 0, err
+	}
+	_, err = c.r.Discard(n)
+	return h, err
+}
+
+func (c *fakeConn) send(t *testing.T, b ...byte) {
+	t.Helper()
+	if _, err := c.Write(b); err != nil {
+		t.Fatalf("fake broker write: %v", err)
+	}
+}
+
+func fakeDial(t *testing.T, fb *fakeBroker, o Options) (*Client, *fakeConn) {
+	t.Helper()
+	o.Address = fb.addr()
+	o.ClientID = "fake"
+	o.RetryMax = 100 * time.Millisecond
+	type result struct {
+		c   *Client
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		c, err := Dial(ctx, o)
+		done <- result{c, err}
+	}()
+	fc := fb.accept(t, 0)
+	r := <-done
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	t.Cleanup(r.c.Close)
+	return r.c, fc
+}
+
+// A QoS 1 Publish whose connection drops before the PUBACK returns an
+// error, and the message is not sent again on the next connection.
+func TestPublishFailsWhenConnectionDrops(t *testing.T) {
+	fb := newFakeBroker(t)
+	c, fc := fakeDial(t, fb, Options{CleanSession: true})
+	errc := make(chan error, 1)
+	go func() { errc <- c.Publish(context.Background(), Message{Topic: "d", QoS: 1, Payload: []byte("first")}) }()
+	if h, body := fc.next(t); h != typePublish<<4|0x02 || !strings.HasSuffix(string(body), "first") {
+		t.Fatalf("got % x % x; want the PUBLISH", h, body)
+	}
+	fc.Close()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("Publish returned nil after the connection dropped before PUBACK")
+		}
+		t.Logf("Publish: %v", err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("Publish still waiting after the connection dropped")
+	}
+
+	fc2 := fb.accept(t, 0)
+	go func() {
+		errc <- c.Publish(context.Background(), Message{Topic: "d", QoS: 1, Payload: []byte("second")})
+	}()
+	h, body := fc2.next(t)
+	if h != typePublish<<4|0x02 || !strings.HasSuffix(string(body), "second") {
+		t.Fatalf("first packet on the new connection: % x %q; want the second PUBLISH, not the first again", h, body)
+	}
+	fc2.send(t, typePuback<<4, 2, body[3], body[4])
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Close sends DISCONNECT before closing the socket, after the pending
+// acknowledgement came.
+func TestCloseSendsDisconnect(t *testing.T) {
+	fb := newFakeBroker(t)
+	c, fc := fakeDial(t, fb, Options{CleanSession: true})
+	errc := make(chan error, 1)
+	go func() { errc <- c.Publish(context.Background(), Message{Topic: "d", QoS: 1, Payload: []byte("x")}) }()
+	_, body := fc.next(t)
+	closed := make(chan struct{})
+	go func() { c.Close(); close(closed) }()
+	fc.send(t, typePuback<<4, 2, body[3], body[4])
+	if err := <-errc; err != nil {
+		t.Errorf("Publish acknowledged during Close: %v", err)
+	}
+	if h, _ := fc.next(t); h != typeDisconnect<<4 {
+		t.Fatalf("packet % x at Close; want DISCONNECT", h)
+	}
+	if _, err := fc.r.ReadByte(); err != io.EOF {
+		t.Errorf("after DISCONNECT: %v; want EOF", err)
+	}
+	<-closed
+}
+
+// A pending QoS 1 Publish returns an error at Close when its
+// acknowledgement does not come.
+func TestCloseFailsPendingPublish(t *testing.T) {
+	fb := newFakeBroker(t)
+	c, fc := fakeDial(t, fb, Options{CleanSession: true})
+	errc := make(chan error, 1)
+	go func() { errc <- c.Publish(context.Background(), Message{Topic: "d", QoS: 1, Payload: []byte("x")}) }()
+	fc.next(t)
+	c.Close()
+	if err := <-errc; err == nil {
+		t.Fatal("pending Publish returned nil at Close")
+	}
+}
+
+// A broker that goes silent (nothing, not even PINGRESP) is given up after
+// 1.5 keep-alive intervals, and the client connects again.
+func TestKeepAliveTimeout(t *testing.T) {
+	fb := newFakeBroker(t)
+	log := &logRecorder{}
+	c, fc := fakeDial(t, fb, Options{CleanSession: true, KeepAlive: time.Second, Log: slog.New(log)})
+	if h, _ := fc.next(t); h != typePingreq<<4 {
+		t.Fatalf("packet % x from an idle client; want PINGREQ", h)
+	}
+	fb.accept(t, 0)
+	if l := log.has("lost broker connection"); !strings.Contains(l, "keep-alive") {
+		t.Errorf("logged %q; want the keep-alive named", l)
+	}
+	eventually(t, "connected", c.Connected)
+}
+
+// A packet longer than maxPacket drops the connection.
+func TestOversizedPacket(t *testing.T) {
+	fb := newFakeBroker(t)
+	log := &logRecorder{}
+	_, fc := fakeDial(t, fb, Options{CleanSession: true, Log: slog.New(log)})
+	fc.send(t, append([]byte{typePublish << 4}, appendLength(nil, maxPacket+1)...)...)
+	fb.accept(t, 0)
+	if l := log.has("lost broker connection"); !strings.Contains(l, "more than") {
+		t.Errorf("logged %q; want the size named", l)
+	}
+}
+
+// A QoS 1 message is acknowledged after its handler returned; a re-sent
+// one (DUP) is delivered as any other.
+func TestPubackAfterHandler(t *testing.T) {
+	fb := newFakeBroker(t)
+	c, fc := fakeDial(t, fb, Options{CleanSession: true})
+	var handled atomic.Int32
+	release := make(chan struct{})
+	subscribed := make(chan error, 1)
+	go func() {
+		subscribed <- c.Subscribe("s/#", 1, func(_ string, p []byte) {
+			<-release
+			handled.Add(1)
+		})
+	}()
+	h, body := fc.next(t)
+	if h != typeSubscribe<<4|0x02 || string(body[2:]) != "\x00\x03s/#\x01" {
+		t.Fatalf("got % x % x; want SUBSCRIBE s/# QoS 1", h, body)
+	}
+	fc.send(t, typeSuback<<4, 3, body[0], body[1], 1)
+	if err := <-subscribed; err != nil {
+		t.Fatal(err)
+	}
+	fc.send(t, appendPublish(nil, "s/1", []byte("a"), 1, false, false, 7)...)
+	fc.send(t, appendPublish(nil, "s/1", []byte("a"), 1, false, true, 7)...)
+	close(release)
+	for _, want := range []int32{1, 2} {
+		h, body := fc.next(t)
+		if h != typePuback<<4 || string(body) != "\x00\x07" {
+			t.Fatalf("got % x % x; want PUBACK 7", h, body)
+		}
+		if n := handled.Load(); n < want {
+			t.Fatalf("PUBACK %d came with %d handlers returned", want, n)
+		}
+	}
+	// A message nothing subscribed to, without a default handler, is
+	// acknowledged at once.
+	fc.send(t, appendPublish(nil, "other", nil, 1, false, false, 8)...)
+	if h, body := fc.next(t); h != typePuback<<4 || string(body) != "\x00\x08" {
+		t.Fatalf("got % x % x; want PUBACK 8", h, body)
+	}
+}
+
+// A SUBACK failure code is Subscribe's error.
+func TestSubscribeRefused(t *testing.T) {
+	fb := newFakeBroker(t)
+	c, fc := fakeDial(t, fb, Options{CleanSession: true})
+	errc := make(chan error, 1)
+	go func() { errc <- c.Subscribe("no/#", 1, func(string, []byte) {}) }()
+	_, body := fc.next(t)
+	fc.send(t, typeSuback<<4, 3, body[0], body[1], 0x80)
+	if err := <-errc; err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Fatalf("Subscribe with SUBACK 0x80: %v; want refused", err)
+	}
+}
+
+// Each CONNACK refusal code is named in Dial's error.
+func TestConnackRefusal(t *testing.T) {
+	for code, reason := range connackReasons {
+		if reason == "" {
+			continue
+		}
+		fb := newFakeBroker(t)
+		go func() {
+			for c := range fb.conns {
+				h, _ := c.nextRaw()
+				if h>>4 == typeConnect {
+					_, _ = c.Write([]byte{0x20, 2, 0, byte(code)})
+				}
+				c.Close()
+			}
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		_, err := Dial(ctx, Options{Address: fb.addr(), ClientID: "x", RetryMax: 100 * time.Millisecond})
+		cancel()
+		if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), reason) {
+			t.Errorf("Dial refused with code %d: %v; want ErrClosed and %q", code, err, reason)
+		}
+	}
+}
+
+// The credentials are asked for before every connection attempt.
+func TestCredentialsEveryAttempt(t *testing.T) {
+	fb := newFakeBroker(t)
+	var calls atomic.Int32
+	c, fc := fakeDial(t, fb, Options{CleanSession: true, Credentials: func() (string, string, error) {
+		if calls.Add(1) == 1 {
+			return "u", "", errors.New("not there yet")
+		}
+		return "u", "p", nil
+	}})
+	fc.Close()
+	fc2 := fb.accept(t, 0)
+	_ = fc2
+	eventually(t, "connected", c.Connected)
+	if n := calls.Load(); n != 2 {
+		t.Errorf("credentials asked %d times for two connections", n)
+	}
+}
