@@ -94,14 +94,14 @@ func TestOurBroker(t *testing.T) {
 	}
 	for i := range 100 {
 		want := fmt.Sprint(i)
-		if got := <-data; got != poller.Topics.Data("meter")+" "+want {
+		if got := next(t, data); got != poller.Topics.Data("meter")+" "+want {
 			t.Fatalf("logger got %q; want message %s", got, want)
 		}
-		if got := <-acks; got != want {
+		if got := next(t, acks); got != want {
 			t.Fatalf("poller got ack %q; want %s", got, want)
 		}
 	}
-	if st := <-states; st.State != service.Starting {
+	if st := next(t, states); st.State != service.Starting {
 		t.Errorf("retained state %+v; want starting", st)
 	}
 
@@ -119,10 +119,18 @@ func TestOurBroker(t *testing.T) {
 		t.Fatal(err)
 	}
 	taker.Close()
-	for st := range states {
-		if st.State == service.Lost {
-			break
-		}
+	for next(t, states).State != service.Lost {
+	}
+}
+
+func next[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(15 * time.Second):
+		t.Fatal("nothing came in 15s")
+		panic("unreachable")
 	}
 }
 

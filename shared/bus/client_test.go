@@ -162,10 +162,12 @@ func TestPubSub(t *testing.T) {
 	}
 	expect(t, got, msg{"ps/c/x", "from mosquitto_pub"})
 
-	// What we publish reaches mosquitto_sub, retained flag included.
+	// What we publish reaches mosquitto_sub (retained: whenever it
+	// subscribes).
+	if err := c.Publish(context.Background(), Message{Topic: "ps/out/1", QoS: 1, Retain: true, Payload: []byte("to mosquitto_sub")}); err != nil {
+		t.Fatal(err)
+	}
 	sub := testpeer.Sub(t, port, "-v", "-t", "ps/out/#")
-	time.Sleep(200 * time.Millisecond) // mosquitto_sub subscribes
-	publish(t, c, "ps/out/1", 1, "to mosquitto_sub")
 	testpeer.Expect(t, sub, 10*time.Second, "our message", func(l string) bool { return l == "ps/out/1 to mosquitto_sub" })
 }
 
@@ -227,12 +229,19 @@ func TestWill(t *testing.T) {
 	if err := watch.Subscribe("will/#", 1, h); err != nil {
 		t.Fatal(err)
 	}
-	c := dial(t, port, Options{CleanSession: true, Will: &Message{Topic: "will/c", QoS: 1, Payload: []byte("lost")}})
+	connects := make(chan struct{}, 10)
+	c := dial(t, port, Options{CleanSession: true, Will: &Message{Topic: "will/c", QoS: 1, Payload: []byte("lost")},
+		OnConnect: func(*Client) { connects <- struct{}{} }})
+	<-connects
 
 	// A crash, as the broker sees it: the socket closes, no DISCONNECT.
 	c.cur.Load().raw.Close()
 	expect(t, got, msg{"will/c", "lost"})
-	eventually(t, "reconnect", c.Connected)
+	select {
+	case <-connects:
+	case <-time.After(15 * time.Second):
+		t.Fatal("no reconnect")
+	}
 
 	c.Close()
 	marker := dial(t, port, Options{CleanSession: true})
