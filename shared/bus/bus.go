@@ -505,7 +505,9 @@ func (cl *Client) Publish(ctx context.Context, m Message) error {
 		}
 		if err := cl.send(c, m, id); err != nil {
 			// Not handed to the socket: try on the next connection.
-			c.unregister(id, w)
+			if !c.unregister(id, w) {
+				<-w.done // a stray ack for the id: keep the waiter clean
+			}
 			waiters.Put(w)
 			continue
 		}
