@@ -433,7 +433,7 @@ func TestUnixSocket(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"state":"ready"`) {
 		t.Errorf("mosquitto_sub --unix: %v %q", err, out)
 	}
-	// A role connects with paho through shared/bus.
+	// A role connects through shared/bus.
 	c := dial(t, "unix:"+sock, "poller", password(t, cfg, "poller"))
 	if err := c.Publish(context.Background(), bus.Message{Topic: "tinyscada/svc/poller/state", QoS: 1, Retain: true, Payload: []byte("via-unix")}); err != nil {
 		t.Fatal(err)

@@ -1,11 +1,10 @@
-// Package connbuf wraps a stream connection for MQTT traffic: many small
-// packets each way. Coalesce gathers small writes into one syscall per
-// wake-up of a flusher goroutine; Client adds a buffered reader, for
-// clients (paho) that read a packet's header a byte at a time.
+// Package connbuf wraps a stream connection for MQTT traffic, many small
+// packets each way: Coalesce gathers small writes into one syscall per
+// wake-up of a flusher goroutine. The broker and the roles' client
+// (shared/bus) write through it.
 package connbuf
 
 import (
-	"bufio"
 	"net"
 	"runtime"
 	"sync"
@@ -130,20 +129,3 @@ func (c *coalescingConn) Close() error {
 	}
 	return c.Conn.Close()
 }
-
-// readBufferSize holds a few dozen data messages: one read syscall for many
-// packets under load.
-const readBufferSize = 16 << 10
-
-// Client wraps a client's connection: reads go through a buffer and writes
-// are coalesced (see Coalesce).
-func Client(c net.Conn, writeTimeout time.Duration) net.Conn {
-	return &bufferedConn{Conn: newCoalescingConn(c, writeTimeout), r: bufio.NewReaderSize(c, readBufferSize)}
-}
-
-type bufferedConn struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func (b *bufferedConn) Read(p []byte) (int, error) { return b.r.Read(p) }

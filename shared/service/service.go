@@ -133,9 +133,9 @@ func New(ctx context.Context, name string, cfg *config.Config, log *slog.Logger)
 type StartOptions struct {
 	// PersistentSession connects with CleanSession false under the role's
 	// stable client id ("tinyscada-<role>"): the broker keeps the role's
-	// subscriptions and queues its QoS 1 messages while it is away. Both
-	// the broker's session and paho's store are in memory: the queue
-	// survives a restart of the role, not of the broker.
+	// subscriptions and queues its QoS 1 messages while it is away. The
+	// broker's session is in memory (and the client keeps nothing): the
+	// queue survives a restart of the role, not of the broker.
 	PersistentSession bool
 	// OnMessage receives the messages that arrive before Subscribe
 	// registered a handler for them (see bus.Options.DefaultHandler); with
