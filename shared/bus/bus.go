@@ -478,30 +478,53 @@ func (cl *Client) Subscribe(filter string, qos byte, h Handler) error {
 // delivery to a subscriber either. Data safety rests on the end-to-end
 // acknowledgements, not on this. QoS 2 is not supported (an error).
 func (cl *Client) Publish(ctx context.Context, m Message) error {
+	s, err := cl.Send(ctx, m)
+	if err != nil {
+		return err
+	}
+	return s.Wait(ctx)
+}
+
+// Sent is a message Send handed to the broker's socket; Wait waits for the
+// broker's acknowledgement of a QoS 1 message.
+type Sent struct {
+	c     *conn
+	w     *waiter
+	id    uint16
+	topic string
+}
+
+// Send is Publish without the wait for the acknowledgement: it writes m
+// now, in the order of the calls like Publish, and returns. Call Wait on
+// the result exactly once. A producer keeps many QoS 1 messages in flight
+// on one connection this way instead of one round trip each; the rules of
+// Publish hold for each message (a QoS 1 message waits in Send while the
+// client is reconnecting, and is never sent again).
+func (cl *Client) Send(ctx context.Context, m Message) (*Sent, error) {
 	if err := checkPublish(m.Topic, m.QoS, len(m.Payload)); err != nil {
-		return fmt.Errorf("publish %s: %w", m.Topic, err)
+		return nil, fmt.Errorf("publish %s: %w", m.Topic, err)
 	}
 	if m.QoS == 0 {
 		c := cl.cur.Load()
 		if c == nil {
 			if cl.ctx.Err() != nil {
-				return fmt.Errorf("publish %s: %w", m.Topic, errClientClosed)
+				return nil, fmt.Errorf("publish %s: %w", m.Topic, errClientClosed)
 			}
-			return nil
+			return &Sent{}, nil
 		}
 		if err := cl.send(c, m, 0); err != nil {
-			return fmt.Errorf("publish %s: %w", m.Topic, err)
+			return nil, fmt.Errorf("publish %s: %w", m.Topic, err)
 		}
-		return nil
+		return &Sent{}, nil
 	}
 	for {
 		c, err := cl.connection(ctx)
 		if err != nil {
-			return fmt.Errorf("publish %s: %w", m.Topic, err)
+			return nil, fmt.Errorf("publish %s: %w", m.Topic, err)
 		}
 		id, w, err := c.register()
 		if err != nil {
-			return fmt.Errorf("publish %s: %w", m.Topic, err)
+			return nil, fmt.Errorf("publish %s: %w", m.Topic, err)
 		}
 		if err := cl.send(c, m, id); err != nil {
 			// Not handed to the socket: try on the next connection.
@@ -511,11 +534,37 @@ func (cl *Client) Publish(ctx context.Context, m Message) error {
 			waiters.Put(w)
 			continue
 		}
-		if _, err := c.wait(ctx, id, w); err != nil {
-			return fmt.Errorf("publish %s: %w", m.Topic, err)
-		}
+		return &Sent{c: c, w: w, id: id, topic: m.Topic}, nil
+	}
+}
+
+// Send sends m through p without waiting for the acknowledgement when p
+// can keep messages in flight (a *Client: Client.Send); any other
+// Publisher publishes m and waits, and the result's Wait returns at once.
+func Send(ctx context.Context, p Publisher, m Message) (*Sent, error) {
+	if s, ok := p.(interface {
+		Send(context.Context, Message) (*Sent, error)
+	}); ok {
+		return s.Send(ctx, m)
+	}
+	if err := p.Publish(ctx, m); err != nil {
+		return nil, err
+	}
+	return &Sent{}, nil
+}
+
+// Wait waits until the broker acknowledged the message (at once for QoS
+// 0), or ctx ended, or the connection was lost first (an error).
+func (s *Sent) Wait(ctx context.Context) error {
+	if s.w == nil {
 		return nil
 	}
+	_, err := s.c.wait(ctx, s.id, s.w)
+	s.w = nil
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", s.topic, err)
+	}
+	return nil
 }
 
 func (cl *Client) send(c *conn, m Message, id uint16) error {

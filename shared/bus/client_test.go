@@ -339,7 +339,7 @@ func TestBlockingHandler(t *testing.T) {
 	log := &logRecorder{}
 	c := dial(t, port, Options{
 		CleanSession: true,
-		KeepAlive:    time.Second,
+		KeepAlive:    2 * time.Second, // 1 s leaves the ping 0.5 s of margin: too tight on a loaded machine
 		Log:          slog.New(log),
 		OnConnect:    func(*Client) { connects.Add(1) },
 	})
@@ -354,10 +354,10 @@ func TestBlockingHandler(t *testing.T) {
 	}
 	publish(t, c, "slow/1", 1, "a")
 	publish(t, c, "slow/1", 1, "b")
-	for i := range 30 {
+	for i := range 60 {
 		publish(t, c, "fast/1", 1, fmt.Sprint(i))
 		expect(t, got, msg{"fast/1", fmt.Sprint(i)})
-		time.Sleep(100 * time.Millisecond) // 30 × 100 ms: three keep-alives
+		time.Sleep(100 * time.Millisecond) // 60 × 100 ms: three keep-alives
 		if !c.Connected() {
 			t.Fatal("disconnected while a handler blocks")
 		}
@@ -389,7 +389,7 @@ func TestFullQueueHoldsReader(t *testing.T) {
 	log := &logRecorder{}
 	c := dial(t, port, Options{
 		CleanSession: true,
-		KeepAlive:    time.Second,
+		KeepAlive:    2 * time.Second, // 1 s leaves the ping 0.5 s of margin: too tight on a loaded machine
 		Log:          slog.New(log),
 		OnConnect:    func(*Client) { connects.Add(1) },
 	})
@@ -408,7 +408,7 @@ func TestFullQueueHoldsReader(t *testing.T) {
 	}
 	publish(t, pub, "fast/1", 1, "behind")
 	eventually(t, "the reader blocked", func() bool { c := c.cur.Load(); return c != nil && c.blocked.Load() })
-	time.Sleep(3500 * time.Millisecond) // three keep-alive intervals and a half
+	time.Sleep(7 * time.Second) // three keep-alive intervals and a half
 	if !c.Connected() || connects.Load() != 1 {
 		t.Fatalf("connected %v after %d connections; want the first one still up", c.Connected(), connects.Load())
 	}
@@ -529,4 +529,41 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// Send keeps many QoS 1 messages in flight on one connection: they arrive
+// in the order sent, and every Wait sees its acknowledgement.
+func TestSendPipelines(t *testing.T) {
+	port := testpeer.FreePort(t)
+	testpeer.Mosquitto(t, port)
+	c := dial(t, port, Options{CleanSession: true})
+	h, got := collect()
+	if err := c.Subscribe("pipe/#", 1, h); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const n = 500
+	sent := make([]*Sent, n)
+	for i := range sent {
+		s, err := c.Send(ctx, Message{Topic: "pipe/x", QoS: 1, Payload: []byte(strconv.Itoa(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent[i] = s
+	}
+	for i, s := range sent {
+		if err := s.Wait(ctx); err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+	}
+	for i := range n {
+		expect(t, got, msg{"pipe/x", strconv.Itoa(i)})
+	}
+	// QoS 0: nothing to wait for.
+	s, err := c.Send(ctx, Message{Topic: "pipe/y", Payload: []byte("q0")})
+	if err != nil || s.Wait(ctx) != nil {
+		t.Fatalf("QoS 0 Send: %v", err)
+	}
+	expect(t, got, msg{"pipe/y", "q0"})
 }
