@@ -1,6 +1,6 @@
 // Package benchdata makes the data messages the ingest benchmarks send (a
 // poll round shaped like the demo's meter) and publishes them the way the
-// poller does: QoS 1, several publishers, a bounded window of messages
+// poller does: QoS 1, in pipelined batches, a bounded window of messages
 // waiting for the logger's acknowledgement.
 package benchdata
 
@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
@@ -77,35 +76,38 @@ func StampAt(i int) clock.Stamp {
 	return clock.Stamp{Wall: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC).Add(d), Mono: time.Hour + d, Boot: "7d9c3ab4-6a1e-4f55-9a57-3c1f0c5e2b11"}
 }
 
-// Publish times the publication of payloads on topic through pub, 8
-// publishers in parallel, until acked (the highest acknowledged seq of the
-// run) reaches the last one, and reports readings/s and msgs/s. Like the
-// poller's outbox, at most 1000 messages wait for their acknowledgement
-// (the broker queues up to max_pending for a client and drops beyond).
+// Publish times the publication of payloads on topic through pub, as the
+// poller publishes its outbox (services/poller publishData): batches of up
+// to 64 messages sent back to back with bus.Send, then their broker
+// acknowledgements awaited; at most 1000 messages wait for the logger's
+// acknowledgement (the poller's outbox; the broker queues up to max_pending
+// for a client and drops beyond). The clock stops when acked (the highest
+// acknowledged seq of the run) reaches the last one. It reports readings/s
+// and msgs/s.
 func Publish(b *testing.B, ctx context.Context, pub bus.Publisher, topic string, payloads [][]byte, acked func() uint64) {
 	b.ResetTimer()
-	const publishers, window = 8, 1000
-	next := make(chan int, publishers)
-	var wg sync.WaitGroup
-	for range publishers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				if err := pub.Publish(ctx, bus.Message{Topic: topic, QoS: 1, Payload: payloads[i]}); err != nil {
-					b.Error(err)
-				}
-			}
-		}()
-	}
-	for i := range payloads {
+	const batch, window = 64, 1000
+	sent := make([]*bus.Sent, 0, batch)
+	for i := 0; i < len(payloads); {
 		for uint64(i) >= acked()+window {
 			time.Sleep(100 * time.Microsecond)
 		}
-		next <- i
+		n := min(batch, len(payloads)-i, int(acked()+window)-i)
+		sent = sent[:0]
+		for _, p := range payloads[i : i+n] {
+			s, err := bus.Send(ctx, pub, bus.Message{Topic: topic, QoS: 1, Payload: p})
+			if err != nil {
+				b.Fatal(err)
+			}
+			sent = append(sent, s)
+		}
+		for _, s := range sent {
+			if err := s.Wait(ctx); err != nil {
+				b.Fatal(err)
+			}
+		}
+		i += n
 	}
-	close(next)
-	wg.Wait()
 	deadline := time.Now().Add(time.Minute)
 	for acked() < uint64(len(payloads)) {
 		if time.Now().After(deadline) {

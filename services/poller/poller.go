@@ -478,29 +478,44 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 	}
 }
 
-// publishData publishes msgs in order; on a failure it marks that one and
-// the rest unsent and returns false.
+// publishData publishes msgs in order, all in flight at once (bus.Send),
+// then waits for the broker's acknowledgements; on a failure it marks the
+// message that failed and every later one unsent and returns false (the
+// logger stores each (run, seq) once, so sending one again is harmless).
 func (p *Poller) publishData(ctx context.Context, pub bus.Conn, msgs []Pending) bool {
-	for i, m := range msgs {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := pub.Publish(pctx, bus.Message{Topic: m.Topic, QoS: 1, Payload: m.Payload})
-		cancel()
-		if err != nil {
-			for _, r := range msgs[i:] {
-				p.out.Retry(r.Seq)
-			}
-			if ctx.Err() == nil {
-				if ok, n := p.limiter.Check("publish", time.Now()); ok {
-					p.log.Warn("publishing readings failed; kept in the outbox", "err", err, "suppressed", n)
-				}
-			}
-			return false
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	sent := make([]*bus.Sent, 0, len(msgs))
+	var err error
+	for _, m := range msgs {
+		var s *bus.Sent
+		if s, err = bus.Send(pctx, pub, bus.Message{Topic: m.Topic, QoS: 1, Payload: m.Payload}); err != nil {
+			break
 		}
+		sent = append(sent, s)
+	}
+	failed := len(sent) // the first message not known to be delivered
+	for i, s := range sent {
+		if werr := s.Wait(pctx); werr != nil && failed == len(sent) {
+			failed, err = i, werr
+		}
+	}
+	if failed < len(msgs) {
+		for _, r := range msgs[failed:] {
+			p.out.Retry(r.Seq)
+		}
+		if ctx.Err() == nil {
+			if ok, n := p.limiter.Check("publish", time.Now()); ok {
+				p.log.Warn("publishing readings failed; kept in the outbox", "err", err, "suppressed", n)
+			}
+		}
+	}
+	for _, m := range msgs[:failed] {
 		if m.Resent {
 			p.resent.Add(1)
 		}
 	}
-	return true
+	return failed == len(msgs)
 }
 
 func (p *Poller) publishStates(ctx context.Context, pub bus.Conn) {
