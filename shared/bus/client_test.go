@@ -330,50 +330,73 @@ func TestPersistentSession(t *testing.T) {
 	expect(t, got, msg{"ps/q", "subscribed"})
 }
 
-// A handler that blocks for three keep-alive intervals holds up neither
-// the connection nor the other subscriptions.
-func TestBlockingHandler(t *testing.T) {
-	port := testpeer.FreePort(t)
-	testpeer.Mosquitto(t, port)
-	var connects atomic.Int32
-	log := &logRecorder{}
-	c := dial(t, port, Options{
+// slowFast is a client of a new mosquitto with a 2 s keep-alive (1 s
+// leaves the ping 0.5 s of margin: too tight on a loaded machine), a
+// handler on slow/# that waits for release, and a collector on fast/#.
+type slowFast struct {
+	port     int
+	c        *Client
+	connects atomic.Int32
+	log      logRecorder
+	release  chan struct{}
+	slow     chan string
+	got      chan msg
+}
+
+func newSlowFast(t *testing.T, qos byte) *slowFast {
+	t.Helper()
+	sf := &slowFast{port: testpeer.FreePort(t), release: make(chan struct{}), slow: make(chan string, 100)}
+	testpeer.Mosquitto(t, sf.port)
+	sf.c = dial(t, sf.port, Options{
 		CleanSession: true,
-		KeepAlive:    2 * time.Second, // 1 s leaves the ping 0.5 s of margin: too tight on a loaded machine
-		Log:          slog.New(log),
-		OnConnect:    func(*Client) { connects.Add(1) },
+		KeepAlive:    2 * time.Second,
+		Log:          slog.New(&sf.log),
+		OnConnect:    func(*Client) { sf.connects.Add(1) },
 	})
-	release := make(chan struct{})
-	slow := make(chan string, 10)
-	if err := c.Subscribe("slow/#", 1, func(_ string, p []byte) { <-release; slow <- string(p) }); err != nil {
+	if err := sf.c.Subscribe("slow/#", qos, func(_ string, p []byte) { <-sf.release; sf.slow <- string(p) }); err != nil {
 		t.Fatal(err)
 	}
 	h, got := collect()
-	if err := c.Subscribe("fast/#", 1, h); err != nil {
+	sf.got = got
+	if err := sf.c.Subscribe("fast/#", qos, h); err != nil {
 		t.Fatal(err)
 	}
-	publish(t, c, "slow/1", 1, "a")
-	publish(t, c, "slow/1", 1, "b")
+	return sf
+}
+
+// end releases the slow handler, checks it gets want in order, and that
+// the first connection stayed up all along.
+func (sf *slowFast) end(t *testing.T, want ...string) {
+	t.Helper()
+	close(sf.release)
+	for _, w := range want {
+		if p := <-sf.slow; p != w {
+			t.Fatalf("slow handler got %q; want %q", p, w)
+		}
+	}
+	if n := sf.connects.Load(); n != 1 {
+		t.Errorf("%d connections; want 1", n)
+	}
+	if l := sf.log.has("lost broker connection"); l != "" {
+		t.Errorf("logged %q", l)
+	}
+}
+
+// A handler that blocks for three keep-alive intervals holds up neither
+// the connection nor the other subscriptions.
+func TestBlockingHandler(t *testing.T) {
+	sf := newSlowFast(t, 1)
+	publish(t, sf.c, "slow/1", 1, "a")
+	publish(t, sf.c, "slow/1", 1, "b")
 	for i := range 60 {
-		publish(t, c, "fast/1", 1, fmt.Sprint(i))
-		expect(t, got, msg{"fast/1", fmt.Sprint(i)})
+		publish(t, sf.c, "fast/1", 1, fmt.Sprint(i))
+		expect(t, sf.got, msg{"fast/1", fmt.Sprint(i)})
 		time.Sleep(100 * time.Millisecond) // 60 × 100 ms: three keep-alives
-		if !c.Connected() {
+		if !sf.c.Connected() {
 			t.Fatal("disconnected while a handler blocks")
 		}
 	}
-	close(release)
-	for _, want := range []string{"a", "b"} {
-		if p := <-slow; p != want {
-			t.Fatalf("slow handler got %q; want %q", p, want)
-		}
-	}
-	if n := connects.Load(); n != 1 {
-		t.Errorf("%d connections; want 1", n)
-	}
-	if l := log.has("lost broker connection"); l != "" {
-		t.Errorf("logged %q", l)
-	}
+	sf.end(t, "a", "b")
 }
 
 // When a subscription's queue is full the reader waits, and with it every
@@ -383,48 +406,21 @@ func TestBlockingHandler(t *testing.T) {
 func TestFullQueueHoldsReader(t *testing.T) {
 	defer func(n int) { queueLimit = n }(queueLimit)
 	queueLimit = 2
-	port := testpeer.FreePort(t)
-	testpeer.Mosquitto(t, port)
-	var connects atomic.Int32
-	log := &logRecorder{}
-	c := dial(t, port, Options{
-		CleanSession: true,
-		KeepAlive:    2 * time.Second, // 1 s leaves the ping 0.5 s of margin: too tight on a loaded machine
-		Log:          slog.New(log),
-		OnConnect:    func(*Client) { connects.Add(1) },
-	})
-	release := make(chan struct{})
-	slow := make(chan string, 100)
-	if err := c.Subscribe("slow/#", 0, func(_ string, p []byte) { <-release; slow <- string(p) }); err != nil {
-		t.Fatal(err)
-	}
-	h, got := collect()
-	if err := c.Subscribe("fast/#", 0, h); err != nil {
-		t.Fatal(err)
-	}
-	pub := dial(t, port, Options{CleanSession: true})
+	sf := newSlowFast(t, 0)
+	pub := dial(t, sf.port, Options{CleanSession: true})
+	var want []string
 	for i := range 10 {
 		publish(t, pub, "slow/1", 1, fmt.Sprint(i))
+		want = append(want, fmt.Sprint(i))
 	}
 	publish(t, pub, "fast/1", 1, "behind")
-	eventually(t, "the reader blocked", func() bool { c := c.cur.Load(); return c != nil && c.blocked.Load() })
+	eventually(t, "the reader blocked", func() bool { c := sf.c.cur.Load(); return c != nil && c.blocked.Load() })
 	time.Sleep(7 * time.Second) // three keep-alive intervals and a half
-	if !c.Connected() || connects.Load() != 1 {
-		t.Fatalf("connected %v after %d connections; want the first one still up", c.Connected(), connects.Load())
+	if !sf.c.Connected() || sf.connects.Load() != 1 {
+		t.Fatalf("connected %v after %d connections; want the first one still up", sf.c.Connected(), sf.connects.Load())
 	}
-	close(release)
-	for i := range 10 {
-		if p := <-slow; p != fmt.Sprint(i) {
-			t.Fatalf("slow handler got %q; want %d", p, i)
-		}
-	}
-	expect(t, got, msg{"fast/1", "behind"})
-	if l := log.has("lost broker connection"); l != "" {
-		t.Errorf("logged %q", l)
-	}
-	if connects.Load() != 1 {
-		t.Errorf("%d connections; want 1", connects.Load())
-	}
+	sf.end(t, want...)
+	expect(t, sf.got, msg{"fast/1", "behind"})
 }
 
 // A message that matches several subscriptions reaches each handler.
