@@ -87,7 +87,7 @@ func StampAt(i int) clock.Stamp {
 func Publish(b *testing.B, ctx context.Context, pub bus.Publisher, topic string, payloads [][]byte, acked func() uint64) {
 	b.ResetTimer()
 	const batch, window = 64, 1000
-	sent := make([]*bus.Sent, 0, batch)
+	sent := make([]bus.Sent, 0, batch)
 	for i := 0; i < len(payloads); {
 		for uint64(i) >= acked()+window {
 			time.Sleep(100 * time.Microsecond)

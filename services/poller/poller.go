@@ -485,10 +485,10 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 func (p *Poller) publishData(ctx context.Context, pub bus.Conn, msgs []Pending) bool {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	sent := make([]*bus.Sent, 0, len(msgs))
+	sent := make([]bus.Sent, 0, len(msgs))
 	var err error
 	for _, m := range msgs {
-		var s *bus.Sent
+		var s bus.Sent
 		if s, err = bus.Send(pctx, pub, bus.Message{Topic: m.Topic, QoS: 1, Payload: m.Payload}); err != nil {
 			break
 		}

@@ -485,8 +485,9 @@ func (cl *Client) Publish(ctx context.Context, m Message) error {
 	return s.Wait(ctx)
 }
 
-// Sent is a message Send handed to the broker's socket; Wait waits for the
-// broker's acknowledgement of a QoS 1 message.
+// Sent is a message Send handed to the broker's socket (a value: nothing is
+// allocated for it); Wait waits for the broker's acknowledgement of a QoS 1
+// message.
 type Sent struct {
 	c     *conn
 	w     *waiter
@@ -500,31 +501,31 @@ type Sent struct {
 // on one connection this way instead of one round trip each; the rules of
 // Publish hold for each message (a QoS 1 message waits in Send while the
 // client is reconnecting, and is never sent again).
-func (cl *Client) Send(ctx context.Context, m Message) (*Sent, error) {
+func (cl *Client) Send(ctx context.Context, m Message) (Sent, error) {
 	if err := checkPublish(m.Topic, m.QoS, len(m.Payload)); err != nil {
-		return nil, fmt.Errorf("publish %s: %w", m.Topic, err)
+		return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, err)
 	}
 	if m.QoS == 0 {
 		c := cl.cur.Load()
 		if c == nil {
 			if cl.ctx.Err() != nil {
-				return nil, fmt.Errorf("publish %s: %w", m.Topic, errClientClosed)
+				return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, errClientClosed)
 			}
-			return &Sent{}, nil
+			return Sent{}, nil
 		}
 		if err := cl.send(c, m, 0); err != nil {
-			return nil, fmt.Errorf("publish %s: %w", m.Topic, err)
+			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, err)
 		}
-		return &Sent{}, nil
+		return Sent{}, nil
 	}
 	for {
 		c, err := cl.connection(ctx)
 		if err != nil {
-			return nil, fmt.Errorf("publish %s: %w", m.Topic, err)
+			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, err)
 		}
 		id, w, err := c.register()
 		if err != nil {
-			return nil, fmt.Errorf("publish %s: %w", m.Topic, err)
+			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, err)
 		}
 		if err := cl.send(c, m, id); err != nil {
 			// Not handed to the socket: try on the next connection.
@@ -534,23 +535,23 @@ func (cl *Client) Send(ctx context.Context, m Message) (*Sent, error) {
 			waiters.Put(w)
 			continue
 		}
-		return &Sent{c: c, w: w, id: id, topic: m.Topic}, nil
+		return Sent{c: c, w: w, id: id, topic: m.Topic}, nil
 	}
 }
 
 // Send sends m through p without waiting for the acknowledgement when p
 // can keep messages in flight (a *Client: Client.Send); any other
 // Publisher publishes m and waits, and the result's Wait returns at once.
-func Send(ctx context.Context, p Publisher, m Message) (*Sent, error) {
+func Send(ctx context.Context, p Publisher, m Message) (Sent, error) {
 	if s, ok := p.(interface {
-		Send(context.Context, Message) (*Sent, error)
+		Send(context.Context, Message) (Sent, error)
 	}); ok {
 		return s.Send(ctx, m)
 	}
 	if err := p.Publish(ctx, m); err != nil {
-		return nil, err
+		return Sent{}, err
 	}
-	return &Sent{}, nil
+	return Sent{}, nil
 }
 
 // Wait waits until the broker acknowledged the message (at once for QoS

@@ -540,7 +540,7 @@ func TestSendPipelines(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	const n = 500
-	sent := make([]*Sent, n)
+	sent := make([]Sent, n)
 	for i := range sent {
 		s, err := c.Send(ctx, Message{Topic: "pipe/x", QoS: 1, Payload: []byte(strconv.Itoa(i))})
 		if err != nil {
