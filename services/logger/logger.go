@@ -180,10 +180,10 @@ func (l *Logger) Handle(topic string, payload []byte) {
 // write loop to hand to the store (Store.Produced, Store.EndRuns). Guarded
 // by Logger.mu.
 type producerBeats struct {
-	run, live string            // run of the newest heartbeat; live: "" once it said stopping
-	pid       int               // its process
-	produced  map[string]uint64 // run → data_seq, not yet handed over
-	changed   bool              // live changed since handed over
+	live     string            // run of the newest heartbeat; "" once it said stopping
+	pid      int               // its process
+	produced map[string]uint64 // run → data_seq, not yet handed over
+	changed  bool              // live changed since handed over
 }
 
 // beat is the part of the poller's heartbeat the logger reads.
@@ -216,10 +216,10 @@ func (l *Logger) handleBeat(payload []byte) {
 	if b.PrevRun != "" && b.PrevRun != b.Run {
 		pb.produced[b.PrevRun] = max(pb.produced[b.PrevRun], b.PrevDataSeq)
 	}
-	if b.Run != pb.live || b.Run != pb.run {
+	if b.Run != pb.live {
 		pb.changed = true
 	}
-	pb.run, pb.live, pb.pid = b.Run, b.Run, b.PID
+	pb.live, pb.pid = b.Run, b.PID
 }
 
 // handleProducerState ends the producer's run when it says it is stopping

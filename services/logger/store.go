@@ -710,7 +710,7 @@ func (s *Store) run(ctx context.Context, producer string, name []byte) (*runStat
 	if err != nil {
 		return nil, err
 	}
-	r := &runState{id: id, producer: producer, name: string(name), holeSince: time.Now(), dirty: true}
+	r := &runState{id: id, producer: producer, name: string(name), holeSince: time.Now()}
 	r.produced = s.announced[producer][r.name]
 	if s.runs[producer] == nil {
 		s.runs[producer] = map[string]*runState{}
@@ -995,9 +995,10 @@ func (s *Store) EndRuns(ctx context.Context, producer, live string) error {
 		if name == live || r.ended {
 			continue
 		}
+		wasHole := r.hole()
 		r.ended = true
-		if len(r.above) == 0 && r.produced > r.committed {
-			r.holeSince = now
+		if !wasHole && r.hole() {
+			r.holeSince = now // the end it never sent is timed from now
 		}
 	}
 	var unknown []string
