@@ -12,6 +12,7 @@ import (
 
 	"github.com/tinyscada/tinyscada/shared/credentials"
 	"github.com/tinyscada/tinyscada/shared/delayed"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // users returns the users whose credentials the broker generates on its
@@ -58,36 +59,11 @@ func mayPublish(prefix, user, topic string) bool {
 		}
 	}
 	for _, f := range rules {
-		if matchFilter(f, rest) {
+		if topics.Match(f, rest) {
 			return true
 		}
 	}
 	return false
-}
-
-// matchFilter reports whether topic (no wildcards) matches the MQTT filter
-// (with + and a trailing #; "a/#" also matches "a"). It runs for every
-// publish, so it does not allocate.
-func matchFilter(filter, topic string) bool {
-	for {
-		f, frest, fmore := strings.Cut(filter, "/")
-		if f == "#" {
-			return true
-		}
-		t, trest, tmore := strings.Cut(topic, "/")
-		if f != "+" && f != t {
-			return false
-		}
-		switch {
-		case !fmore && !tmore:
-			return true
-		case !fmore:
-			return false
-		case !tmore:
-			return frest == "#" // "a/#" matches "a"
-		}
-		filter, topic = frest, trest
-	}
 }
 
 // reservedClientID reports why a client id may not be used by user (empty:

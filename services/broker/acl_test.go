@@ -80,32 +80,6 @@ func TestMayPublishTable(t *testing.T) {
 	}
 }
 
-func TestMatchFilter(t *testing.T) {
-	cases := []struct {
-		filter, topic string
-		want          bool
-	}{
-		{"a/#", "a", true},
-		{"a/#", "a/b", true},
-		{"a/#", "a/b/c", true},
-		{"a/#", "ab", false},
-		{"a/#", "b/a", false},
-		{"a", "a", true},
-		{"a", "a/b", false},
-		{"a/b", "a", false},
-		{"a/+/c", "a/b/c", true},
-		{"a/+/c", "a/b/d", false},
-		{"a/+", "a/", true},
-		{"#", "anything/at/all", true},
-		{"a//b", "a//b", true},
-	}
-	for _, c := range cases {
-		if got := matchFilter(c.filter, c.topic); got != c.want {
-			t.Errorf("matchFilter(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
-		}
-	}
-}
-
 func TestIsLoopback(t *testing.T) {
 	cases := []struct {
 		addr string

@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // Message is one MQTT message to send.
@@ -414,7 +416,7 @@ func (cl *Client) dispatch(c *conn, p *packet, ack *[4]byte) {
 	var hits [4]*subscription
 	matched := hits[:0]
 	for _, s := range *cl.routes.Load() {
-		if match(s.filter, p.topic) {
+		if topics.Match(s.filter, p.topic) {
 			matched = append(matched, s)
 		}
 	}

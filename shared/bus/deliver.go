@@ -1,7 +1,6 @@
 package bus
 
 import (
-	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -139,31 +138,4 @@ func (q *queue) recycle(b []item) {
 		q.spare = b[:0]
 	}
 	q.mu.Unlock()
-}
-
-// match reports whether topic matches filter under MQTT's rules: "+" is one
-// level, "#" at the end is any number of levels (none included: "a/#"
-// matches "a"), and a topic starting with "$" is not matched by a filter
-// starting with a wildcard [MQTT-4.7.2-1].
-func match(filter, topic string) bool {
-	if topic != "" && topic[0] == '$' && filter != "" && (filter[0] == '+' || filter[0] == '#') {
-		return false
-	}
-	for {
-		f, frest, fmore := strings.Cut(filter, "/")
-		if f == "#" && !fmore {
-			return true
-		}
-		t, trest, tmore := strings.Cut(topic, "/")
-		if f != "+" && f != t {
-			return false
-		}
-		switch {
-		case !fmore:
-			return !tmore
-		case !tmore:
-			return frest == "#"
-		}
-		filter, topic = frest, trest
-	}
 }

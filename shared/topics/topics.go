@@ -52,3 +52,31 @@ func (t Tree) Committed() string { return t.join("logger", "committed") }
 // UplinkCursor is the retained topic where the uplink publishes the last row
 // id it has delivered upstream; the logger deletes those rows first.
 func (t Tree) UplinkCursor() string { return t.join("uplink", "cursor") }
+
+// Match reports whether topic matches filter under MQTT's rules: "+" is one
+// level, "#" at the end is any number of levels (none included: "a/#"
+// matches "a"), and a topic starting with "$" is not matched by a filter
+// starting with a wildcard [MQTT-4.7.2-1]. It runs for every message a
+// subscriber or the broker's access check sees, so it does not allocate.
+func Match(filter, topic string) bool {
+	if topic != "" && topic[0] == '$' && filter != "" && (filter[0] == '+' || filter[0] == '#') {
+		return false
+	}
+	for {
+		f, frest, fmore := strings.Cut(filter, "/")
+		if f == "#" && !fmore {
+			return true
+		}
+		t, trest, tmore := strings.Cut(topic, "/")
+		if f != "+" && f != t {
+			return false
+		}
+		switch {
+		case !fmore:
+			return !tmore
+		case !tmore:
+			return frest == "#"
+		}
+		filter, topic = frest, trest
+	}
+}
