@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/tinyscada/tinyscada/services/logger"
+	"github.com/tinyscada/tinyscada/shared/store"
 )
 
 // exportCmd is `tinyscada export`: readings from the logger's database as
@@ -26,7 +26,7 @@ func exportCmd(ctx context.Context, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	f := logger.ExportFilter{Devices: splitList(*devices), Points: splitList(*points), NoGaps: *noGaps}
+	f := store.ExportFilter{Devices: splitList(*devices), Points: splitList(*points), NoGaps: *noGaps}
 	var err error
 	if f.From, err = parseWhen(*from, false); err != nil {
 		fmt.Fprintf(os.Stderr, "tinyscada export: -from: %v\n", err)
@@ -36,7 +36,7 @@ func exportCmd(ctx context.Context, args []string) error {
 		fmt.Fprintf(os.Stderr, "tinyscada export: -to: %v\n", err)
 		return errUsage
 	}
-	if *format != logger.FormatCSV && *format != logger.FormatJSONL {
+	if *format != store.FormatCSV && *format != store.FormatJSONL {
 		fmt.Fprintf(os.Stderr, "tinyscada export: -format %q: want csv or jsonl\n", *format)
 		return errUsage
 	}
@@ -48,13 +48,13 @@ func exportCmd(ctx context.Context, args []string) error {
 		}
 		path = cfg.Logger.Path(cfg.StateDir)
 	}
-	db, err := logger.OpenReadOnly(path)
+	db, err := store.OpenReadOnly(path)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	w := bufio.NewWriter(os.Stdout)
-	n, err := logger.Export(ctx, db, f, *format, w)
+	n, err := store.Export(ctx, db, f, *format, w)
 	if ferr := w.Flush(); err == nil {
 		err = ferr
 	}

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
-	"github.com/tinyscada/tinyscada/services/logger"
 	"github.com/tinyscada/tinyscada/services/poller"
+	"github.com/tinyscada/tinyscada/shared/store"
 )
 
 // fastPoller is the configuration tail for a stack of broker, poller (two
@@ -230,7 +230,7 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 	w.waitFor(t, "a heartbeat of the new poller run", 10*time.Second, func() bool { return w.poller.Run != run })
 	w.drained(t, "kill -9 of the poller", 100)
 
-	db, err := logger.OpenReadOnly(filepath.Join(stateDir, "readings.db"))
+	db, err := store.OpenReadOnly(filepath.Join(stateDir, "readings.db"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -346,7 +346,7 @@ func TestKilledPollerLossIsRecorded(t *testing.T) {
 	w.waitFor(t, "a heartbeat of the new poller run", 10*time.Second, func() bool { return w.poller.Run != run })
 	w.drained(t, "the restart", 50)
 
-	db, err := logger.OpenReadOnly(dbPath)
+	db, err := store.OpenReadOnly(dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,3 +1,3 @@
 // Package hygiene holds repository-wide tests: every package has exactly one
-// package doc, and no package does work in init().
+// package doc, no package does work in init(), and no role imports another.
 package hygiene

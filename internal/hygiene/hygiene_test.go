@@ -73,3 +73,46 @@ func TestNoInitFunctions(t *testing.T) {
 		}
 	}
 }
+
+// No role imports another role, and shared code imports none: what roles
+// have in common lives in shared/ (the database in shared/store), so a
+// role's binary carries no other role's code and each can change alone. A
+// role's own subpackages (services/broker/internal/...) are its own. Tests
+// may start other roles as real peers.
+func TestNoRoleImportsAnother(t *testing.T) {
+	const module = "github.com/tinyscada/tinyscada/"
+	root := filepath.Join("..", "..")
+	checked := 0
+	for dir, files := range packages(t) {
+		rel, err := filepath.Rel(root, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		parts := strings.Split(filepath.ToSlash(rel), "/")
+		owner := "" // the role the package belongs to; "" for shared code
+		switch {
+		case parts[0] == "services" && len(parts) > 1:
+			owner = parts[1]
+		case parts[0] == "shared":
+		default:
+			continue // commands and internal tools may wire roles together
+		}
+		checked++
+		for _, f := range files {
+			for _, imp := range f.Imports {
+				path := strings.Trim(imp.Path.Value, `"`)
+				role, ok := strings.CutPrefix(path, module+"services/")
+				if !ok {
+					continue
+				}
+				role, _, _ = strings.Cut(role, "/")
+				if role != owner {
+					t.Errorf("%s (package %s) imports %s: a role may import only shared packages and its own, shared code none", rel, f.Name.Name, path)
+				}
+			}
+		}
+	}
+	if checked < 5 {
+		t.Fatalf("checked only %d packages under services/ and shared/; is the walk wrong?", checked)
+	}
+}

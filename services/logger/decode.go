@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"unicode/utf8"
 	"unsafe"
+
+	"github.com/tinyscada/tinyscada/shared/store"
 )
 
 // Limits of a data message; anything beyond is malformed.
@@ -19,46 +21,14 @@ const (
 	maxSkipDeep = 32
 )
 
-// Kind is the type of a decoded value.
-type Kind uint8
-
-// Kinds of values. KindText holds an integer above 2⁶³-1 (a u64 counter),
-// kept exact as its decimal digits.
-const (
-	KindInt Kind = iota
-	KindFloat
-	KindBool
-	KindText
-)
-
-// Value is one point's value in a data message. Name (and Text) point into
-// the payload, or into memory of their own when the JSON string held
-// escapes.
-type Value struct {
-	Name []byte
-	Kind Kind
-	I    int64   // KindInt; KindBool: 0 or 1
-	F    float64 // KindFloat
-	Text []byte  // KindText
-}
-
-// Bad is a point that could not be read, and why.
-type Bad struct {
-	Name, Why []byte
-}
-
-// Message is one decoded data message: one poll round of one device.
-type Message struct {
-	Run    []byte // the producer's run id
-	Seq    uint64 // ≥ 1
-	Wall   int64  // wall time, Unix ms
-	Mono   int64  // CLOCK_BOOTTIME, ns
-	Boot   []byte // boot id; empty when unknown
-	Values []Value
-	Bad    []Bad
-	// HasID says Run and Seq were read, even when Decode failed later: the
-	// message can then be recorded as malformed and acknowledged.
-	HasID bool
+// decodeItem decodes payload, a data message of device (the last level(s)
+// of its topic), into it, reusing the memory of it.Msg.
+func decodeItem(it *store.Item, device string, payload []byte) {
+	it.Device = device
+	it.Err = Decode(payload, &it.Msg)
+	if it.Err == nil && (device == "" || len(device) > maxNameLen || !utf8.ValidString(device)) {
+		it.Err = &DecodeError{Msg: fmt.Sprintf("bad device name %q in the topic", device)}
+	}
 }
 
 // DecodeError says why a payload is not a valid data message and where.
@@ -100,8 +70,8 @@ func (d *decoder) fail(format string, args ...any) error {
 // more than 4096 values make the payload malformed. Values with a fraction
 // or exponent are floats; integers are KindInt, or KindText above 2⁶³-1.
 // On success no memory is allocated unless strings hold escapes.
-func Decode(payload []byte, m *Message) error {
-	*m = Message{Values: m.Values[:0], Bad: m.Bad[:0]}
+func Decode(payload []byte, m *store.Message) error {
+	*m = store.Message{Values: m.Values[:0], Bad: m.Bad[:0]}
 	d := decoder{b: payload}
 	if err := d.message(m); err != nil {
 		return &DecodeError{Offset: d.i, Msg: d.msg}
@@ -119,7 +89,7 @@ const (
 	seenBad
 )
 
-func (d *decoder) message(m *Message) error {
+func (d *decoder) message(m *store.Message) error {
 	if len(d.b) > maxPayload {
 		return d.fail("payload of %d bytes (at most %d)", len(d.b), maxPayload)
 	}
@@ -267,7 +237,7 @@ func (d *decoder) members(what string, member func(name []byte) error) error {
 	}
 }
 
-func (d *decoder) values(m *Message) error {
+func (d *decoder) values(m *store.Message) error {
 	return d.members("v", func(name []byte) error {
 		for j := range m.Values {
 			if string(m.Values[j].Name) == string(name) {
@@ -277,12 +247,12 @@ func (d *decoder) values(m *Message) error {
 		if len(m.Values) >= maxValues {
 			return d.fail("more than %d values", maxValues)
 		}
-		v := Value{Name: name}
+		v := store.Value{Name: name}
 		switch {
 		case d.lit("true"):
-			v.Kind, v.I = KindBool, 1
+			v.Kind, v.I = store.KindBool, 1
 		case d.lit("false"):
-			v.Kind = KindBool
+			v.Kind = store.KindBool
 		default:
 			if err := d.number(&v); err != nil {
 				return err
@@ -293,7 +263,7 @@ func (d *decoder) values(m *Message) error {
 	})
 }
 
-func (d *decoder) bads(m *Message) error {
+func (d *decoder) bads(m *store.Message) error {
 	return d.members("bad", func(name []byte) error {
 		for j := range m.Bad {
 			if string(m.Bad[j].Name) == string(name) {
@@ -315,7 +285,7 @@ func (d *decoder) bads(m *Message) error {
 		} else if !utf8.Valid(why) {
 			return d.fail("reason of %q is not UTF-8", name)
 		}
-		m.Bad = append(m.Bad, Bad{Name: name, Why: why})
+		m.Bad = append(m.Bad, store.Bad{Name: name, Why: why})
 		return nil
 	})
 }
@@ -552,19 +522,19 @@ func (d *decoder) integer(what string) (int64, error) {
 }
 
 // number reads a point's value into v.
-func (d *decoder) number(v *Value) error {
+func (d *decoder) number(v *store.Value) error {
 	text, float, err := d.numberSpan()
 	if err != nil {
 		return err
 	}
 	if !float {
 		if n, ok := parseInt(text); ok {
-			v.Kind, v.I = KindInt, n
+			v.Kind, v.I = store.KindInt, n
 			return nil
 		}
 		if text[0] != '-' && len(text) <= 20 {
 			if _, err := strconv.ParseUint(unsafe.String(&text[0], len(text)), 10, 64); err == nil {
-				v.Kind, v.Text = KindText, text
+				v.Kind, v.Text = store.KindText, text
 				return nil
 			}
 		}
@@ -573,7 +543,7 @@ func (d *decoder) number(v *Value) error {
 	if err != nil || math.IsInf(f, 0) {
 		return d.fail("number %s out of range", text)
 	}
-	v.Kind, v.F = KindFloat, f
+	v.Kind, v.F = store.KindFloat, f
 	return nil
 }
 

@@ -2,10 +2,13 @@ package logger
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -50,113 +53,82 @@ func fillDisk(t *testing.T, dir string) string {
 	}
 }
 
-// The database alone on a 4 MiB tmpfs, filled to the brim by readings and
-// then by another file: writes fail with ErrDiskFull and nothing is
-// acknowledged; MakeRoom frees space by the policy (with gap records) and
-// the batch then commits; the database is intact after every step.
-func TestDiskFullOnTmpfs(t *testing.T) {
-	dir := tmpfs(t, "4m")
-	ctx := context.Background()
-	s := openTest(t, func(o *StoreOptions) {
-		o.Path = filepath.Join(dir, "readings.db")
-		o.MaxSize = 64 << 20 // the disk is the limit
-		o.Reserve = 256 << 10
-	})
-	if !s.hasReserve() {
-		t.Fatal("no spare file")
-	}
-	db := roDB(t, s.opts.Path)
-	check := func(step string) {
-		t.Helper()
-		if err := integrityCheck(ctx, db); err != nil {
-			t.Fatalf("%s: %v", step, err)
+// bigSeries (as in shared/store's tests) returns n messages of run with 40 float readings each.
+func bigSeries(run string, from, n int, at func(i int) time.Duration) []msg {
+	ms := make([]msg, n)
+	for i := range ms {
+		seq := from + i
+		var v strings.Builder
+		for p := range 40 {
+			if p > 0 {
+				v.WriteByte(',')
+			}
+			fmt.Fprintf(&v, `"p%02d":%g`, p, 1000.123+float64(seq*40+p)*0.37)
 		}
+		ms[i] = msg{dev: "dev", run: run, seq: uint64(seq), at: good(at(seq)), vals: v.String()}
 	}
+	return ms
+}
 
-	seq, fulls, acked := 1, 0, uint64(0)
-	// commit mirrors the logger's loop: retry after MakeRoom.
-	commit := func(its []Item) {
-		t.Helper()
-		for try := 0; ; try++ {
-			res, err := s.Write(ctx, its)
-			if err == nil {
-				acked = ackOf(res, "r")
-				s.EnsureReserve() // as the logger does after each commit
-				return
-			}
-			if !errors.Is(err, ErrDiskFull) || try > 20 {
-				t.Fatalf("write: %v", err)
-			}
-			fulls++
-			check("after a failed write")
-			n, err := s.MakeRoom(ctx, try+1)
-			if err != nil && !errors.Is(err, ErrDiskFull) {
-				t.Fatalf("MakeRoom: %v", err)
-			}
-			z, _ := s.Size(ctx)
-			free, _ := s.diskFree()
-			t.Logf("disk full: MakeRoom deleted %d samples (%v); now file %d wal %d used %d, free %d", n, err, z.File, z.WAL, z.Used, free)
-			check("after MakeRoom")
-		}
-	}
-	// Phase 1: readings alone fill the disk (no Maintain: the hard way).
-	for fulls == 0 && seq < 200000 {
-		commit(items(bigSeries("r", seq, 50, perSecond)...))
-		seq += 50
-	}
-	if fulls == 0 {
-		t.Fatal("the disk never filled")
-	}
-	check("phase 1")
-	if !s.hasReserve() {
-		t.Error("spare file not recreated after making room")
-	}
-	// Phase 2: another file takes the rest of the disk.
-	filler := fillDisk(t, dir)
-	before := fulls
-	for range 40 {
-		commit(items(bigSeries("r", seq, 50, perSecond)...))
-		seq += 50
-		if _, err := s.Maintain(ctx); err != nil && !errors.Is(err, ErrDiskFull) {
-			t.Fatal(err)
-		}
-	}
-	check("phase 2")
-	// Phase 2b: the filler takes every byte freed before each write.
-	for range 10 {
-		fillDisk(t, dir)
-		commit(items(bigSeries("r", seq, 50, perSecond)...))
-		seq += 50
-		if _, err := s.Maintain(ctx); err != nil && !errors.Is(err, ErrDiskFull) {
-			t.Fatal(err)
-		}
-		check("phase 2b")
-	}
-	if acked != uint64(seq-1) {
-		t.Fatalf("acknowledged up to %d, sent up to %d", acked, seq-1)
-	}
-	t.Logf("disk full %d times before the filler, %d after", before, fulls-before)
-	// Phase 3: the filler goes; the spare file comes back.
-	if err := os.Remove(filler); err != nil {
+func perSecond(i int) time.Duration { return time.Duration(i) * time.Second }
+
+// missingCovered checks that every sample id up to the last row that is not
+// in the database was uploaded (≤ uploaded) or is named by a 'dropped' gap.
+func missingCovered(t *testing.T, db *sql.DB, last, uploaded int64) (dropped int64) {
+	t.Helper()
+	present := map[int64]bool{}
+	rows, err := db.Query(`SELECT id FROM sample`)
+	if err != nil {
 		t.Fatal(err)
 	}
-	commit(items(bigSeries("r", seq, 50, perSecond)...))
-	if _, err := s.Maintain(ctx); err != nil {
+	for rows.Next() {
+		var id int64
+		rows.Scan(&id)
+		present[id] = true
+	}
+	rows.Close()
+	type span struct{ a, b int64 }
+	var gaps []span
+	rows, err = db.Query(`SELECT first_row, last_row, samples FROM gap WHERE kind = 'dropped'`)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if !s.EnsureReserve() {
-		t.Error("spare file not recreated once there was room")
+	for rows.Next() {
+		var sp span
+		var n int64
+		rows.Scan(&sp.a, &sp.b, &n)
+		gaps = append(gaps, sp)
+		dropped += n
 	}
-	check("phase 3")
-	dropped := missingCovered(t, db, s.LastRow(), 0)
-	if dropped == 0 {
-		t.Error("no gap record for the dropped rows")
+	rows.Close()
+	for id := int64(1); id <= last; id++ {
+		if present[id] || id <= uploaded {
+			continue
+		}
+		covered := false
+		for _, g := range gaps {
+			if id >= g.a && id <= g.b {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			t.Fatalf("sample %d is gone without a gap record (uploaded up to %d)", id, uploaded)
+		}
 	}
-	stored := queryInt(t, db, `SELECT count(*) FROM sample`)
-	if stored+dropped != s.LastRow() {
-		t.Errorf("%d stored + %d dropped != %d written", stored, dropped, s.LastRow())
+	return dropped
+}
+
+// integrityCheck runs PRAGMA integrity_check on db.
+func integrityCheck(ctx context.Context, db *sql.DB) error {
+	var res string
+	if err := db.QueryRowContext(ctx, `PRAGMA integrity_check(1)`).Scan(&res); err != nil {
+		return err
 	}
-	t.Logf("%d samples written, %d kept, %d dropped with gap records", s.LastRow(), stored, dropped)
+	if res != "ok" {
+		return errors.New("integrity_check: " + res)
+	}
+	return nil
 }
 
 // The logger role with its database on a 4 MiB tmpfs, fed through the

@@ -5,13 +5,13 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/tinyscada/tinyscada/shared/clock"
+	"github.com/tinyscada/tinyscada/shared/store"
 )
 
 // testLog returns a logger that writes to the test log when -v.
@@ -27,9 +27,9 @@ type tWriter struct{ t testing.TB }
 func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
 
 // openTest opens a store in a temporary directory.
-func openTest(t testing.TB, mod func(*StoreOptions)) *Store {
+func openTest(t testing.TB, mod func(*store.Options)) *store.Store {
 	t.Helper()
-	o := StoreOptions{
+	o := store.Options{
 		Path:        filepath.Join(t.TempDir(), "readings.db"),
 		Synchronous: "normal",
 		BusyTimeout: 100 * time.Millisecond,
@@ -40,7 +40,7 @@ func openTest(t testing.TB, mod func(*StoreOptions)) *Store {
 	if mod != nil {
 		mod(&o)
 	}
-	s, err := OpenStore(context.Background(), o)
+	s, err := store.Open(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,12 +66,6 @@ func (m msg) payload() []byte {
 	return append(b, '}')
 }
 
-func (m msg) item() Item {
-	it := Item{Device: m.dev, Payload: m.payload()}
-	it.Decode()
-	return it
-}
-
 // good is a stamp of a trusted clock at 2024-01-01 plus d, boot "b1".
 func good(d time.Duration) clock.Stamp {
 	return clock.Stamp{Wall: time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC).Add(d), Mono: time.Hour + d, Boot: "b1"}
@@ -87,37 +81,11 @@ func series(run string, from, to uint64) []msg {
 	return ms
 }
 
-func items(ms ...msg) []Item {
-	its := make([]Item, len(ms))
-	for i, m := range ms {
-		its[i] = m.item()
-	}
-	return its
-}
-
-func write(t testing.TB, s *Store, ms ...msg) Result {
-	t.Helper()
-	res, err := s.Write(context.Background(), items(ms...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return res
-}
-
-func ackOf(res Result, run string) uint64 {
-	for _, a := range res.Acks {
-		if a.Run == run {
-			return a.Seq
-		}
-	}
-	return 0
-}
-
 // roDB opens a second connection to the store's file, as another process
 // would.
 func roDB(t testing.TB, path string) *sql.DB {
 	t.Helper()
-	db, err := sql.Open("sqlite", DSN(path, time.Second, "normal", false))
+	db, err := sql.Open("sqlite", store.DSN(path, time.Second, "normal", false))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +102,15 @@ func queryInt(t testing.TB, db interface {
 		t.Fatalf("%s: %v", q, err)
 	}
 	return n.Int64
+}
+
+func queryText(t *testing.T, db *sql.DB, q string) string {
+	t.Helper()
+	var s string
+	if err := db.QueryRow(q).Scan(&s); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	return s
 }
 
 // seqsOf returns the seqs stored for run, in order.
@@ -153,12 +130,4 @@ func seqsOf(t testing.TB, db *sql.DB, run string) []int64 {
 		seqs = append(seqs, n)
 	}
 	return seqs
-}
-
-func fileSize(path string) int64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
 }

@@ -1,8 +1,9 @@
 // Package logger is the logger role: it subscribes to the poller's data
-// messages, stores them in batches in SQLite, and acknowledges them end to
-// end only after they are committed. It records gaps, judges and corrects
-// timestamps, keeps the database within its budget, and survives a locked
-// database and a full disk. See docs/logger.md.
+// messages, decodes them, stores them in batches in the database
+// (shared/store, which records gaps, judges and corrects timestamps and
+// keeps within its budget), and acknowledges them end to end only after
+// they are committed. It survives a locked database and a full disk. See
+// docs/logger.md.
 package logger
 
 import (
@@ -21,8 +22,24 @@ import (
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/delayed"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/store"
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
+
+// Producer is the role whose data messages the logger stores: with the
+// broker's access control only the poller may publish data.
+const Producer = "poller"
+
+// retentionTick is how often the logger applies the retention and checks
+// the budget when nothing else made it do so.
+const retentionTick = time.Minute
+
+// incoming is a data message as it came from the bus: device is the last
+// level(s) of its topic.
+type incoming struct {
+	device  string
+	payload []byte
+}
 
 // Options configure a Logger beyond the configuration.
 type Options struct {
@@ -50,18 +67,18 @@ type Logger struct {
 	lc     config.Logger
 	opts   Options
 	log    *slog.Logger
-	store  *Store
+	store  *store.Store
 	topics topics.Tree
 	data   string // "<prefix>/data/"
 
-	in      chan Item
+	in      chan incoming
 	full    chan struct{} // a batch's worth is queued
 	fullAt  atomic.Int64  // how many queued messages make a batch
 	done    chan struct{} // closed when Run returns
 	limiter *delayed.Limiter
 
 	mu        sync.Mutex
-	acks      map[string]Ack // producer + "\x00" + run → newest
+	acks      map[string]store.Ack // producer + "\x00" + run → newest
 	ackDirty  map[string]bool
 	committed int64 // last row announced
 	wake      chan struct{}
@@ -78,7 +95,7 @@ type Logger struct {
 	statMu     sync.Mutex
 	degraded   string
 	waiting    string
-	size       Size
+	size       store.Size
 	samples    int64
 	readings   int64
 	lastRow    int64
@@ -94,12 +111,12 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 	lc := cfg.Logger
 	synced := o.Synced
 	if synced == nil && lc.ClockSync {
-		synced = KernelSynced
+		synced = store.KernelSynced
 	}
 	// A hole may only be judged permanent once the poller had time to
 	// send its messages again.
 	gapAfter := max(lc.GapAfter.Duration, 3*cfg.Poller.AckTimeout.Duration)
-	st, err := OpenStore(ctx, StoreOptions{
+	st, err := store.Open(ctx, store.Options{
 		Path:        lc.Path(cfg.StateDir),
 		Synchronous: lc.Synchronous,
 		BusyTimeout: lc.BusyTimeout.Duration,
@@ -123,11 +140,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 		store:    st,
 		topics:   tr,
 		data:     strings.TrimSuffix(tr.Sub("data"), "#"),
-		in:       make(chan Item, lc.Pending),
+		in:       make(chan incoming, lc.Pending),
 		full:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		limiter:  delayed.NewLimiter(lc.LogInterval.Duration, 64),
-		acks:     map[string]Ack{},
+		acks:     map[string]store.Ack{},
 		ackDirty: map[string]bool{},
 		wake:     make(chan struct{}, 1),
 	}
@@ -141,7 +158,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 }
 
 // Store returns the role's database.
-func (l *Logger) Store() *Store { return l.store }
+func (l *Logger) Store() *store.Store { return l.store }
 
 // Close closes the database.
 func (l *Logger) Close() error { return l.store.Close() }
@@ -154,7 +171,7 @@ func (l *Logger) Handle(topic string, payload []byte) {
 	if dev, ok := strings.CutPrefix(topic, l.data); ok {
 		l.pending.Add(1)
 		select {
-		case l.in <- Item{Device: dev, Payload: payload}:
+		case l.in <- incoming{device: dev, payload: payload}:
 			if int64(len(l.in)) >= l.fullAt.Load() {
 				select {
 				case l.full <- struct{}{}:
@@ -254,7 +271,7 @@ func (l *Logger) handBeats(ctx context.Context) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, ErrLocked), errors.Is(err, ErrDiskFull):
+	case errors.Is(err, store.ErrLocked), errors.Is(err, store.ErrDiskFull):
 		l.mu.Lock()
 		l.beats.changed = true // the next tick tries again
 		l.mu.Unlock()
@@ -310,7 +327,7 @@ func (l *Logger) Run(ctx context.Context, pub bus.Conn) error {
 
 // writeLoop collects batches and commits them.
 func (l *Logger) writeLoop(ctx context.Context) error {
-	batch := make([]Item, 0, 64)
+	batch := make([]store.Item, 0, 64)
 	readings := 0
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -325,18 +342,16 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 	}
 	var timer *time.Timer
 	var timerC <-chan time.Time
-	add := func(it Item) {
-		// Reuse the memory of the item that was in this slot before.
+	add := func(m incoming) {
+		// Decoded into the memory of the item that was in this slot
+		// before.
 		if len(batch) < cap(batch) {
 			batch = batch[:len(batch)+1]
-			slot := &batch[len(batch)-1]
-			it.Msg.Values, it.Msg.Bad = slot.Msg.Values, slot.Msg.Bad
-			*slot = it
 		} else {
-			batch = append(batch, it)
+			batch = append(batch, store.Item{})
 		}
 		slot := &batch[len(batch)-1]
-		slot.Decode()
+		decodeItem(slot, m.device, m.payload)
 		readings += len(slot.Msg.Values)
 		lastMsg = time.Now()
 		setIdle(false)
@@ -412,9 +427,6 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 		l.fullAt.Store(int64(min(max(l.lc.BatchReadings/perMsg, 1), cap(l.in)/2+1)))
 		in = l.in
 		l.pending.Add(-int64(len(batch)))
-		for i := range batch {
-			batch[i].Payload = nil
-		}
 		batch, readings = batch[:0], 0
 		if err := l.maintain(ctx); err != nil {
 			return err
@@ -425,7 +437,7 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 
 // commit writes one batch, retrying with backoff while the database is
 // locked or the disk is full; nothing is acknowledged until it commits.
-func (l *Logger) commit(ctx context.Context, batch []Item) error {
+func (l *Logger) commit(ctx context.Context, batch []store.Item) error {
 	backoff := 50 * time.Millisecond
 	var stalled time.Time
 	fulls := 0
@@ -433,7 +445,7 @@ func (l *Logger) commit(ctx context.Context, batch []Item) error {
 		l.mu.Lock()
 		l.store.SetUploaded(l.uploaded)
 		l.mu.Unlock()
-		res, err := l.store.Write(ctx, batch)
+		res, err := l.store.Write(ctx, Producer, batch)
 		l.progress()
 		if err == nil {
 			if !stalled.IsZero() {
@@ -454,14 +466,14 @@ func (l *Logger) commit(ctx context.Context, batch []Item) error {
 			stalled = time.Now()
 		}
 		switch {
-		case errors.Is(err, ErrLocked):
+		case errors.Is(err, store.ErrLocked):
 			l.lockWaits.Add(1)
 			l.setWaiting(fmt.Sprintf("waiting for the database lock held by another process (%s)", time.Since(stalled).Round(time.Second)))
 			if ok, n := l.limiter.Check("locked", time.Now()); ok {
 				l.log.Warn("database locked by another process; readings stay unacknowledged until it is free",
 					"err", err, "waiting", time.Since(stalled).Round(time.Millisecond), "suppressed", n)
 			}
-		case errors.Is(err, ErrDiskFull):
+		case errors.Is(err, store.ErrDiskFull):
 			l.diskFulls.Add(1)
 			fulls++
 			l.setDegraded("disk full: " + err.Error())
@@ -471,7 +483,7 @@ func (l *Logger) commit(ctx context.Context, batch []Item) error {
 			if ok, n := l.limiter.Check("disk full", time.Now()); ok {
 				l.log.Error("disk full; freeing space by the storage policy, readings stay unacknowledged", "err", err, "suppressed", n)
 			}
-			if n, err := l.store.MakeRoom(ctx, fulls); err != nil && !errors.Is(err, ErrDiskFull) && !errors.Is(err, ErrLocked) {
+			if n, err := l.store.MakeRoom(ctx, fulls); err != nil && !errors.Is(err, store.ErrDiskFull) && !errors.Is(err, store.ErrLocked) {
 				return fmt.Errorf("logger: freeing space: %w", err)
 			} else if err != nil {
 				l.log.Warn("freeing space failed; retrying", "deleted", n, "err", err)
@@ -491,7 +503,7 @@ func (l *Logger) commit(ctx context.Context, batch []Item) error {
 	}
 }
 
-func (l *Logger) committedBatch(res Result, batch []Item) {
+func (l *Logger) committedBatch(res store.Result, batch []store.Item) {
 	l.batches.Add(1)
 	l.duplicates.Add(int64(res.Duplicates))
 	if res.Malformed > 0 {
@@ -522,7 +534,7 @@ func (l *Logger) closeGaps(ctx context.Context) error {
 	acks, err := l.store.CloseGaps(ctx, time.Now())
 	switch {
 	case err == nil:
-	case errors.Is(err, ErrLocked), errors.Is(err, ErrDiskFull):
+	case errors.Is(err, store.ErrLocked), errors.Is(err, store.ErrDiskFull):
 		return nil // the next tick tries again
 	default:
 		return fmt.Errorf("logger: recording gaps: %w", err)
@@ -543,10 +555,10 @@ func (l *Logger) maintain(ctx context.Context) error {
 	_, err := l.store.Maintain(ctx)
 	switch {
 	case err == nil:
-	case errors.Is(err, ErrLocked):
+	case errors.Is(err, store.ErrLocked):
 		return nil
-	case errors.Is(err, ErrDiskFull):
-		if _, err := l.store.MakeRoom(ctx, 2); err != nil && !errors.Is(err, ErrDiskFull) && !errors.Is(err, ErrLocked) {
+	case errors.Is(err, store.ErrDiskFull):
+		if _, err := l.store.MakeRoom(ctx, 2); err != nil && !errors.Is(err, store.ErrDiskFull) && !errors.Is(err, store.ErrLocked) {
 			return fmt.Errorf("logger: freeing space: %w", err)
 		}
 	default:
@@ -588,7 +600,7 @@ func (l *Logger) degradedReason() string {
 	return l.degraded
 }
 
-func (l *Logger) noteAck(a Ack) {
+func (l *Logger) noteAck(a store.Ack) {
 	k := a.Producer + "\x00" + a.Run
 	l.mu.Lock()
 	if old, ok := l.acks[k]; !ok || a.Seq > old.Seq {
@@ -633,7 +645,7 @@ func (l *Logger) publishLoop(ctx context.Context, pub bus.Conn) {
 			continue
 		}
 		l.mu.Lock()
-		var acks []Ack
+		var acks []store.Ack
 		for k := range l.ackDirty {
 			acks = append(acks, l.acks[k])
 			delete(l.ackDirty, k)

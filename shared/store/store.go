@@ -1,4 +1,9 @@
-package logger
+// Package store is tinyscada's database of readings: the SQLite schema and
+// its migrations, the writer that stores data messages with their gaps and
+// judges their timestamps, the bounded-storage policy, and the read-only
+// export. The logger role writes it; others (the export command) only read
+// it. See docs/logger.md.
+package store
 
 import (
 	"context"
@@ -11,16 +16,11 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 	sqlite "modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 )
-
-// Producer is the role whose data messages the logger stores: with the
-// broker's access control only the poller may publish data.
-const Producer = "poller"
 
 // Errors of a write that is worth retrying; test with errors.Is.
 var (
@@ -31,8 +31,8 @@ var (
 	ErrDiskFull = errors.New("disk full")
 )
 
-// StoreOptions configure a Store.
-type StoreOptions struct {
+// Options configure a Store.
+type Options struct {
 	// Path is the database file; its directory is created if missing.
 	Path string
 	// Synchronous is "full" or "normal" (SQLite's synchronous pragma).
@@ -50,33 +50,25 @@ type StoreOptions struct {
 	// a clock step.
 	ClockStep time.Duration
 	// GapAfter is how long a hole in a run's sequence numbers may stay open
-	// while the logger ingests before it is recorded as a gap.
+	// while the writer ingests before it is recorded as a gap.
 	GapAfter time.Duration
 	// Synced reports whether the kernel considers the clock synchronised;
 	// nil: always.
 	Synced func() bool
-	// Now is the logger's own wall clock (for when gaps and events were
+	// Now is the writer's own wall clock (for when gaps and events were
 	// recorded); nil: time.Now.
 	Now func() time.Time
 	Log *slog.Logger
 }
 
-// Item is one received data message.
+// Item is one received data message, decoded.
 type Item struct {
 	// Device is the last level(s) of the data topic.
-	Device  string
-	Payload []byte
-	// Msg and Err are set by Decode.
-	Msg Message
+	Device string
+	Msg    Message
+	// Err says why the message could not be decoded; Msg then holds what
+	// could be read (Msg.HasID: its run and seq).
 	Err error
-}
-
-// Decode decodes the payload into Msg (reusing its memory) and sets Err.
-func (it *Item) Decode() {
-	it.Err = Decode(it.Payload, &it.Msg)
-	if it.Err == nil && (it.Device == "" || len(it.Device) > maxNameLen || !utf8.ValidString(it.Device)) {
-		it.Err = &DecodeError{Msg: fmt.Sprintf("bad device name %q in the topic", it.Device)}
-	}
 }
 
 // Ack is the acknowledgement of one producer run: every seq ≤ Seq is
@@ -146,10 +138,10 @@ func (r *runState) hole() bool {
 	return len(r.above) > 0 || r.ended && r.produced > r.committed
 }
 
-// Store is the logger's SQLite database. It is not safe for concurrent use:
+// Store is the database, open for writing. It is not safe for concurrent use:
 // one goroutine writes.
 type Store struct {
-	opts StoreOptions
+	opts Options
 	log  *slog.Logger
 	db   *sql.DB
 	conn *sql.Conn
@@ -199,11 +191,12 @@ func DSN(path string, busy time.Duration, sync string, readOnly bool) string {
 	return "file:" + (&url.URL{Path: path}).EscapedPath() + "?" + q.Encode()
 }
 
-// OpenStore opens (creating if needed) and migrates the database, loads
-// what the writer keeps in memory, and makes sure the spare file exists
-// when the disk has room. Errors name the file; a database that is newer
-// than this program or not a tinyscada database is refused.
-func OpenStore(ctx context.Context, o StoreOptions) (*Store, error) {
+// Open opens (creating if needed) and migrates the database, loads what
+// the writer keeps in memory, and makes sure the spare file exists when the
+// disk has room. Errors name the file; a database that is newer than this
+// program or not a tinyscada database is refused. The Store keeps state in
+// memory and so must be the database's only writer.
+func Open(ctx context.Context, o Options) (*Store, error) {
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
@@ -223,16 +216,16 @@ func OpenStore(ctx context.Context, o StoreOptions) (*Store, error) {
 		o.MaxSize = 1 << 40
 	}
 	if err := os.MkdirAll(filepath.Dir(o.Path), 0o755); err != nil {
-		return nil, fmt.Errorf("logger: database %s: %w", o.Path, err)
+		return nil, fmt.Errorf("store: database %s: %w", o.Path, err)
 	}
-	s, err := openStore(ctx, o)
+	s, err := open(ctx, o)
 	if err != nil {
-		return nil, fmt.Errorf("logger: database %s: %w", o.Path, err)
+		return nil, fmt.Errorf("store: database %s: %w", o.Path, err)
 	}
 	return s, nil
 }
 
-func openStore(ctx context.Context, o StoreOptions) (_ *Store, err error) {
+func open(ctx context.Context, o Options) (_ *Store, err error) {
 	db, err := sql.Open("sqlite", DSN(o.Path, o.BusyTimeout, o.Synchronous, false))
 	if err != nil {
 		return nil, err
@@ -555,15 +548,16 @@ func (s *Store) tx(ctx context.Context, fn func() error) error {
 	return nil
 }
 
-// Write stores a batch of decoded items in one transaction. Items already
-// stored (same producer run and seq) are skipped; malformed ones are
+// Write stores a batch of decoded data messages of producer (the role
+// that published them) in one transaction. Items already stored (same
+// producer run and seq) are skipped; malformed ones are
 // counted, and when their run and seq could be read they are recorded as
 // a gap of kind 'malformed' so that the run's acknowledgement can move
 // past them. After the commit, Result.Acks holds for every run the batch
 // touched the highest contiguous committed seq. Errors wrap ErrLocked or
 // ErrDiskFull when retrying later can succeed (nothing was written then);
 // any other error is a broken database.
-func (s *Store) Write(ctx context.Context, items []Item) (Result, error) {
+func (s *Store) Write(ctx context.Context, producer string, items []Item) (Result, error) {
 	var res Result
 	var touched []*runState
 	err := s.tx(ctx, func() error {
@@ -576,7 +570,7 @@ func (s *Store) Write(ctx context.Context, items []Item) (Result, error) {
 					continue
 				}
 			}
-			r, err := s.run(ctx, Producer, it.Msg.Run)
+			r, err := s.run(ctx, producer, it.Msg.Run)
 			if err != nil {
 				return err
 			}
@@ -935,9 +929,6 @@ func (s *Store) SetUploaded(row int64) {
 		s.uploaded = row
 	}
 }
-
-// Uploaded returns the uplink's cursor as last known.
-func (s *Store) Uploaded() int64 { return s.uploaded }
 
 // PendingAcks returns the acknowledgement of the newest run of every
 // producer (to publish again after a reconnect).

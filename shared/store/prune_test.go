@@ -1,4 +1,4 @@
-package logger
+package store
 
 import (
 	"context"
@@ -78,7 +78,7 @@ func missingCovered(t *testing.T, db *sql.DB, last, uploaded int64) (dropped int
 func TestMaxSizeDropsOldestWithGaps(t *testing.T) {
 	ctx := context.Background()
 	const limit = 1 << 20
-	s := openTest(t, func(o *StoreOptions) { o.MaxSize = limit; o.Reserve = 0 })
+	s := openTest(t, func(o *Options) { o.MaxSize = limit; o.Reserve = 0 })
 	db := roDB(t, s.opts.Path)
 	seq := 1
 	fill := func(rounds int) {
@@ -138,7 +138,7 @@ func queryText(t *testing.T, db *sql.DB, q string) string {
 
 func TestRetention(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t, func(o *StoreOptions) { o.Retention = time.Hour })
+	s := openTest(t, func(o *Options) { o.Retention = time.Hour })
 	// Three hours of samples, one a minute.
 	write(t, s, bigSeries("r", 1, 180, func(i int) time.Duration { return time.Duration(i) * time.Minute })...)
 	s.SetUploaded(30)
@@ -168,7 +168,7 @@ func TestRetention(t *testing.T) {
 
 func TestOneGapRecordPerShrink(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t, func(o *StoreOptions) { o.MaxSize = 4 << 20; o.Reserve = 0 })
+	s := openTest(t, func(o *Options) { o.MaxSize = 4 << 20; o.Reserve = 0 })
 	write(t, s, bigSeries("r", 1, 6000, perSecond)...)
 	z, _ := s.Size(ctx)
 	if _, err := s.Maintain(ctx); err != nil {

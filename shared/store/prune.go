@@ -1,4 +1,4 @@
-package logger
+package store
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
 )
 
 // Bounded storage
@@ -404,7 +403,3 @@ func (s *Store) checkpoint(ctx context.Context, mode string) {
 		s.log.Debug("checkpoint failed", "mode", mode, "err", err)
 	}
 }
-
-// retentionTick is how often the logger applies the retention and checks
-// the budget when nothing else made it do so.
-const retentionTick = time.Minute

@@ -1,4 +1,4 @@
-package logger
+package store
 
 import (
 	"context"
@@ -53,7 +53,7 @@ func TestWriteIdempotentAndAcks(t *testing.T) {
 }
 
 func TestHolesFillOrBecomeGaps(t *testing.T) {
-	s := openTest(t, func(o *StoreOptions) { o.GapAfter = 50 * time.Millisecond })
+	s := openTest(t, func(o *Options) { o.GapAfter = 50 * time.Millisecond })
 	all := series("r1", 1, 8)
 	res := write(t, s, all[0], all[1], all[3], all[4])
 	if ackOf(res, "r1") != 2 {
@@ -91,7 +91,7 @@ func TestHolesFillOrBecomeGaps(t *testing.T) {
 	// The mark survives a restart, and late copies are still duplicates.
 	path := s.opts.Path
 	s.Close()
-	s2 := openTest(t, func(o *StoreOptions) { o.Path = path })
+	s2 := openTest(t, func(o *Options) { o.Path = path })
 	res = write(t, s2, all[5], all[6])
 	if res.Duplicates != 2 || ackOf(res, "r1") != 8 {
 		t.Errorf("after reopen: %+v", res)
@@ -105,10 +105,10 @@ func TestHolesFillOrBecomeGaps(t *testing.T) {
 // whose tail still arrives, or that ended with everything stored, gets none.
 func TestEndOfDeadRunBecomesGap(t *testing.T) {
 	ctx := context.Background()
-	s := openTest(t, func(o *StoreOptions) { o.GapAfter = 50 * time.Millisecond })
-	s.Produced(Producer, "a", 4)
+	s := openTest(t, func(o *Options) { o.GapAfter = 50 * time.Millisecond })
+	s.Produced(producer, "a", 4)
 	write(t, s, series("a", 1, 4)...)
-	s.Produced(Producer, "a", 10) // 5..10 made, then the poller died
+	s.Produced(producer, "a", 10) // 5..10 made, then the poller died
 	write(t, s, series("a", 5, 6)...)
 	time.Sleep(60 * time.Millisecond)
 	if acks, err := s.CloseGaps(ctx, time.Now()); err != nil || len(acks) != 0 {
@@ -120,13 +120,13 @@ func TestEndOfDeadRunBecomesGap(t *testing.T) {
 		t.Fatalf("run a saved with produced %d, want 10", n)
 	}
 
-	s = openTest(t, func(o *StoreOptions) { o.Path = path; o.GapAfter = 50 * time.Millisecond })
-	s.Produced(Producer, "f", 5) // ends with its tail still on the way
+	s = openTest(t, func(o *Options) { o.Path = path; o.GapAfter = 50 * time.Millisecond })
+	s.Produced(producer, "f", 5) // ends with its tail still on the way
 	write(t, s, series("f", 1, 3)...)
-	s.Produced(Producer, "d", 2) // ends with everything stored
+	s.Produced(producer, "d", 2) // ends with everything stored
 	write(t, s, series("d", 1, 2)...)
-	s.Produced(Producer, "b", 3) // the new run: a's heartbeats stopped
-	if err := s.EndRuns(ctx, Producer, "b"); err != nil {
+	s.Produced(producer, "b", 3) // the new run: a's heartbeats stopped
+	if err := s.EndRuns(ctx, producer, "b"); err != nil {
 		t.Fatal(err)
 	}
 	write(t, s, series("f", 4, 5)...)
@@ -139,8 +139,8 @@ func TestEndOfDeadRunBecomesGap(t *testing.T) {
 		t.Fatalf("CloseGaps = %v, %v; want run a acknowledged to 10", acks, err)
 	}
 	// b dies before any of its messages arrived; c is the next run.
-	s.Produced(Producer, "c", 1)
-	if err := s.EndRuns(ctx, Producer, "c"); err != nil {
+	s.Produced(producer, "c", 1)
+	if err := s.EndRuns(ctx, producer, "c"); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(60 * time.Millisecond)
@@ -176,7 +176,7 @@ func TestReopenKeepsHoles(t *testing.T) {
 	write(t, s, all[0], all[2], all[4])
 	path := s.opts.Path
 	s.Close()
-	s2 := openTest(t, func(o *StoreOptions) { o.Path = path })
+	s2 := openTest(t, func(o *Options) { o.Path = path })
 	res := write(t, s2, all[1], all[2])
 	if res.Samples != 1 || res.Duplicates != 1 || ackOf(res, "r1") != 3 {
 		t.Errorf("after reopen: %+v", res)
@@ -190,17 +190,17 @@ func TestReopenKeepsHoles(t *testing.T) {
 func TestMalformedNeverPoisonsABatch(t *testing.T) {
 	s := openTest(t, nil)
 	all := series("r1", 1, 5)
+	// As the logger's decoder leaves them: one with its run and seq read,
+	// two without, and one (seq 4) whose topic named no device.
+	decodeErr := errors.New("malformed")
 	bad := []Item{
-		{Device: "meter", Payload: []byte(`{"run":"r1","seq":2,"t":1,"m":1,"v":{"a":null}}`)}, // has run and seq
-		{Device: "meter", Payload: []byte(`garbage`)},
-		{Device: "meter", Payload: []byte(`{"run":"r1","seq":`)},
-		{Device: "", Payload: all[3].payload()}, // seq 4, but no device in the topic
-	}
-	for i := range bad {
-		bad[i].Decode()
+		{Device: "meter", Msg: Message{Run: []byte("r1"), Seq: 2, HasID: true}, Err: decodeErr},
+		{Device: "meter", Err: decodeErr},
+		{Device: "meter", Msg: Message{Run: []byte("r1")}, Err: decodeErr},
+		{Device: "", Msg: all[3].item().Msg, Err: decodeErr},
 	}
 	batch := []Item{all[0].item(), bad[0], bad[1], all[2].item(), bad[2], bad[3]}
-	res, err := s.Write(context.Background(), batch)
+	res, err := s.Write(context.Background(), producer, batch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestMalformedNeverPoisonsABatch(t *testing.T) {
 		t.Fatalf("result %+v", res)
 	}
 	// The re-sent malformed message is a duplicate, not a second gap.
-	res, err = s.Write(context.Background(), []Item{bad[0], all[4].item()})
+	res, err = s.Write(context.Background(), producer, []Item{bad[0], all[4].item()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,7 +280,7 @@ func TestMigrations(t *testing.T) {
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := openTest(t, func(o *StoreOptions) { o.Path = empty })
+	s := openTest(t, func(o *Options) { o.Path = empty })
 	gen := s.Generation()
 	if len(gen) != 32 {
 		t.Errorf("generation %q", gen)
@@ -296,7 +296,7 @@ func TestMigrations(t *testing.T) {
 	}
 	db.Close()
 	// Reopening the current version changes nothing.
-	s = openTest(t, func(o *StoreOptions) { o.Path = empty })
+	s = openTest(t, func(o *Options) { o.Path = empty })
 	if s.Generation() != gen || s.LastRow() != 3 {
 		t.Errorf("reopened: generation %s, last row %d", s.Generation(), s.LastRow())
 	}
@@ -324,7 +324,7 @@ func TestMigrations(t *testing.T) {
 			}
 		}
 		c.Close()
-		s := openTest(t, func(o *StoreOptions) { o.Path = p })
+		s := openTest(t, func(o *Options) { o.Path = p })
 		write(t, s, series("r", 1, 2)...)
 		if v >= 1 {
 			// Its seq 8 still fills the run where it left off.
@@ -349,7 +349,7 @@ func TestMigrations(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	if _, err := OpenStore(ctx, StoreOptions{Path: newer}); err == nil || !strings.Contains(err.Error(), "newer than this program") {
+	if _, err := Open(ctx, Options{Path: newer}); err == nil || !strings.Contains(err.Error(), "newer than this program") {
 		t.Errorf("newer schema: %v", err)
 	}
 	foreign := filepath.Join(dir, "foreign.db")
@@ -358,7 +358,7 @@ func TestMigrations(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	if _, err := OpenStore(ctx, StoreOptions{Path: foreign}); err == nil || !strings.Contains(err.Error(), "not a tinyscada database") {
+	if _, err := Open(ctx, Options{Path: foreign}); err == nil || !strings.Contains(err.Error(), "not a tinyscada database") {
 		t.Errorf("foreign database: %v", err)
 	}
 	if n := queryInt(t, roDB(t, foreign), `SELECT count(*) FROM sqlite_schema`); n != 1 {
@@ -388,7 +388,7 @@ func TestLockedDatabase(t *testing.T) {
 	if _, err := other.ExecContext(context.Background(), `BEGIN IMMEDIATE`); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Write(context.Background(), items(series("r", 2, 3)...))
+	_, err := s.Write(context.Background(), producer, items(series("r", 2, 3)...))
 	if !errors.Is(err, ErrLocked) {
 		t.Fatalf("write under a lock: %v", err)
 	}

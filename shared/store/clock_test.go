@@ -1,4 +1,4 @@
-package logger
+package store
 
 import (
 	"database/sql"
@@ -79,7 +79,7 @@ type clockScenario struct {
 func newClockScenario(t *testing.T, start clock.Stamp, trueWall time.Time) *clockScenario {
 	c := &clockScenario{t: t, f: clock.NewFake(start), run: "run-" + start.Boot, truth: map[uint64]int64{}}
 	c.trueOffset = trueWall.Sub(time.Unix(0, 0)) - start.Mono
-	c.s = openTest(t, func(o *StoreOptions) { o.Synced = c.synced.Load })
+	c.s = openTest(t, func(o *Options) { o.Synced = c.synced.Load })
 	return c
 }
 
@@ -267,7 +267,7 @@ func TestClockStateReloaded(t *testing.T) {
 	c.write(c.sample(2)...)
 	path := c.s.opts.Path
 	c.s.Close()
-	c.s = openTest(t, func(o *StoreOptions) { o.Path = path; o.Synced = c.synced.Load })
+	c.s = openTest(t, func(o *Options) { o.Path = path; o.Synced = c.synced.Load })
 	c.write(c.sample(1)...) // same segment: no new event
 	c.f.Step(c.trueOffset - (c.f.Now().Wall.Sub(time.Unix(0, 0)) - c.f.Now().Mono))
 	c.synced.Store(true)
