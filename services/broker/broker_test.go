@@ -644,11 +644,12 @@ func TestOptions(t *testing.T) {
 		t.Errorf("sys_interval 0: resend every %d s, want never", o.SysTopicResendInterval)
 	}
 	cfg.Broker.SysInterval = config.Duration{Duration: 30 * time.Second}
-	cfg.Broker.MaxPending, cfg.Broker.MaxInflight, cfg.Broker.ClientBuffer = 7, 9, 3000
+	cfg.Broker.MaxPending, cfg.Broker.MaxInflight, cfg.Broker.ClientBuffer, cfg.Broker.MaxPacketSize = 7, 9, 3000, 5000
 	o = options(cfg, slog.New(slog.DiscardHandler))
 	got := fmt.Sprint(o.SysTopicResendInterval, o.Capabilities.MaximumMessageExpiryInterval, o.Capabilities.MaximumClientWritesPending,
-		o.Capabilities.MaximumInflight, o.Capabilities.ReceiveMaximum, o.ClientNetReadBufferSize, o.ClientNetWriteBufferSize, o.InlineClient)
-	if want := "30 0 7 9 9 3000 3000 true"; got != want {
+		o.Capabilities.MaximumInflight, o.Capabilities.ReceiveMaximum, o.ClientNetReadBufferSize, o.ClientNetWriteBufferSize, o.InlineClient,
+		o.Capabilities.MaximumPacketSize)
+	if want := "30 0 7 9 9 3000 3000 true 5000"; got != want {
 		t.Errorf("options = %s, want %s", got, want)
 	}
 }
