@@ -125,7 +125,7 @@ func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger
 	if err := srv.AddHook(hook, nil); err != nil {
 		return fail(err)
 	}
-	refuse := &refuseHook{access: hook, maxPacket: srv.Options.Capabilities.MaximumPacketSize}
+	refuse := &refuseHook{srv: srv, access: hook, maxPacket: srv.Options.Capabilities.MaximumPacketSize}
 	if err := srv.AddHook(refuse, nil); err != nil {
 		return fail(err)
 	}

@@ -4,14 +4,18 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/bus"
@@ -145,3 +149,62 @@ func TestOversizedPacketRefused(t *testing.T) {
 	}
 	obs.waitFor(t, "tinyscada/data/edge "+payload)
 }
+
+// TestDeniedSysPublish: a publish to $SYS/… is denied as any other
+// (mosquitto_pub ends the same way, promptly, and the broker logs it);
+// mochi used to drop it before the access check without acknowledging it,
+// so that a QoS 1 publisher waited for good.
+func TestDeniedSysPublish(t *testing.T) {
+	pub := testpeer.Need(t, "mosquitto_pub")
+	cfg := testConfig(t)
+	log, logs := newLogRecorder(t)
+	b := startBroker(t, cfg, log)
+	h, p := hostPort(t, b.addrs[0])
+
+	// run publishes and reports how mosquitto_pub ended; it fails the test
+	// if mosquitto_pub had to be killed.
+	run := func(args ...string) string {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, pub, append([]string{"-h", h, "-p", p}, args...)...).CombinedOutput()
+		if ctx.Err() != nil {
+			t.Errorf("mosquitto_pub %v hung (neither acknowledged nor refused): killed after 10 s", args)
+		}
+		var ee *exec.ExitError
+		switch {
+		case err == nil:
+			return "exit 0"
+		case errors.As(err, &ee):
+			return fmt.Sprintf("exit %d: %s", ee.ExitCode(), strings.TrimSpace(string(out)))
+		}
+		return err.Error()
+	}
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"anonymous QoS 1", []string{"-q", "1"}},
+		{"anonymous QoS 1 MQTT 5", []string{"-q", "1", "-V", "mqttv5"}},
+		{"anonymous QoS 0", []string{"-q", "0"}},
+		{"poller QoS 1", []string{"-q", "1", "-u", "poller", "-P", password(t, cfg, "poller")}},
+		{"poller QoS 2 MQTT 5", []string{"-q", "2", "-V", "mqttv5", "-u", "poller", "-P", password(t, cfg, "poller")}},
+	} {
+		user := ""
+		if i := slices.Index(c.args, "-u"); i >= 0 {
+			user = c.args[i+1]
+		}
+		other := run(append([]string{"-t", "tinyscada/cmd/x", "-m", "denied"}, c.args...)...)
+		logs.wait(t, "denied publish", "topic", "tinyscada/cmd/x", "user", user)
+		sys := run(append([]string{"-t", "$SYS/broker/x", "-m", "denied"}, c.args...)...)
+		logs.wait(t, "denied publish", "topic", "$SYS/broker/x", "user", user)
+		// The error text names the topic's packet id or not; the exit
+		// code is the outcome.
+		if code(sys) != code(other) {
+			t.Errorf("%s: to $SYS mosquitto_pub ended with %q, to another denied topic with %q", c.name, sys, other)
+		}
+		t.Logf("%s: %s", c.name, sys)
+	}
+}
+
+// code is the "exit N" part of run's result.
+func code(s string) string { c, _, _ := strings.Cut(s, ":"); return c }
