@@ -22,7 +22,7 @@ func users() []string {
 }
 
 // publishRules is the access-control table: the topic filters (relative to
-// the topic prefix) each user may publish to, besides its own
+// the topic prefix) each user may publish to, besides, for a role, its own
 // "svc/<user>/#". Anonymous clients publish nothing; everyone may subscribe
 // to everything. Keep docs/topics.md in step with this table.
 var publishRules = map[string][]string{
@@ -53,7 +53,8 @@ func mayPublish(prefix, user, topic string) bool {
 	if rest, ok = strings.CutPrefix(rest, "/"); !ok {
 		return false
 	}
-	if svc, ok := strings.CutPrefix(rest, "svc/"); ok { // svc/<user>/#
+	// svc/<user>/# for the roles; the operator is not a service.
+	if svc, ok := strings.CutPrefix(rest, "svc/"); ok && user != credentials.Operator {
 		if level, _, _ := strings.Cut(svc, "/"); level == user {
 			return true
 		}

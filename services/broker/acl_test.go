@@ -25,7 +25,8 @@ func TestMayPublishTable(t *testing.T) {
 		{"tinyscada", "tinyscada/svc/logger/state", "logger"},
 		{"tinyscada", "tinyscada/svc/uplink/heartbeat", "uplink"},
 		{"tinyscada", "tinyscada/svc/health/state", "health"},
-		{"tinyscada", "tinyscada/svc/operator/state", "operator"},
+		{"tinyscada", "tinyscada/svc/operator/state", ""}, // the operator is not a service: cmd/# only
+		{"tinyscada", "tinyscada/svc/operator", ""},
 		{"tinyscada", "tinyscada/svc/stranger/state", ""},
 		{"tinyscada", "tinyscada/svc/pollers/state", ""},
 		{"tinyscada", "tinyscada/svc", ""},

@@ -62,6 +62,9 @@ func options(cfg *config.Config, log *slog.Logger) *mqtt.Options {
 	caps.MaximumClientWritesPending = int32(clamp(c.MaxPending, 1, math.MaxInt32))
 	caps.MaximumInflight = uint16(clamp(c.MaxInflight, 1, math.MaxUint16))
 	caps.ReceiveMaximum = uint16(clamp(c.MaxInflight, 1, math.MaxUint16))
+	// Checked on the fixed header, before the body is read (and buffered):
+	// a larger packet disconnects its sender.
+	caps.MaximumPacketSize = uint32(clamp(int(c.MaxPacketSize), 1, math.MaxInt32))
 	sys := int64(math.MaxInt32) // mochi takes 0 as "every second": never, in effect
 	if d := c.SysInterval.Duration; d > 0 {
 		sys = int64(max(d.Round(time.Second), time.Second) / time.Second)
@@ -120,6 +123,10 @@ func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger
 		hook.local[l.id] = l.local
 	}
 	if err := srv.AddHook(hook, nil); err != nil {
+		return fail(err)
+	}
+	refuse := &refuseHook{srv: srv, access: hook, maxPacket: srv.Options.Capabilities.MaximumPacketSize}
+	if err := srv.AddHook(refuse, nil); err != nil {
 		return fail(err)
 	}
 	for _, l := range lns {

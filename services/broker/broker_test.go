@@ -379,6 +379,52 @@ func TestAccessControl(t *testing.T) {
 	obs.waitFor(t, "tinyscada/data/meter2 pub-ok")
 }
 
+// TestOperatorOptionsFile: the operator's way documented in
+// docs/operations.md, a mosquitto_pub options file that keeps the password
+// off the command line (and out of ps), publishes a command; and the
+// operator credential publishes nothing else, not even under
+// svc/operator/.
+func TestOperatorOptionsFile(t *testing.T) {
+	pub := testpeer.Need(t, "mosquitto_pub")
+	cfg := testConfig(t)
+	log, logs := newLogRecorder(t)
+	b := startBroker(t, cfg, log)
+	h, p := hostPort(t, b.addrs[0])
+	obs := newRecorder(t, b.addrs[0], "tinyscada/#")
+	// As documented: { echo '-u operator'; printf -- '-P '; cat …/operator; }
+	dir := t.TempDir()
+	cred, err := os.ReadFile(filepath.Join(credentials.Dir(cfg.StateDir), credentials.Operator))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := append([]byte("-u operator\n-P "), cred...)
+	if err := os.WriteFile(filepath.Join(dir, "mosquitto_pub"), opts, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(args ...string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, pub, append([]string{"-h", h, "-p", p, "-q", "1"}, args...)...)
+		cmd.Env = append(os.Environ(), "XDG_CONFIG_HOME="+dir)
+		out, err := cmd.CombinedOutput()
+		t.Logf("mosquitto_pub %v: %v %s", args, err, out)
+		return err
+	}
+	if err := run("-t", "tinyscada/cmd/restart/poller", "-m", "from-options-file"); err != nil {
+		t.Errorf("operator command with the options file: %v", err)
+	}
+	obs.waitFor(t, "tinyscada/cmd/restart/poller from-options-file")
+	if err := run("-t", "tinyscada/svc/operator/state", "-m", "operator-state"); err == nil {
+		t.Error("the operator published its own svc/ state")
+	}
+	logs.wait(t, "denied publish", "topic", "tinyscada/svc/operator/state", "user", credentials.Operator)
+	for _, m := range obs.all() {
+		if strings.Contains(m, "operator-state") {
+			t.Errorf("a denied publish was routed: %q", m)
+		}
+	}
+}
+
 // nonLoopbackIPv4 returns an address of this machine that is not loopback,
 // or "".
 func nonLoopbackIPv4() string {
@@ -644,11 +690,12 @@ func TestOptions(t *testing.T) {
 		t.Errorf("sys_interval 0: resend every %d s, want never", o.SysTopicResendInterval)
 	}
 	cfg.Broker.SysInterval = config.Duration{Duration: 30 * time.Second}
-	cfg.Broker.MaxPending, cfg.Broker.MaxInflight, cfg.Broker.ClientBuffer = 7, 9, 3000
+	cfg.Broker.MaxPending, cfg.Broker.MaxInflight, cfg.Broker.ClientBuffer, cfg.Broker.MaxPacketSize = 7, 9, 3000, 5000
 	o = options(cfg, slog.New(slog.DiscardHandler))
 	got := fmt.Sprint(o.SysTopicResendInterval, o.Capabilities.MaximumMessageExpiryInterval, o.Capabilities.MaximumClientWritesPending,
-		o.Capabilities.MaximumInflight, o.Capabilities.ReceiveMaximum, o.ClientNetReadBufferSize, o.ClientNetWriteBufferSize, o.InlineClient)
-	if want := "30 0 7 9 9 3000 3000 true"; got != want {
+		o.Capabilities.MaximumInflight, o.Capabilities.ReceiveMaximum, o.ClientNetReadBufferSize, o.ClientNetWriteBufferSize, o.InlineClient,
+		o.Capabilities.MaximumPacketSize)
+	if want := "30 0 7 9 9 3000 3000 true 5000"; got != want {
 		t.Errorf("options = %s, want %s", got, want)
 	}
 }

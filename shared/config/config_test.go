@@ -261,6 +261,10 @@ var badCases = []struct {
 		[]want{{3, "broker.max_pending", "0 is out of range (want 1 to 65535)"}}},
 	{"max inflight too big", doc("version = 1", "[broker]", "max_inflight = 70000"),
 		[]want{{3, "broker.max_inflight", "out of range"}}},
+	{"max packet size too big", doc("version = 1", "[broker]", "max_packet_size = '2MiB'"),
+		[]want{{3, "broker.max_packet_size", "2MiB is out of range (want 4KiB to 1MiB)"}}},
+	{"max packet size too small", doc("version = 1", "[broker]", "max_packet_size = 1000"),
+		[]want{{3, "broker.max_packet_size", "1000 is out of range"}}},
 	{"unknown and duplicate roles", doc("version = 1", "[run]", "roles = ['broker', 'poler', 'broker']"),
 		[]want{{3, "run.roles[1]", `unknown role "poler"`}, {3, "run.roles[2]", `role "broker" is listed twice`}}},
 	{"no roles", doc("version = 1", "[run]", "roles = []"),
@@ -427,6 +431,7 @@ sys_interval = "0s"
 client_buffer = "64KiB"
 max_pending = 4096
 max_inflight = 512
+max_packet_size = "64KiB"
 
 [run]
 roles = ["broker", "poller", "logger"]
@@ -449,14 +454,15 @@ func fullExampleConfig() *Config {
 			RetryMax:          Duration{10 * time.Second},
 		},
 		Broker: Broker{
-			Listen:       []string{"127.0.0.1:1884", "[::1]:1884", "gw4.plant.example:8883", ":1885"},
-			UnixSocket:   "/run/tinyscada/bus.sock",
-			TLSCert:      "/etc/tinyscada/cert.pem",
-			TLSKey:       "/etc/tinyscada/key.pem",
-			SysInterval:  Duration{0},
-			ClientBuffer: 64 << 10,
-			MaxPending:   4096,
-			MaxInflight:  512,
+			Listen:        []string{"127.0.0.1:1884", "[::1]:1884", "gw4.plant.example:8883", ":1885"},
+			UnixSocket:    "/run/tinyscada/bus.sock",
+			TLSCert:       "/etc/tinyscada/cert.pem",
+			TLSKey:        "/etc/tinyscada/key.pem",
+			SysInterval:   Duration{0},
+			ClientBuffer:  64 << 10,
+			MaxPending:    4096,
+			MaxInflight:   512,
+			MaxPacketSize: 64 << 10,
 		},
 		Run: Run{
 			Roles:             []string{"broker", "poller", "logger"},

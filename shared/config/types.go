@@ -70,6 +70,10 @@ type Broker struct {
 	MaxPending int `toml:"max_pending"`
 	// MaxInflight caps unacknowledged QoS 1/2 messages per client.
 	MaxInflight int `toml:"max_inflight"`
+	// MaxPacketSize is the largest MQTT packet the broker takes; a
+	// client that sends a larger one is disconnected before its body is
+	// read.
+	MaxPacketSize Size `toml:"max_packet_size"`
 }
 
 // Run configures `tinyscada run`, the stack without systemd.
@@ -104,6 +108,9 @@ func Default() *Config {
 			ClientBuffer: 4 << 10,
 			MaxPending:   1024,
 			MaxInflight:  1024,
+			// Room for a poll round of a device with a few thousand
+			// points; see docs/configuration.md.
+			MaxPacketSize: 256 << 10,
 		},
 		Run: Run{
 			Roles:             []string{"broker", "poller", "logger", "uplink", "health"},

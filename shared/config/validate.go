@@ -72,6 +72,10 @@ func (b *Broker) validate(ch *checker) {
 	// max_inflight in 16 bits.
 	ch.intRange("max_pending", b.MaxPending, 1, 65535)
 	ch.intRange("max_inflight", b.MaxInflight, 1, 65535)
+	// The roles' MQTT client (shared/bus) takes packets up to 1MiB: a
+	// larger limit would let through messages that then stall the
+	// subscribers.
+	ch.sizeRange("max_packet_size", b.MaxPacketSize, 4<<10, 1<<20)
 }
 
 func (r *Run) validate(ch *checker) {
