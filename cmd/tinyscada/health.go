@@ -13,6 +13,7 @@ import (
 	"github.com/tinyscada/tinyscada/services/supervisor"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // supervisorEnv names the variable `tinyscada run` sets in its children's
@@ -43,7 +44,7 @@ func runHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		log.Warn("NOTIFY_SOCKET is not set: no watchdog pings will be sent")
 	}
-	svc, err := service.Start(ctx, "health", cfg, log)
+	svc, err := service.Start(ctx, topics.Health, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -61,7 +62,7 @@ func runHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 // CAP_SYS_ADMIN (health, its child, needs it to ping on behalf of other
 // pids); otherwise it logs why the stack runs without watchdogs.
 func runWatchdogs(cfg *config.Config, roles []supervisor.Role, log *slog.Logger) {
-	if !slices.ContainsFunc(roles, func(r supervisor.Role) bool { return r.Name == "health" }) {
+	if !slices.ContainsFunc(roles, func(r supervisor.Role) bool { return r.Name == string(topics.Health) }) {
 		return
 	}
 	if !hasCapSysAdmin() {
@@ -70,7 +71,7 @@ func runWatchdogs(cfg *config.Config, roles []supervisor.Role, log *slog.Logger)
 	}
 	for i := range roles {
 		switch {
-		case roles[i].Name == "health":
+		case roles[i].Name == string(topics.Health):
 			roles[i].Watchdog = cfg.Health.RunSelfWatchdog.Duration
 		case !strings.HasPrefix(roles[i].Name, "simulate-"):
 			roles[i].Watchdog = cfg.Health.RunWatchdog.Duration

@@ -7,6 +7,7 @@ import (
 	"github.com/tinyscada/tinyscada/services/logger"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // runLogger is the logger role: see package logger. The database is opened
@@ -19,7 +20,7 @@ func runLogger(ctx context.Context, cfg *config.Config, log *slog.Logger) error 
 		return err
 	}
 	defer l.Close()
-	svc, err := service.Start(ctx, "logger", cfg, log, service.StartOptions{PersistentSession: true, OnMessage: l.Handle})
+	svc, err := service.Start(ctx, topics.Logger, cfg, log, service.StartOptions{PersistentSession: true, OnMessage: l.Handle})
 	if err != nil {
 		return err
 	}

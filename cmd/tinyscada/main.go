@@ -16,6 +16,7 @@ import (
 	"github.com/tinyscada/tinyscada/services/simulate"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/logging"
+	"github.com/tinyscada/tinyscada/shared/topics"
 	"github.com/tinyscada/tinyscada/shared/version"
 )
 
@@ -38,10 +39,11 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"broker", "run the embedded MQTT broker", roleCmd("broker", runBroker)},
-		{"health", "turn heartbeats into watchdog pings; restart failing units", roleCmd("health", runHealth)},
-		{"poller", "poll the serial devices and publish readings", pollerCmd},
-		{"logger", "store readings in SQLite and acknowledge them", roleCmd("logger", runLogger)}, {"export", "write stored readings as CSV or JSON lines", exportCmd},
+		{string(topics.Broker), "run the embedded MQTT broker", roleCmd(topics.Broker, runBroker)},
+		{string(topics.Health), "turn heartbeats into watchdog pings; restart failing units", roleCmd(topics.Health, runHealth)},
+		{string(topics.Poller), "poll the serial devices and publish readings", pollerCmd},
+		{string(topics.Logger), "store readings in SQLite and acknowledge them", roleCmd(topics.Logger, runLogger)},
+		{"export", "write stored readings as CSV or JSON lines", exportCmd},
 		{"run", "run the whole stack without systemd", runStack},
 		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", func(_ context.Context, args []string) error {
 			return simulate.Main(args)
@@ -137,7 +139,8 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 
 // roleCmd makes the subcommand of a role: -config, load and validate the
 // configuration before anything starts, a logger, then the role.
-func roleCmd(name string, fn roleFunc) func(context.Context, []string) error {
+func roleCmd(role topics.Role, fn roleFunc) func(context.Context, []string) error {
+	name := string(role)
 	return func(ctx context.Context, args []string) error {
 		fs, cfgPath := commandFlags(name, "usage: tinyscada "+name+" [-config FILE]")
 		if err := parseFlags(fs, args); err != nil {

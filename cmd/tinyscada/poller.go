@@ -9,12 +9,13 @@ import (
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/logging"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // pollerCmd is `tinyscada poller [-config FILE] [-plan]`: the poller role,
 // or with -plan the request plan printed on stdout.
 func pollerCmd(ctx context.Context, args []string) error {
-	fs, cfgPath := commandFlags("poller", "usage: tinyscada poller [-config FILE] [-plan]")
+	fs, cfgPath := commandFlags(string(topics.Poller), "usage: tinyscada poller [-config FILE] [-plan]")
 	plan := fs.Bool("plan", false, "print the request plan (ports, devices, the reads of one round) and exit")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -30,13 +31,13 @@ func pollerCmd(ctx context.Context, args []string) error {
 		}
 		return pl.Write(os.Stdout)
 	}
-	log := logging.New(os.Stderr, cfg.Log.Level).With("role", "poller")
+	log := logging.New(os.Stderr, cfg.Log.Level).With("role", string(topics.Poller))
 	return runPoller(ctx, cfg, log)
 }
 
 // runPoller is the poller role: see package poller.
 func runPoller(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	svc, err := service.Start(ctx, "poller", cfg, log)
+	svc, err := service.Start(ctx, topics.Poller, cfg, log)
 	if err != nil {
 		return err
 	}

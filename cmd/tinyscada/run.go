@@ -15,6 +15,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/flock"
 	"github.com/tinyscada/tinyscada/shared/logging"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // runStack is `tinyscada run`: every configured role that this binary
@@ -61,7 +62,7 @@ func runStack(ctx context.Context, args []string) error {
 			skipped = append(skipped, name)
 			continue
 		}
-		if name == "poller" {
+		if name == string(topics.Poller) {
 			roles = append(roles, simulatorRoles(cfg)...)
 		}
 		roles = append(roles, supervisor.Role{Name: name, Args: []string{name, "-config", effPath}})

@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,7 @@ import (
 	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // fakeRoleEnv makes the test binary, re-executed by a unit, a stand-in role:
@@ -56,7 +58,7 @@ func fakeRole(name string) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	svc, err := service.Start(ctx, name, cfg, log)
+	svc, err := service.Start(ctx, topics.Role(name), cfg, log)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -92,15 +94,13 @@ type stack struct {
 	varLib  string // bound at /var/lib
 	port    int
 	bin     string // the installed binary, host path
-	roles   []string
-	hasRole map[string]bool
+	roles   []topics.Role
+	hasRole map[topics.Role]bool
 	mon     *monitor
 }
 
-// The units the test installs (besides the simulator template).
-var allRoles = []string{"broker", "poller", "logger", "uplink", "health"}
-
-func unit(role string) string { return "tinyscada-" + role + ".service" }
+// unit is the unit of a role, as deploy/units names it.
+func unit(role topics.Role) string { return "tinyscada-" + string(role) + ".service" }
 
 // installAndBoot builds the binary, installs it with deploy/install.sh into
 // a temporary tree, adds the system user with systemd-sysusers into copies
@@ -110,7 +110,7 @@ func installAndBoot(t *testing.T) *stack {
 	testpeer.Need(t, "mosquitto_sub")
 	testpeer.Need(t, "systemd-sysusers")
 	dir := t.TempDir()
-	s := &stack{t: t, top: t, root: filepath.Join(dir, "root"), varLib: filepath.Join(dir, "varlib"), port: testpeer.FreePort(t), hasRole: map[string]bool{}}
+	s := &stack{t: t, top: t, root: filepath.Join(dir, "root"), varLib: filepath.Join(dir, "varlib"), port: testpeer.FreePort(t), hasRole: map[topics.Role]bool{}}
 	for _, d := range []string{s.root, s.varLib, filepath.Join(dir, "etc")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -131,32 +131,33 @@ func installAndBoot(t *testing.T) *stack {
 	}
 	s.bin = filepath.Join(s.root, "usr/local/bin/tinyscada")
 
-	// The roles this binary has; the uplink is a stand-in until it exists.
-	for _, r := range allRoles {
-		s.hasRole[r] = exec.Command(s.bin, r, "-h").Run() == nil
+	// The roles this binary has (every role has its unit installed); the
+	// uplink is a stand-in until it exists.
+	for _, r := range topics.Roles() {
+		s.hasRole[r] = exec.Command(s.bin, string(r), "-h").Run() == nil
 	}
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
 	copyFile(t, self, filepath.Join(s.root, "usr/local/bin/systemdtest-fake-role"), 0o755)
-	if !s.hasRole["uplink"] {
-		dropIn(t, s.root, "uplink", "fake", "[Service]\nEnvironment="+fakeRoleEnv+"=uplink\nExecStart=\nExecStart=/usr/local/bin/systemdtest-fake-role /usr/local/etc/tinyscada/tinyscada.toml\n")
+	if !s.hasRole[topics.Uplink] {
+		dropIn(t, s.root, topics.Uplink, "fake", "[Service]\nEnvironment="+fakeRoleEnv+"="+string(topics.Uplink)+"\nExecStart=\nExecStart=/usr/local/bin/systemdtest-fake-role /usr/local/etc/tinyscada/tinyscada.toml\n")
 	}
-	for _, r := range allRoles {
-		if r != "uplink" && !s.hasRole[r] {
+	for _, r := range topics.Roles() {
+		if r != topics.Uplink && !s.hasRole[r] {
 			t.Fatalf("the binary has no %s role (`tinyscada %s -h` failed)", r, r)
 		}
 	}
-	s.roles = allRoles
-	t.Logf("roles under test: %s (uplink: %s)", strings.Join(s.roles, ", "), map[bool]string{true: "real", false: "stand-in"}[s.hasRole["uplink"]])
+	s.roles = topics.Roles()
+	t.Logf("roles under test: %s (uplink: %s)", strings.Join(topics.Names(s.roles), ", "), map[bool]string{true: "real", false: "stand-in"}[s.hasRole[topics.Uplink]])
 
 	// Faster than production, so that the whole test takes a few minutes:
 	// heartbeats every second, stale after 3 s, the others' watchdog 8 s
 	// (health's stays 10 s as shipped).
 	s.writeConfig("")
 	for _, r := range s.roles {
-		if r != "health" {
+		if r != topics.Health {
 			dropIn(t, s.root, r, "test", "[Service]\nWatchdogSec=8s\n")
 		}
 	}
@@ -187,8 +188,8 @@ func installAndBoot(t *testing.T) *stack {
 func (s *stack) writeConfig(extra string) {
 	expect := []string{}
 	for _, r := range s.roles {
-		if r != "health" {
-			expect = append(expect, strconv.Quote(r))
+		if r != topics.Health {
+			expect = append(expect, strconv.Quote(string(r)))
 		}
 	}
 	body := fmt.Sprintf(`version = 1
@@ -216,7 +217,7 @@ failing_restart_after = "3s"
 	}
 }
 
-func dropIn(t *testing.T, root, role, name, body string) {
+func dropIn(t *testing.T, root string, role topics.Role, name, body string) {
 	t.Helper()
 	d := filepath.Join(root, "run/systemd/system", unit(role)+".d")
 	if err := os.MkdirAll(d, 0o755); err != nil {
@@ -350,7 +351,7 @@ func (s *stack) eventCount() int {
 
 // active reports whether unit is active (after READY=1, for Type=notify)
 // with a main pid other than old.
-func (s *stack) activeAgain(role string, old int) bool {
+func (s *stack) activeAgain(role topics.Role, old int) bool {
 	out, err := s.sys.Exec("systemctl", "show", "-p", "ActiveState", "-p", "MainPID", unit(role))
 	if err != nil {
 		return false
@@ -379,7 +380,7 @@ func (s *stack) flowing(after string) {
 	for s.samples() < n+3 {
 		if time.Now().After(deadline) {
 			// Not fatal: the next steps still tell something.
-			s.t.Errorf("no new readings in the database 30s after %s (%d samples); the poller says:\n%s", after, n, s.sys.Journal(unit("poller"), 15))
+			s.t.Errorf("no new readings in the database 30s after %s (%d samples); the poller says:\n%s", after, n, s.sys.Journal(unit(topics.Poller), 15))
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -505,9 +506,9 @@ func TestSystem(t *testing.T) {
 		active := time.Since(start)
 		// READY in dependency order: everyone started after the broker was
 		// ready.
-		brokerReady := sys.ShowInt(unit("broker"), "ActiveEnterTimestampMonotonic")
+		brokerReady := sys.ShowInt(unit(topics.Broker), "ActiveEnterTimestampMonotonic")
 		for _, r := range s.roles {
-			if r == "broker" {
+			if r == topics.Broker {
 				continue
 			}
 			if st := sys.ShowInt(unit(r), "ExecMainStartTimestampMonotonic"); st < brokerReady {
@@ -530,16 +531,16 @@ func TestSystem(t *testing.T) {
 	}
 
 	s.run(t, "kill -9", func(t *testing.T) {
-		order := []string{"broker", "logger", "health", "uplink"}
+		order := []topics.Role{topics.Broker, topics.Logger, topics.Health, topics.Uplink}
 		for _, r := range order {
-			if !slices(s.roles, r) {
+			if !slices.Contains(s.roles, r) {
 				continue
 			}
 			pid := sys.MainPID(unit(r))
 			start := time.Now()
 			sys.MustExec("kill", "-9", strconv.Itoa(pid))
-			d := sys.WaitFor(time.Minute, r+" not active again after kill -9", func() bool { return s.activeAgain(r, pid) })
-			ok := s.waitOK(start, time.Minute, "after kill -9 of "+r)
+			d := sys.WaitFor(time.Minute, string(r)+" not active again after kill -9", func() bool { return s.activeAgain(r, pid) })
+			ok := s.waitOK(start, time.Minute, "after kill -9 of "+string(r))
 			t.Logf("figure: kill -9 %s: READY again after %v, health ok %v later", r, d.Round(time.Millisecond), ok.Round(time.Millisecond))
 		}
 		s.flowing("kill -9 of each role")
@@ -547,7 +548,7 @@ func TestSystem(t *testing.T) {
 		// particular, no watchdog fired while health was away).
 		for _, r := range s.roles {
 			want := "0"
-			if slices(order, r) {
+			if slices.Contains(order, r) {
 				want = "1"
 			}
 			if n := sys.Show(unit(r), "NRestarts"); n != want {
@@ -557,19 +558,19 @@ func TestSystem(t *testing.T) {
 	})
 
 	s.run(t, "broker stop and start", func(t *testing.T) {
-		pids := map[string]int{}
+		pids := map[topics.Role]int{}
 		for _, r := range s.roles {
 			pids[r] = sys.MainPID(unit(r))
 		}
-		sys.MustExec("systemctl", "stop", unit("broker"))
+		sys.MustExec("systemctl", "stop", unit(topics.Broker))
 		// Longer than stale_after + the others' WatchdogSec (3 s + 8 s):
 		// without the grace, their watchdogs would fire.
 		time.Sleep(15 * time.Second)
 		start := time.Now()
-		sys.MustExec("systemctl", "start", unit("broker"))
+		sys.MustExec("systemctl", "start", unit(topics.Broker))
 		s.waitOK(start, time.Minute, "after the broker came back")
 		for _, r := range s.roles {
-			if r == "broker" {
+			if r == topics.Broker {
 				continue
 			}
 			if p := sys.MainPID(unit(r)); p != pids[r] {
@@ -580,17 +581,17 @@ func TestSystem(t *testing.T) {
 	})
 
 	s.run(t, "failing by its own report", func(t *testing.T) {
-		if s.hasRole["uplink"] {
+		if s.hasRole[topics.Uplink] {
 			t.Skip("the stand-in for a role that reports failure is the uplink unit; with the real uplink, trigger its own failure here")
 		}
 		marker := filepath.Join(s.varLib, "tinyscada", "fake-failing")
-		pid := sys.MainPID(unit("uplink"))
+		pid := sys.MainPID(unit(topics.Uplink))
 		from := s.eventCount()
 		if err := os.WriteFile(marker, nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 		e, _ := s.waitEvent(from, 30*time.Second, "restart of the failing uplink", func(e map[string]any) bool {
-			return e["event"] == "restart" && e["service"] == "uplink"
+			return e["event"] == "restart" && e["service"] == string(topics.Uplink)
 		})
 		if e["result"] != "done" || !strings.Contains(fmt.Sprint(e["reason"]), "fake-failing marker") || int(e["pid"].(float64)) != pid {
 			t.Errorf("restart event: %v", e)
@@ -598,42 +599,42 @@ func TestSystem(t *testing.T) {
 		if err := os.Remove(marker); err != nil {
 			t.Fatal(err)
 		}
-		sys.WaitFor(30*time.Second, "uplink not restarted", func() bool { return s.activeAgain("uplink", pid) })
+		sys.WaitFor(30*time.Second, "uplink not restarted", func() bool { return s.activeAgain(topics.Uplink, pid) })
 		s.waitOK(time.Now(), time.Minute, "after the failing service was restarted")
 		s.flowing("the failing service's restart")
 	})
 
 	s.run(t, "kill -9 poller", func(t *testing.T) {
-		pid := sys.MainPID(unit("poller"))
+		pid := sys.MainPID(unit(topics.Poller))
 		start := time.Now()
 		sys.MustExec("kill", "-9", strconv.Itoa(pid))
-		d := sys.WaitFor(time.Minute, "poller not active again after kill -9", func() bool { return s.activeAgain("poller", pid) })
+		d := sys.WaitFor(time.Minute, "poller not active again after kill -9", func() bool { return s.activeAgain(topics.Poller, pid) })
 		ok := s.waitOK(start, time.Minute, "after kill -9 of the poller")
 		t.Logf("figure: kill -9 poller: READY again after %v, health ok %v later", d.Round(time.Millisecond), ok.Round(time.Millisecond))
 		s.flowing("kill -9 of the poller")
 	})
 
 	s.run(t, "SIGSTOP", func(t *testing.T) {
-		for _, r := range []string{"poller", "logger"} {
-			if !slices(s.roles, r) {
+		for _, r := range []topics.Role{topics.Poller, topics.Logger} {
+			if !slices.Contains(s.roles, r) {
 				continue
 			}
 			pid := sys.MainPID(unit(r))
 			from := s.eventCount()
 			start := time.Now()
 			sys.MustExec("kill", "-STOP", strconv.Itoa(pid))
-			_, _ = s.waitEvent(from, 30*time.Second, "pings withheld from the stopped "+r, func(e map[string]any) bool {
-				return e["event"] == "watchdog-withheld" && e["service"] == r
+			_, _ = s.waitEvent(from, 30*time.Second, "pings withheld from the stopped "+string(r), func(e map[string]any) bool {
+				return e["event"] == "watchdog-withheld" && e["service"] == string(r)
 			})
 			withheld := time.Since(start)
-			d := sys.WaitFor(time.Minute, r+" not restarted by its watchdog", func() bool { return s.activeAgain(r, pid) })
+			d := sys.WaitFor(time.Minute, string(r)+" not restarted by its watchdog", func() bool { return s.activeAgain(r, pid) })
 			if j := sys.Journal(unit(r), 300); !strings.Contains(j, "Failed with result 'watchdog'") {
 				t.Errorf("%s was restarted, but not by its watchdog:\n%s", r, j)
 			}
-			ok := s.waitOK(start, time.Minute, "after the watchdog restart of "+r)
+			ok := s.waitOK(start, time.Minute, "after the watchdog restart of "+string(r))
 			t.Logf("figure: SIGSTOP %s: pings withheld after %v, READY again (watchdog restart) after %v, health ok %v later",
 				r, withheld.Round(time.Millisecond), d.Round(time.Millisecond), ok.Round(time.Millisecond))
-			s.flowing("the watchdog restart of " + r)
+			s.flowing("the watchdog restart of " + string(r))
 		}
 	})
 
@@ -653,7 +654,7 @@ func TestSystem(t *testing.T) {
 			}
 			level, _ := strconv.ParseFloat(m[2], 64)
 			t.Logf("figure: systemd-analyze security %s: %s %s", unit(r), m[2], m[3])
-			if r == "health" {
+			if r == topics.Health {
 				continue // root with CAP_SYS_ADMIN and CAP_DAC_OVERRIDE: see the unit's comment
 			}
 			if level > 4.0 {
@@ -676,15 +677,6 @@ func (s *stack) realRoles() []string {
 		}
 	}
 	return units
-}
-
-func slices(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // load polls 50 simulated devices of 20 points each every second (one

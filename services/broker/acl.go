@@ -18,49 +18,42 @@ import (
 // users returns the users whose credentials the broker generates on its
 // first start: one per role, plus the operator.
 func users() []string {
-	return []string{"broker", "poller", "logger", "uplink", "health", credentials.Operator}
+	return append(topics.Names(topics.Roles()), credentials.Operator)
 }
 
-// publishRules is the access-control table: the topic filters (relative to
-// the topic prefix) each user may publish to, besides, for a role, its own
-// "svc/<user>/#". Anonymous clients publish nothing; everyone may subscribe
-// to everything. Keep docs/topics.md in step with this table.
-var publishRules = map[string][]string{
-	"broker":             nil,
-	"poller":             {"data/#", "value/#", "device/#"},
-	"logger":             {"ack/#", "logger/#"},
-	"uplink":             {"uplink/#", "cmd/#"},
-	"health":             {"health", "health/#", "cmd/#"},
-	credentials.Operator: {"cmd/#"},
+// publishRules is the access-control table under the topic tree t: the
+// topic filters each user may publish to, a role's own subtree t.Svc(role)
+// included. Anonymous clients publish nothing; everyone may subscribe to
+// everything. Keep docs/topics.md in step with this table.
+func publishRules(t topics.Tree) map[string][]string {
+	rules := map[string][]string{
+		string(topics.Broker): nil, // its state and heartbeats come from the in-process client
+		string(topics.Poller): {t.AllData(), t.AllValues(), t.AllDevices()},
+		string(topics.Logger): {t.AllAcks(), t.Own(topics.Logger)},
+		string(topics.Uplink): {t.Own(topics.Uplink), t.AllCmds()},
+		string(topics.Health): {t.Own(topics.Health), t.AllCmds()},
+		credentials.Operator:  {t.AllCmds()},
+	}
+	// Every role has its own svc/<role>/# subtree; the operator is not a
+	// service and has none.
+	for user := range rules {
+		if user != credentials.Operator {
+			rules[user] = append(rules[user], t.Svc(user))
+		}
+	}
+	return rules
 }
 
 // mayPublish reports whether user (empty: anonymous) may publish on topic
-// under prefix. It is the one place that decides; everything not granted is
-// denied: anonymous clients, $-topics, topics outside the prefix, and any
-// topic not in the user's rules.
-func mayPublish(prefix, user, topic string) bool {
+// under rules (from publishRules). It is the one place that decides;
+// everything not granted is denied: anonymous clients, $-topics, topics
+// outside the prefix, and any topic not in the user's rules.
+func mayPublish(rules map[string][]string, user, topic string) bool {
 	if user == "" || strings.HasPrefix(topic, "$") {
 		return false
 	}
-	rules, ok := publishRules[user]
-	if !ok {
-		return false
-	}
-	rest, ok := strings.CutPrefix(topic, prefix)
-	if !ok {
-		return false
-	}
-	if rest, ok = strings.CutPrefix(rest, "/"); !ok {
-		return false
-	}
-	// svc/<user>/# for the roles; the operator is not a service.
-	if svc, ok := strings.CutPrefix(rest, "svc/"); ok && user != credentials.Operator {
-		if level, _, _ := strings.Cut(svc, "/"); level == user {
-			return true
-		}
-	}
-	for _, f := range rules {
-		if topics.Match(f, rest) {
+	for _, f := range rules[user] {
+		if topics.Match(f, topic) {
 			return true
 		}
 	}
@@ -105,7 +98,7 @@ func isLoopback(addr string) bool {
 // rules.
 type accessHook struct {
 	mqtt.HookBase
-	prefix    string
+	rules     map[string][]string // publishRules
 	passwords map[string]string
 	// local holds the ids of listeners (loopback TCP, unix socket) that
 	// accept anonymous clients.
@@ -134,7 +127,7 @@ func (h *accessHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) b
 		h.refuse(cl, user, reason)
 		return false
 	}
-	if pk.Connect.WillFlag && !mayPublish(h.prefix, user, pk.Connect.WillTopic) {
+	if pk.Connect.WillFlag && !mayPublish(h.rules, user, pk.Connect.WillTopic) {
 		h.refuse(cl, user, "last will on a topic this client may not publish: "+pk.Connect.WillTopic)
 		return false
 	}
@@ -179,7 +172,7 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 		return true
 	}
 	user := string(cl.Properties.Username)
-	if mayPublish(h.prefix, user, topic) {
+	if mayPublish(h.rules, user, topic) {
 		return true
 	}
 	if h.limiter.Allow("publish\x00"+cl.ID+"\x00"+topic, time.Now()) {

@@ -4,6 +4,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/tinyscada/tinyscada/shared/credentials"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // everyone is each user the rules know, plus anonymous ("") and a user the
@@ -68,15 +71,71 @@ func TestMayPublishTable(t *testing.T) {
 		allowed := strings.Fields(c.allowed)
 		for _, u := range everyone {
 			want := slices.Contains(allowed, u)
-			if got := mayPublish(c.prefix, u, c.topic); got != want {
+			if got := mayPublish(publishRules(topics.Tree{Prefix: c.prefix}), u, c.topic); got != want {
 				t.Errorf("mayPublish(%q, user %q, %q) = %v, want %v", c.prefix, u, c.topic, got, want)
 			}
 		}
 	}
-	// Every user the broker creates has a rule set.
+}
+
+// TestRulesCoverEveryUser ties the table to the role list: the broker
+// creates a credential for every role and the operator, each has a rule
+// set, and the table knows no other user.
+func TestRulesCoverEveryUser(t *testing.T) {
+	rules := publishRules(topics.Tree{Prefix: "tinyscada"})
+	want := append(topics.Names(topics.Roles()), credentials.Operator)
+	if got := users(); !slices.Equal(got, want) {
+		t.Errorf("users() = %v, want the roles and the operator %v", got, want)
+	}
 	for _, u := range users() {
-		if _, ok := publishRules[u]; !ok {
+		if _, ok := rules[u]; !ok {
 			t.Errorf("user %q has no publish rules", u)
+		}
+		if !slices.Contains(everyone, u) {
+			t.Errorf("user %q is not among the users TestMayPublishTable tries", u)
+		}
+	}
+	for u := range rules {
+		if !slices.Contains(users(), u) {
+			t.Errorf("rules for %q, a user the broker creates no credential for", u)
+		}
+	}
+}
+
+// TestRulesFollowTheTree checks the table against the topics the roles
+// build with topics.Tree: each is granted to its publishers and no one else.
+func TestRulesFollowTheTree(t *testing.T) {
+	tr := topics.Tree{Prefix: "site/a"}
+	rules := publishRules(tr)
+	type grant struct {
+		topic   string
+		allowed []string
+	}
+	cases := []grant{
+		{tr.Data("meter1"), []string{"poller"}},
+		{tr.Value("meter1", "voltage"), []string{"poller"}},
+		{tr.DeviceState("meter1"), []string{"poller"}},
+		{tr.Ack("poller"), []string{"logger"}},
+		{tr.Committed(), []string{"logger"}},
+		{tr.UplinkCursor(), []string{"uplink"}},
+		{tr.Health(), []string{"health"}},
+		{tr.HealthEvent(), []string{"health"}},
+		{tr.HealthEcho(), []string{"health"}},
+		{tr.Restart("poller"), []string{"uplink", "health", "operator"}},
+		{tr.Cmd("config"), []string{"uplink", "health", "operator"}},
+	}
+	for _, u := range users() {
+		var owner []string // the operator is not a service: no svc/ subtree
+		if u != credentials.Operator {
+			owner = []string{u}
+		}
+		cases = append(cases, grant{tr.SvcState(u), owner}, grant{tr.SvcHeartbeat(u), owner})
+	}
+	for _, c := range cases {
+		for _, u := range everyone {
+			if got, want := mayPublish(rules, u, c.topic), slices.Contains(c.allowed, u); got != want {
+				t.Errorf("mayPublish(user %q, %q) = %v, want %v", u, c.topic, got, want)
+			}
 		}
 	}
 }

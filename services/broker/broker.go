@@ -24,10 +24,8 @@ import (
 	"github.com/tinyscada/tinyscada/shared/credentials"
 	"github.com/tinyscada/tinyscada/shared/delayed"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
-
-// Name is the role's name: its service name, user name and topic subtree.
-const Name = "broker"
 
 // Run serves MQTT until ctx ends. It creates the credentials on first start,
 // binds every listener, and sends READY=1 once all of them accept
@@ -113,7 +111,7 @@ func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger
 		return fail(errors.New("no listener configured (broker.listen and broker.unix_socket are empty)"))
 	}
 	hook := &accessHook{
-		prefix:    cfg.TopicPrefix,
+		rules:     publishRules(topics.Tree{Prefix: cfg.TopicPrefix}),
 		passwords: passwords,
 		local:     map[string]bool{},
 		limiter:   delayed.NewLimiter(time.Minute, 4096),
@@ -139,7 +137,7 @@ func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger
 
 // start does everything up to READY=1.
 func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*broker, error) {
-	svc, err := service.New(ctx, Name, cfg, log)
+	svc, err := service.New(ctx, topics.Broker, cfg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +159,7 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*broker, 
 	}
 	// The heartbeat comes back through the topic index to this inline
 	// subscription: progress counts heartbeats the router delivered.
-	hb := svc.Topics.SvcHeartbeat(Name)
+	hb := svc.Topics.SvcHeartbeat(svc.Name)
 	if err := srv.Subscribe(hb, 1, func(*mqtt.Client, packets.Subscription, packets.Packet) {
 		svc.Advance()
 		b.updateStatus()

@@ -29,6 +29,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/credentials"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 func testConfig(t testing.TB) *config.Config {
@@ -290,6 +291,25 @@ func TestHeartbeatProvesRouting(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("no heartbeat")
 		}
+	}
+}
+
+// TestEveryRoleHasACredential starts the broker and connects as each role
+// with the credential it created, publishing the role's retained state:
+// the broker serves every role of topics.Roles().
+func TestEveryRoleHasACredential(t *testing.T) {
+	cfg := testConfig(t)
+	log, _ := newLogRecorder(t)
+	b := startBroker(t, cfg, log)
+	tr := topics.Tree{Prefix: cfg.TopicPrefix}
+	obs := newRecorder(t, b.addrs[0], tr.SvcState("+"))
+	ctx := context.Background()
+	for _, r := range topics.Roles() {
+		c := dial(t, b.addrs[0], string(r), password(t, cfg, string(r)))
+		if err := c.Publish(ctx, bus.Message{Topic: tr.SvcState(string(r)), QoS: 1, Retain: true, Payload: []byte("test")}); err != nil {
+			t.Fatalf("%s: %v", r, err)
+		}
+		obs.waitFor(t, tr.SvcState(string(r))+" test")
 	}
 }
 

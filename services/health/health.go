@@ -31,6 +31,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/sdnotify"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // Options configure Serve beyond the configuration.
@@ -135,19 +136,13 @@ func New(svc *service.Service, opts Options) (*Health, error) {
 // the loop until ctx ends. It returns nil when ctx ends, or the subscription
 // error when health could not subscribe at start.
 func (h *Health) Serve(ctx context.Context) error {
-	t := h.svc.Topics
 	put := func(topic string, payload []byte) {
 		select {
 		case h.in <- message{topic, payload}:
 		case <-ctx.Done():
 		}
 	}
-	for _, f := range []string{
-		t.Prefix + "/svc/+/state",
-		t.Prefix + "/svc/+/heartbeat",
-		t.Cmd("restart", "+"),
-		h.echoTopic(),
-	} {
+	for _, f := range filters(h.svc.Topics) {
 		if err := h.svc.Bus.Subscribe(f, 0, put); err != nil {
 			return fmt.Errorf("health: %w", err)
 		}
@@ -172,61 +167,64 @@ func (h *Health) Serve(ctx context.Context) error {
 	}
 }
 
-func (h *Health) echoTopic() string { return h.svc.Topics.Health() + "/echo" }
+// filters are the subscriptions of health: every service's state and
+// heartbeats, the restart commands and its own echo.
+func filters(t topics.Tree) []string {
+	return []string{t.SvcState("+"), t.SvcHeartbeat("+"), t.Restart("+"), t.HealthEcho()}
+}
 
 // handle takes one message into the picture.
 func (h *Health) handle(ctx context.Context, m message) {
-	p := h.svc.Topics.Prefix + "/"
-	rest, ok := strings.CutPrefix(m.topic, p)
-	if !ok {
-		return
-	}
+	t := h.svc.Topics
 	now := h.now()
-	switch {
-	case m.topic == h.echoTopic():
+	if m.topic == t.HealthEcho() {
 		h.lastEcho = now
-	case strings.HasPrefix(rest, "cmd/restart/"):
-		name := strings.TrimPrefix(rest, "cmd/restart/")
+	} else if name, ok := t.ParseRestart(m.topic); ok {
 		h.restart(ctx, name, "command")
-	case strings.HasPrefix(rest, "svc/"):
-		name, kind, _ := strings.Cut(strings.TrimPrefix(rest, "svc/"), "/")
-		if name == h.svc.Name {
-			return // health watches itself through its own watchdog
+	} else if name, ok := t.ParseSvcHeartbeat(m.topic); ok && name != h.svc.Name {
+		h.heartbeat(name, m.payload, now)
+	} else if name, ok := t.ParseSvcState(m.topic); ok && name != h.svc.Name {
+		h.state(name, m.payload, now)
+	}
+	// Health's own state and heartbeats are not judged: it watches itself
+	// through its own watchdog.
+}
+
+// heartbeat takes a service's heartbeat into the picture; a heartbeat from
+// a service health does not know yet makes it supervise that service.
+func (h *Health) heartbeat(name string, payload []byte, now time.Time) {
+	t := h.services[name]
+	if hb, err := parseHeartbeat(payload); err != nil {
+		h.log.Debug("ignored heartbeat", "service", name, "err", err)
+	} else {
+		if t == nil {
+			t = newTracked(name, false, now)
+			h.services[name] = t
+			h.log.Info("supervising a new service", "service", name, "pid", hb.PID)
 		}
-		t := h.services[name]
-		defer func() {
-			if t != nil {
-				t.heard = now
-			}
-		}()
-		switch kind {
-		case "heartbeat":
-			hb, err := parseHeartbeat(m.payload)
-			if err != nil {
-				h.log.Debug("ignored heartbeat", "service", name, "err", err)
-				return
-			}
-			if t == nil {
-				t = newTracked(name, false, now)
-				h.services[name] = t
-				h.log.Info("supervising a new service", "service", name, "pid", hb.PID)
-			}
-			t.observeHeartbeat(hb, now)
-		case "state":
-			if len(m.payload) == 0 {
-				return // a retained state cleared
-			}
-			st, err := parseState(m.payload)
-			if err != nil {
-				h.log.Debug("ignored state", "service", name, "err", err)
-				return
-			}
-			if t == nil {
-				t = newTracked(name, false, now)
-				h.services[name] = t
-			}
-			t.observeState(st, now)
+		t.observeHeartbeat(hb, now)
+	}
+	if t != nil {
+		t.heard = now
+	}
+}
+
+// state takes a service's retained state into the picture.
+func (h *Health) state(name string, payload []byte, now time.Time) {
+	t := h.services[name]
+	switch st, err := parseState(payload); {
+	case len(payload) == 0: // a retained state cleared
+	case err != nil:
+		h.log.Debug("ignored state", "service", name, "err", err)
+	default:
+		if t == nil {
+			t = newTracked(name, false, now)
+			h.services[name] = t
 		}
+		t.observeState(st, now)
+	}
+	if t != nil {
+		t.heard = now
 	}
 }
 
@@ -244,7 +242,7 @@ func (h *Health) step(ctx context.Context) {
 	case h.brokerUp && !up:
 		h.graceUntil = now.Add(h.cfg.BrokerGrace.Duration)
 		for _, t := range h.services {
-			t.graced = t.pinged && t.name != "broker"
+			t.graced = t.pinged && t.name != string(topics.Broker)
 		}
 		h.log.Warn("broker unreachable; pinging the others on grace", "grace", h.cfg.BrokerGrace.Duration)
 		h.event(ctx, event{Event: "broker-unreachable", Reason: fmt.Sprintf("no round trip for %s", now.Sub(h.lastEcho).Round(time.Millisecond))})
@@ -254,7 +252,7 @@ func (h *Health) step(ctx context.Context) {
 	}
 	h.brokerUp = up
 	h.echoSeq++
-	_ = h.svc.Bus.Publish(ctx, bus.Message{Topic: h.echoTopic(), Payload: []byte(fmt.Sprint(h.echoSeq))})
+	_ = h.svc.Bus.Publish(ctx, bus.Message{Topic: h.svc.Topics.HealthEcho(), Payload: []byte(fmt.Sprint(h.echoSeq))})
 
 	for _, name := range slices.Sorted(maps.Keys(h.services)) {
 		t := h.services[name]
@@ -272,7 +270,7 @@ func (h *Health) step(ctx context.Context) {
 
 	if up || now.Before(h.graceUntil) {
 		if err := h.self(); err != nil {
-			h.logPingErr("health", err)
+			h.logPingErr(h.svc.Name, err)
 		}
 	}
 	h.count.Store(int64(len(h.services)))
@@ -398,7 +396,7 @@ func (h *Health) event(ctx context.Context, e event) {
 	go func() {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()
-		if err := h.svc.Bus.Publish(pctx, bus.Message{Topic: h.svc.Topics.Health() + "/event", QoS: 1, Payload: b}); err != nil && ctx.Err() == nil {
+		if err := h.svc.Bus.Publish(pctx, bus.Message{Topic: h.svc.Topics.HealthEvent(), QoS: 1, Payload: b}); err != nil && ctx.Err() == nil {
 			h.log.Debug("event not published", "event", string(b), "err", err)
 		}
 	}()

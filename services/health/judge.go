@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // Levels of a service and of the gateway, worst last.
@@ -195,7 +197,7 @@ func (t *tracked) judge(now time.Time, r rules, brokerUp bool, graceUntil time.T
 	}
 	age := now.Sub(t.lastHB)
 	switch {
-	case t.name == "broker" && !brokerUp:
+	case t.name == string(topics.Broker) && !brokerUp:
 		return verdict{false, Failed, "broker unreachable"}
 	case t.pid == 0:
 		if now.Sub(t.since) < r.stale {

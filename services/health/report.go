@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tinyscada/tinyscada/shared/bus"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // Report is the payload of the retained <prefix>/health topic.
@@ -97,7 +98,7 @@ func (r Report) StatusLine() string {
 		}
 		bad = append(bad, item)
 	}
-	if _, listed := r.Services["broker"]; r.Broker != "reachable" && !listed {
+	if _, listed := r.Services[string(topics.Broker)]; r.Broker != "reachable" && !listed {
 		bad = append([]string{"broker unreachable"}, bad...)
 	}
 	if len(bad) == 0 {

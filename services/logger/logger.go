@@ -28,7 +28,7 @@ import (
 
 // Producer is the role whose data messages the logger stores: with the
 // broker's access control only the poller may publish data.
-const Producer = "poller"
+const Producer = string(topics.Poller)
 
 // retentionTick is how often the logger applies the retention and checks
 // the budget when nothing else made it do so.

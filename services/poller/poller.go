@@ -606,7 +606,7 @@ func Serve(ctx context.Context, svc *service.Service) error {
 	if err != nil {
 		return err
 	}
-	ackTopic := svc.Topics.Ack("poller")
+	ackTopic := svc.Topics.Ack(svc.Name)
 	if err := svc.Bus.Subscribe(ackTopic, 1, func(_ string, b []byte) { p.HandleAck(b) }); err != nil {
 		svc.Log.Warn("subscribe to acknowledgements failed; retried on reconnect", "topic", ackTopic, "err", err)
 	}

@@ -196,7 +196,6 @@ func TestCheckPublish(t *testing.T) {
 	}
 }
 
-
 // FuzzReadPacket feeds the decoder arbitrary streams: it must not panic,
 // must not make a payload longer than its input, and a PUBLISH it accepts
 // must encode back to a packet that decodes the same.

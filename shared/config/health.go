@@ -1,6 +1,10 @@
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/tinyscada/tinyscada/shared/topics"
+)
 
 // Health configures the health role: which services it expects, when a
 // heartbeat counts as stale or stalled, the grace it gives the others while
@@ -44,7 +48,7 @@ type Health struct {
 
 func defaultHealth() Health {
 	return Health{
-		Expect:              []string{"broker", "poller", "logger"},
+		Expect:              topics.Names(topics.Core()),
 		Interval:            Duration{2 * time.Second},
 		StaleAfter:          Duration{15 * time.Second},
 		StallAfter:          Duration{time.Minute},
@@ -72,8 +76,8 @@ func (h *Health) validate(ch *checker) {
 		if seen[s] {
 			ch.errorf(key, "%q is listed twice", s)
 		}
-		if s == "health" {
-			ch.errorf(key, `"health" watches itself through its own watchdog; leave it out`)
+		if s == string(topics.Health) {
+			ch.errorf(key, "%q watches itself through its own watchdog; leave it out", s)
 		}
 		seen[s] = true
 	}

@@ -2,7 +2,11 @@
 // strict TOML file with a section per role and built-in demo defaults.
 package config
 
-import "time"
+import (
+	"time"
+
+	"github.com/tinyscada/tinyscada/shared/topics"
+)
 
 // DefaultPath is where the services look for their configuration when no
 // -config flag and no TINYSCADA_CONFIG variable names one.
@@ -113,7 +117,7 @@ func Default() *Config {
 			MaxPacketSize: 256 << 10,
 		},
 		Run: Run{
-			Roles:             []string{"broker", "poller", "logger", "uplink", "health"},
+			Roles:             topics.Names(topics.Roles()),
 			ReadyTimeout:      Duration{30 * time.Second},
 			RestartBackoff:    Duration{500 * time.Millisecond},
 			RestartBackoffMax: Duration{30 * time.Second},

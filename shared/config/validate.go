@@ -1,18 +1,12 @@
 package config
 
 import (
-	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
-
-// knownRoles are the roles `tinyscada run` can start, in dependency order.
-var knownRoles = []string{"broker", "poller", "logger", "uplink", "health"}
-
-// Roles returns the roles `tinyscada run` can start (the values allowed in
-// run.roles), in dependency order.
-func Roles() []string { return slices.Clone(knownRoles) }
 
 // validate checks the top-level keys, then every section (see
 // validateSections), then what spans sections.
@@ -80,7 +74,7 @@ func (b *Broker) validate(ch *checker) {
 
 func (r *Run) validate(ch *checker) {
 	if len(r.Roles) == 0 {
-		ch.errorf("roles", "no role to run (want some of %s)", strings.Join(knownRoles, ", "))
+		ch.errorf("roles", "no role to run (want some of %s)", strings.Join(topics.Names(topics.Roles()), ", "))
 	}
 	seen := map[string]bool{}
 	for i, role := range r.Roles {
@@ -88,8 +82,8 @@ func (r *Run) validate(ch *checker) {
 		switch {
 		case seen[role]:
 			ch.errorf(key, "role %q is listed twice", role)
-		case !isRole(role):
-			ch.errorf(key, "unknown role %q (want one of %s)", role, strings.Join(knownRoles, ", "))
+		case !topics.IsRole(role):
+			ch.errorf(key, "unknown role %q (want one of %s)", role, strings.Join(topics.Names(topics.Roles()), ", "))
 		}
 		seen[role] = true
 	}
@@ -104,8 +98,6 @@ func (r *Run) validate(ch *checker) {
 			r.RestartBackoffMax.Duration, r.RestartBackoff.Duration)
 	}
 }
-
-func isRole(s string) bool { return slices.Contains(knownRoles, s) }
 
 // indexKey names element i of an array: indexKey("listen", 1) is
 // "listen[1]".

@@ -103,10 +103,11 @@ type Service struct {
 	status string
 }
 
-// New prepares the runtime of role name without connecting anywhere: it
+// New prepares the runtime of role without connecting anywhere: it
 // turns crash leftovers into reports, captures crashes from now on and
 // dumps stacks on SIGUSR1 until ctx ends.
-func New(ctx context.Context, name string, cfg *config.Config, log *slog.Logger) (*Service, error) {
+func New(ctx context.Context, role topics.Role, cfg *config.Config, log *slog.Logger) (*Service, error) {
+	name := string(role)
 	clk := clock.System()
 	s := &Service{
 		Name:    name,
@@ -150,7 +151,8 @@ type StartOptions struct {
 // the broker keeps nothing across its restarts. The caller says Ready once
 // the role is functional. At most one StartOptions may be given; without
 // one the session is clean.
-func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logger, opts ...StartOptions) (*Service, error) {
+func Start(ctx context.Context, role topics.Role, cfg *config.Config, log *slog.Logger, opts ...StartOptions) (*Service, error) {
+	name := string(role)
 	var o StartOptions
 	switch len(opts) {
 	case 0:
@@ -159,7 +161,7 @@ func Start(ctx context.Context, name string, cfg *config.Config, log *slog.Logge
 	default:
 		return nil, fmt.Errorf("%s: service.Start takes at most one StartOptions, got %d", name, len(opts))
 	}
-	s, err := New(ctx, name, cfg, log)
+	s, err := New(ctx, role, cfg, log)
 	if err != nil {
 		return nil, err
 	}

@@ -1,57 +1,197 @@
-// Package topics names every MQTT topic of tinyscada, so that no role spells
-// a topic by hand. docs/topics.md is the reference for their payloads.
+// Package topics names every MQTT topic of tinyscada, and the built-in roles
+// that publish them, so that no role spells a topic or a role by hand.
+// docs/topics.md is the reference for their payloads.
 package topics
 
-import "strings"
+import (
+	"slices"
+	"strings"
+)
 
-// Roles are the built-in service names, in start order.
-var Roles = []string{"broker", "poller", "logger", "uplink", "health"}
+// Role is the name of a built-in service: its MQTT user and credential, its
+// client id tinyscada-<role>, its topics svc/<role>/…, its `tinyscada <role>`
+// command and its unit tinyscada-<role>.service.
+type Role string
 
-// Tree builds topics under one prefix (the configured topic_prefix).
+// The built-in roles. The uplink has its broker user, credential and unit,
+// but is not built into the binary yet.
+const (
+	Broker Role = "broker"
+	Poller Role = "poller"
+	Logger Role = "logger"
+	Uplink Role = "uplink"
+	Health Role = "health"
+)
+
+// roles is the one list of the built-in roles, in start order: the broker
+// first (everyone talks through it), health last (it watches the others).
+// core marks the roles the gateway cannot do without: health expects them
+// by default (health.expect).
+var roles = []struct {
+	role Role
+	core bool
+}{
+	{Broker, true},
+	{Poller, true},
+	{Logger, true},
+	{Uplink, false},
+	{Health, false},
+}
+
+// Roles returns the built-in roles in start order.
+func Roles() []Role {
+	rs := make([]Role, len(roles))
+	for i, r := range roles {
+		rs[i] = r.role
+	}
+	return rs
+}
+
+// Names returns the names of rs, e.g. Names(Roles()) for a list of strings.
+func Names(rs []Role) []string {
+	ns := make([]string, len(rs))
+	for i, r := range rs {
+		ns[i] = string(r)
+	}
+	return ns
+}
+
+// Core returns the roles health expects by default, in start order.
+func Core() []Role {
+	var rs []Role
+	for _, r := range roles {
+		if r.core {
+			rs = append(rs, r.role)
+		}
+	}
+	return rs
+}
+
+// IsRole reports whether name is a built-in role.
+func IsRole(name string) bool { return slices.Contains(Roles(), Role(name)) }
+
+// Tree builds topics under one prefix (the configured topic_prefix, which
+// holds no wildcard and no empty level). Each builder may be given "+" for
+// a level to make a subscription filter, e.g. SvcState("+").
 type Tree struct{ Prefix string }
 
 func (t Tree) join(parts ...string) string {
 	return t.Prefix + "/" + strings.Join(parts, "/")
 }
 
+// The first levels under the prefix that are not a role's own (see Own).
+const (
+	svcLevel    = "svc"
+	dataLevel   = "data"
+	valueLevel  = "value"
+	deviceLevel = "device"
+	ackLevel    = "ack"
+	cmdLevel    = "cmd"
+)
+
 // SvcState is the retained state topic of a service.
-func (t Tree) SvcState(svc string) string { return t.join("svc", svc, "state") }
+func (t Tree) SvcState(svc string) string { return t.join(svcLevel, svc, "state") }
 
 // SvcHeartbeat is the heartbeat topic of a service.
-func (t Tree) SvcHeartbeat(svc string) string { return t.join("svc", svc, "heartbeat") }
+func (t Tree) SvcHeartbeat(svc string) string { return t.join(svcLevel, svc, "heartbeat") }
 
-// Svc is the subtree that only service svc may publish under.
-func (t Tree) Svc(svc string) string { return t.join("svc", svc, "#") }
+// Svc is the subtree of service svc: its state, its heartbeats, and
+// whatever else it publishes about itself. The broker lets only svc publish
+// there.
+func (t Tree) Svc(svc string) string { return t.Sub(svcLevel, svc) }
 
 // Data is where a device's poll rounds are published (QoS 1, the acknowledged path).
-func (t Tree) Data(device string) string { return t.join("data", device) }
+func (t Tree) Data(device string) string { return t.join(dataLevel, device) }
+
+// AllData is the subtree of every device's Data.
+func (t Tree) AllData() string { return t.Sub(dataLevel) }
 
 // Value is the retained last value of one point.
-func (t Tree) Value(device, point string) string { return t.join("value", device, point) }
+func (t Tree) Value(device, point string) string { return t.join(valueLevel, device, point) }
+
+// AllValues is the subtree of every point's Value.
+func (t Tree) AllValues() string { return t.Sub(valueLevel) }
 
 // DeviceState is the retained online/offline state of a device.
-func (t Tree) DeviceState(device string) string { return t.join("device", device, "state") }
+func (t Tree) DeviceState(device string) string { return t.join(deviceLevel, device, "state") }
+
+// AllDevices is the subtree of every device's DeviceState.
+func (t Tree) AllDevices() string { return t.Sub(deviceLevel) }
 
 // Ack is where the logger acknowledges a producer's committed readings.
-func (t Tree) Ack(producer string) string { return t.join("ack", producer) }
+func (t Tree) Ack(producer string) string { return t.join(ackLevel, producer) }
 
-// Health is the retained aggregate health of the gateway.
-func (t Tree) Health() string { return t.join("health") }
+// AllAcks is the subtree of every producer's Ack.
+func (t Tree) AllAcks() string { return t.Sub(ackLevel) }
 
 // Cmd is a command topic (restart, config, ...); only health, the uplink and
 // the operator may publish here.
-func (t Tree) Cmd(parts ...string) string { return t.join(append([]string{"cmd"}, parts...)...) }
+func (t Tree) Cmd(parts ...string) string { return t.join(append([]string{cmdLevel}, parts...)...) }
+
+// Restart is the command to restart service svc (health carries it out).
+func (t Tree) Restart(svc string) string { return t.Cmd("restart", svc) }
+
+// AllCmds is the subtree of every Cmd.
+func (t Tree) AllCmds() string { return t.Sub(cmdLevel) }
+
+// Own is the subtree named after role r, where r publishes what it offers
+// the others: the logger's Committed, the uplink's UplinkCursor, health's
+// Health, HealthEvent and HealthEcho.
+func (t Tree) Own(r Role) string { return t.Sub(string(r)) }
+
+// Health is the retained aggregate health of the gateway.
+func (t Tree) Health() string { return t.join(string(Health)) }
+
+// HealthEvent is where health announces what it did or saw (a restart, a
+// withheld watchdog ping, the broker lost or back).
+func (t Tree) HealthEvent() string { return t.join(string(Health), "event") }
+
+// HealthEcho is health's round-trip probe through the broker.
+func (t Tree) HealthEcho() string { return t.join(string(Health), "echo") }
+
+// Committed is where the logger announces, after each commit, the last row
+// id of its database (the uplink's wake-up).
+func (t Tree) Committed() string { return t.join(string(Logger), "committed") }
+
+// UplinkCursor is the retained topic where the uplink publishes the last row
+// id it has delivered upstream; the logger deletes those rows first.
+func (t Tree) UplinkCursor() string { return t.join(string(Uplink), "cursor") }
 
 // Sub returns a subscription filter for a subtree, e.g. Sub("data") = "<prefix>/data/#".
 func (t Tree) Sub(parts ...string) string { return t.join(append(parts, "#")...) }
 
-// Committed is where the logger announces, after each commit, the last row
-// id of its database (the uplink's wake-up).
-func (t Tree) Committed() string { return t.join("logger", "committed") }
+// ParseSvcState returns the service whose SvcState topic is topic; ok is
+// false for any other topic.
+func (t Tree) ParseSvcState(topic string) (svc string, ok bool) {
+	return level(topic, t.SvcState("+"))
+}
 
-// UplinkCursor is the retained topic where the uplink publishes the last row
-// id it has delivered upstream; the logger deletes those rows first.
-func (t Tree) UplinkCursor() string { return t.join("uplink", "cursor") }
+// ParseSvcHeartbeat returns the service whose SvcHeartbeat topic is topic;
+// ok is false for any other topic.
+func (t Tree) ParseSvcHeartbeat(topic string) (svc string, ok bool) {
+	return level(topic, t.SvcHeartbeat("+"))
+}
+
+// ParseRestart returns the service whose Restart topic is topic; ok is false
+// for any other topic.
+func (t Tree) ParseRestart(topic string) (svc string, ok bool) {
+	return level(topic, t.Restart("+"))
+}
+
+// level returns the level of topic that stands where filter, a topic with
+// one "+" built by a Tree, has its "+"; ok is false when topic does not
+// match filter or that level is empty.
+func level(topic, filter string) (string, bool) {
+	before, after, _ := strings.Cut(filter, "+")
+	rest, ok := strings.CutPrefix(topic, before)
+	if !ok {
+		return "", false
+	}
+	if rest, ok = strings.CutSuffix(rest, after); !ok || rest == "" || strings.Contains(rest, "/") {
+		return "", false
+	}
+	return rest, true
+}
 
 // Match reports whether topic matches filter under MQTT's rules: "+" is one
 // level, "#" at the end is any number of levels (none included: "a/#"

@@ -29,6 +29,8 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // brokerEnv is added to the environment of every tinyscada broker started.
@@ -103,11 +105,12 @@ func (b *bench) main(bin, mosq string, rounds, startups int, clientBuffer string
 		return err
 	}
 	defer ts.stop()
-	pass, err := os.ReadFile(filepath.Join(dir, "state", "credentials", "poller"))
+	user := string(topics.Poller)
+	pass, err := os.ReadFile(filepath.Join(dir, "state", "credentials", user))
 	if err != nil {
 		return err
 	}
-	user, password := "poller", strings.TrimSpace(string(pass))
+	password := strings.TrimSpace(string(pass))
 
 	brokers := []*proc{ts}
 	if mosq != "" {
@@ -249,7 +252,7 @@ func (b *bench) startTinyscada(bin string, extra []string) (*proc, error) {
 		return nil, err
 	}
 	defer ns.Close()
-	cmd := exec.Command(bin, "broker", "-config", path)
+	cmd := exec.Command(bin, string(topics.Broker), "-config", path)
 	cmd.Env = append(append(os.Environ(), brokerEnv...), "NOTIFY_SOCKET="+nsPath)
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -462,7 +465,7 @@ func (b *bench) timeStartups(bin string, count int) error {
 		if err != nil {
 			return err
 		}
-		cmd := exec.Command(bin, "broker", "-config", path)
+		cmd := exec.Command(bin, string(topics.Broker), "-config", path)
 		cmd.Env = append(append(os.Environ(), brokerEnv...), "NOTIFY_SOCKET="+nsPath)
 		t0 := time.Now()
 		if err := cmd.Start(); err != nil {

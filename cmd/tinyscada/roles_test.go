@@ -1,0 +1,80 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/topics"
+)
+
+// TestEveryRoleShips ties topics.Roles() to what ships: each role has its
+// unit in deploy/units, which runs `tinyscada <role>`, is wanted by the
+// target and orders itself only after roles that start before it; no other
+// role unit ships; and each role but the uplink (not built yet) is a
+// command of this binary.
+func TestEveryRoleShips(t *testing.T) {
+	dir := filepath.Join("..", "..", "deploy", "units")
+	target, err := os.ReadFile(filepath.Join(dir, "tinyscada.target"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h config.Health
+	roles := topics.Roles()
+	for i, r := range roles {
+		name := h.Unit(string(r))
+		body, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Errorf("role %s: %v", r, err)
+			continue
+		}
+		u := string(body)
+		if want := "ExecStart=@BINDIR@/tinyscada " + string(r) + " "; !strings.Contains(u, "\n"+want) {
+			t.Errorf("%s: no %q line", name, want)
+		}
+		if !strings.Contains(wantedBy(string(target)), " "+name+" ") {
+			t.Errorf("tinyscada.target does not want %s", name)
+		}
+		for _, after := range unitList(u, "After=") {
+			j := slices.IndexFunc(roles, func(o topics.Role) bool { return h.Unit(string(o)) == after })
+			if j < 0 || j >= i {
+				t.Errorf("%s starts after %s, which is not a role that starts before it (%v)", name, after, roles)
+			}
+		}
+		built := slices.ContainsFunc(commands(), func(c command) bool { return c.name == string(r) })
+		if want := r != topics.Uplink; built != want {
+			t.Errorf("role %s: a command of the binary: %v, want %v", r, built, want)
+		}
+	}
+	units, err := filepath.Glob(filepath.Join(dir, "tinyscada-*.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range units {
+		base := filepath.Base(u)
+		role := strings.TrimSuffix(strings.TrimPrefix(base, "tinyscada-"), ".service")
+		if !strings.HasSuffix(role, "@") && !topics.IsRole(role) {
+			t.Errorf("deploy/units/%s is the unit of no role of topics.Roles()", base)
+		}
+	}
+}
+
+// wantedBy is the target's Wants= list, with a space on either side of each
+// unit.
+func wantedBy(target string) string {
+	return " " + strings.Join(unitList(target, "Wants="), " ") + " "
+}
+
+// unitList returns the units of every line starting with key in a unit file.
+func unitList(unit, key string) []string {
+	var units []string
+	for line := range strings.SplitSeq(unit, "\n") {
+		if v, ok := strings.CutPrefix(line, key); ok {
+			units = append(units, strings.Fields(v)...)
+		}
+	}
+	return units
+}
