@@ -187,6 +187,84 @@ var badCases = []struct {
 		"[log]",
 		"level = 'debug'",
 	), []want{{4, "log", "duplicate table (first defined on line 2)"}}},
+	{"duplicates do not hide other problems", doc(
+		"version = 1",
+		"node = 'a'",
+		"node = 'b'",
+		"state_dir = ''",
+		"[log]",
+		"level = 'verbose'",
+		"[log]",
+		"level = 'debug'",
+		"colour = 1",
+	), []want{
+		{3, "node", "duplicate key (first set on line 2)"},
+		{4, "state_dir", "must not be empty"},
+		{6, "log.level", `"verbose" is not one of`},
+		{7, "log", "duplicate table (first defined on line 5)"},
+	}},
+	{"array of tables after an array", doc(
+		"version = 1",
+		"[poller]",
+		"port = []",
+		"[[poller.port]]",
+		"name = 'x'",
+	), []want{{4, "poller.port", "duplicate table (first defined on line 3)"}}},
+	{"table where array of tables", doc(
+		"version = 1",
+		"[poller.device]",
+		"name = 'm1'",
+	), []want{{2, "poller.device", "wrong type: got a table ([poller.device]), want an array of tables ([[poller.device]])"}}},
+	{"table where value", doc(
+		"version = 1",
+		"[node]",
+		"name = 'x'",
+	), []want{{2, "node", "wrong type: got a table ([node]), want a string"}}},
+	{"dotted key through a value", doc(
+		"version = 1",
+		"node.name = 'x'",
+	), []want{{2, "node", "wrong type: got a table (a dotted key), want a string"}}},
+	{"inline table where value", doc(
+		"version = 1",
+		"[broker]",
+		"client_buffer = { kib = 4 }",
+	), []want{{3, "broker.client_buffer", "wrong type: got a TOML inline table, want a size"}}},
+	{"wrong types inside an inline table and an array of them", doc(
+		"version = 1",
+		"log = { level = 5 }",
+		"[poller]",
+		"device = [{ name = 'm1' }, { name = 2 }]",
+	), []want{
+		{2, "log.level", "wrong type: got a TOML integer, want a string"},
+		{4, "poller.device[1].name", "wrong type: got a TOML integer, want a string"},
+	}},
+	// This makes poller.device a table, which go-toml takes for an array
+	// of one device (or for the last default device).
+	{"point without its device", doc(
+		"version = 1",
+		"[[poller.device.point]]",
+		"name = 'x'",
+	), []want{{2, "poller.device", "wrong type: got a table ([[poller.device.point]]), want an array of tables ([[poller.device]])"}}},
+	{"header under a value", doc(
+		"version = 1",
+		"[node.x]",
+	), []want{{2, "node", "wrong type: got a table ([node.x]), want a string"}}},
+	{"array of tables with the wrong case", doc(
+		"version = 1",
+		"[[poller.Device]]",
+		"name = 'm1'",
+	), []want{{2, "poller.Device", "keys are case-sensitive (did you mean poller.device?)"}}},
+	{"number too large, and other problems", doc(
+		"version = 1",
+		"[broker]",
+		"max_pending = 99999999999999999999",
+		"max_inflight = 0",
+		"sys_interval = 1979-05-27",
+	), []want{
+		{3, "broker.max_pending", "too large to fit in a 64-bit signed integer"},
+		{4, "broker.max_inflight", "out of range"},
+		{5, "broker.sys_interval", "wrong type: got a TOML local date, want a duration string"},
+	}},
 	{"several problems, all reported in line order", doc(
 		"version = 1",
 		"topic_prefix = 'a/#'",

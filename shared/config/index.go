@@ -1,8 +1,6 @@
 package config
 
 import (
-	"cmp"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -11,20 +9,17 @@ import (
 )
 
 // index maps the keys of a TOML document to where they are written. It is
-// built with go-toml's unstable parser, which gives the byte range of every
-// key and scalar value.
+// built once, with go-toml's unstable parser, which gives the byte range of
+// every key and key-value.
 type index struct {
 	data       []byte
 	lineStarts []int // byte offset of the start of each line; lineStarts[0] == 0
 
 	// entries are the keys, table headers and array elements of the
-	// document, in document order.
+	// document, in document order: an entry comes before those it holds.
 	entries []entry
 	// byPath maps a key path ("broker.listen[1]") to its first entry.
 	byPath map[string]int
-	// byStart lists the positions of entries in the order of their start
-	// (built by at).
-	byStart []int
 	// exprs are the top-level expressions (key-values and table headers),
 	// in document order.
 	exprs []expr
@@ -43,17 +38,23 @@ type index struct {
 type entry struct {
 	path       string
 	start, end int           // byte range: the whole key-value, the header's key or the array element
+	value      int           // for KeyValue: the offset of its value
 	kind       unstable.Kind // KeyValue, Table, ArrayTable, or the kind of an array element
 	valueKind  unstable.Kind // for KeyValue: the kind of its value
 	dotted     bool          // a Table made by a part of a dotted key
+	dropped    bool          // left out of the decoding, for a problem reported
 	table      string        // for KeyValue: the path of the table it is written in
+	expr       int           // the top-level expression it is in
 }
 
 // expr is one top-level expression.
 type expr struct {
-	start  int  // offset of the start of its first line
-	header bool // a [table] or [[array table]] header
-	entry  int  // index of its entry: the header or the key-value
+	// start is the offset of the start of its first line, end where it
+	// ends; a header's expression runs until the next header, so that it
+	// holds the keys of its table.
+	start, end int
+	header     bool
+	entry      int // its entry: the header or the key-value
 }
 
 // newIndex parses data and indexes every key in it. It never fails: a
@@ -74,6 +75,13 @@ func newIndex(data []byte) (ix *index) {
 	}
 	ix.err = p.Error()
 	ix.table = w.table
+	// A header's table ends where the next header starts.
+	end := len(data)
+	for i := len(ix.exprs) - 1; i >= 0; i-- {
+		if x := &ix.exprs[i]; x.header {
+			x.end, end = end, x.start
+		}
+	}
 	return ix
 }
 
@@ -88,6 +96,7 @@ type walker struct {
 }
 
 func (w *walker) expression(n *unstable.Node) {
+	ix := w.ix
 	switch n.Kind {
 	case unstable.Table, unstable.ArrayTable:
 		parts, start, end := keyParts(n.Key())
@@ -95,15 +104,19 @@ func (w *walker) expression(n *unstable.Node) {
 			return
 		}
 		w.table = w.resolve(parts, n.Kind == unstable.ArrayTable)
-		w.ix.exprs = append(w.ix.exprs, expr{start: w.ix.lineStartOf(start), header: true, entry: len(w.ix.entries)})
-		w.ix.add(entry{path: w.table, start: start, end: end, kind: n.Kind})
-		w.ix.lastEnd = end
+		ix.exprs = append(ix.exprs, expr{start: ix.lineStartOf(start), header: true, entry: len(ix.entries)})
+		ix.add(entry{path: w.table, start: start, end: end, kind: n.Kind})
+		ix.lastEnd = end
 	case unstable.KeyValue:
+		end := int(n.Raw.Offset + n.Raw.Length)
+		ix.exprs = append(ix.exprs, expr{start: ix.lineStartOf(int(n.Raw.Offset)), end: end})
 		i := w.keyValue(w.table, n)
-		if i >= 0 {
-			w.ix.exprs = append(w.ix.exprs, expr{start: w.ix.lineStartOf(int(n.Raw.Offset)), entry: i})
-			w.ix.lastEnd = int(n.Raw.Offset + n.Raw.Length)
+		if i < 0 {
+			ix.exprs = ix.exprs[:len(ix.exprs)-1]
+			return
 		}
+		ix.exprs[len(ix.exprs)-1].entry = i
+		ix.lastEnd = end
 	}
 }
 
@@ -131,25 +144,32 @@ func (w *walker) resolve(parts []string, arrayTable bool) string {
 // keyValue indexes a key-value under prefix, and what its value holds. It
 // returns the index of the key-value's entry, -1 if it has no key.
 func (w *walker) keyValue(prefix string, n *unstable.Node) int {
-	path := prefix
+	path, keyEnd := prefix, 0
 	for it := n.Key(); it.Next(); {
 		k := it.Node()
 		path = joinKey(path, quoteKey(string(k.Data)))
+		keyEnd = int(k.Raw.Offset + k.Raw.Length)
 		if !it.IsLast() {
 			// A dotted key defines the tables it goes through.
-			w.ix.add(entry{path: path, start: int(k.Raw.Offset), end: int(k.Raw.Offset + k.Raw.Length), kind: unstable.Table, dotted: true})
+			w.ix.add(entry{path: path, start: int(k.Raw.Offset), end: keyEnd, kind: unstable.Table, dotted: true})
 		}
 	}
 	if path == prefix {
 		return -1
 	}
-	value := n.Value()
+	// The value follows the key, blanks and the equal sign (the parser
+	// sets no range on arrays and inline tables).
+	value := keyEnd
+	for value < len(w.ix.data) && strings.IndexByte(" \t=", w.ix.data[value]) >= 0 {
+		value++
+	}
+	v := n.Value()
 	i := len(w.ix.entries)
 	w.ix.add(entry{
-		path: path, start: int(n.Raw.Offset), end: int(n.Raw.Offset + n.Raw.Length),
-		kind: unstable.KeyValue, valueKind: value.Kind, table: prefix,
+		path: path, start: int(n.Raw.Offset), end: int(n.Raw.Offset + n.Raw.Length), value: value,
+		kind: unstable.KeyValue, valueKind: v.Kind, table: prefix,
 	})
-	w.value(path, value)
+	w.value(path, v)
 	return i
 }
 
@@ -197,6 +217,7 @@ func (ix *index) add(e entry) {
 	if _, ok := ix.byPath[e.path]; !ok {
 		ix.byPath[e.path] = len(ix.entries)
 	}
+	e.expr = len(ix.exprs) - 1
 	ix.entries = append(ix.entries, e)
 }
 
@@ -210,42 +231,27 @@ func (ix *index) lineStartOf(offset int) int {
 	return ix.lineStarts[ix.line(offset)-1]
 }
 
-// offset returns the byte offset of a 1-based line and column, clamped to
-// the document.
-func (ix *index) offset(line, col int) int {
-	if line < 1 {
-		return 0
+// offsetAt returns the byte offset in doc of a 1-based line and column, as
+// go-toml's errors give them, clamped to doc.
+func offsetAt(doc []byte, line, col int) int {
+	off := 0
+	for ; line > 1 && off < len(doc); off++ {
+		if doc[off] == '\n' {
+			line--
+		}
 	}
-	if line > len(ix.lineStarts) {
-		return len(ix.data)
-	}
-	off := ix.lineStarts[line-1] + max(col, 1) - 1
-	return min(off, len(ix.data))
+	return min(off+max(col, 1)-1, len(doc))
 }
 
-// at returns the innermost entry whose range holds offset and its
-// position in entries, or nil and -1.
-func (ix *index) at(offset int) (*entry, int) {
-	if ix.byStart == nil {
-		ix.byStart = make([]int, len(ix.entries))
-		for i := range ix.byStart {
-			ix.byStart[i] = i
-		}
-		// By start, the outer of two entries that start together first.
-		slices.SortStableFunc(ix.byStart, func(a, b int) int {
-			ea, eb := &ix.entries[a], &ix.entries[b]
-			return cmp.Or(cmp.Compare(ea.start, eb.start), cmp.Compare(eb.end, ea.end))
-		})
-	}
-	// The innermost entry holding offset is the last one, in that order,
-	// that starts at or before offset and holds it.
-	n := sort.Search(len(ix.byStart), func(i int) bool { return ix.entries[ix.byStart[i]].start > offset })
-	for i := n - 1; i >= 0; i-- {
-		if j := ix.byStart[i]; offset < ix.entries[j].end {
-			return &ix.entries[j], j
+// at returns the innermost entry whose range holds offset, or nil: the last
+// one in document order, since an entry comes before those it holds.
+func (ix *index) at(offset int) *entry {
+	for i := len(ix.entries) - 1; i >= 0; i-- {
+		if e := &ix.entries[i]; e.start <= offset && offset < e.end {
+			return e
 		}
 	}
-	return nil, -1
+	return nil
 }
 
 // lineOf returns the line where path, or failing that its nearest written
@@ -263,31 +269,14 @@ func (ix *index) lineOf(path string) int {
 	return 0
 }
 
-// has reports whether path itself is written in the document.
+// has reports whether path itself is written in the document, and was
+// decoded.
 func (ix *index) has(path string) bool {
 	if ix == nil {
 		return false
 	}
-	_, ok := ix.byPath[path]
-	return ok
-}
-
-// exprAt returns the index of the top-level expression that holds offset:
-// the last one that starts at or before it; -1 if none does.
-func (ix *index) exprAt(offset int) int {
-	return sort.Search(len(ix.exprs), func(i int) bool { return ix.exprs[i].start > offset }) - 1
-}
-
-// exprEnd returns where expression i ends: where the next one starts, or
-// the end of the document. With body, a header's expression runs until the
-// next header, so it includes the keys of its table.
-func (ix *index) exprEnd(i int, body bool) int {
-	for j := i + 1; j < len(ix.exprs); j++ {
-		if !body || !ix.exprs[i].header || ix.exprs[j].header {
-			return ix.exprs[j].start
-		}
-	}
-	return len(ix.data)
+	i, ok := ix.byPath[path]
+	return ok && !ix.entries[i].dropped
 }
 
 // joinKey appends a key to a path.

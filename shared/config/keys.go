@@ -2,6 +2,7 @@ package config
 
 import (
 	"encoding"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
@@ -232,50 +233,103 @@ func editDistance(a, b string) int {
 	return prev[len(b)]
 }
 
-// checkCase reports the keys of the document that go-toml matched to a
-// field only by ignoring case: TOML keys are case-sensitive, and a key
-// written "Version" would otherwise count as "version".
-func checkCase(ix *index, add func(line int, key, msg string)) {
-	for _, e := range ix.entries {
-		if e.kind != unstable.KeyValue && e.kind != unstable.Table && e.kind != unstable.ArrayTable {
-			continue
-		}
-		if typeAtCase(e.path, false) == nil && typeAt(e.path) != nil && typeAtCase(parentKey(e.path), false) != nil {
-			msg := "keys are case-sensitive"
-			if s := suggest(e.path); s != "" {
-				msg += " (did you mean " + s + "?)"
-			}
-			add(ix.line(e.start), e.path, msg)
-		}
+// problem says what is wrong with entry i as the schema of Config sees it,
+// before any value is decoded: a key written with the wrong case, a key or
+// table that Config has no field for, a table where Config holds a value or
+// an array, a key or table written twice. It returns the key to report and
+// the message, "" if nothing is wrong.
+//
+// go-toml reports unknown keys too, but not all: it takes
+// [[poller.device.point]] with no [[poller.device]] before it for a point
+// of a new device, or of the last default one.
+func (ix *index) problem(i int) (key, msg string) {
+	e := &ix.entries[i]
+	if e.kind != unstable.KeyValue && e.kind != unstable.Table && e.kind != unstable.ArrayTable {
+		return "", "" // an array element: its value is checked with its key
 	}
+	path, header := e.path, "["+e.path+"]"
+	if e.kind == unstable.ArrayTable {
+		path = parentKey(path) // "poller.device[2]" is an element of "poller.device"
+		header = "[[" + path + "]]"
+	}
+	t := typeAt(path)
+	first, seen := ix.byPath[path]
+	if e.kind != unstable.ArrayTable {
+		seen = first != i
+	}
+	switch {
+	case t != nil && typeAtCase(path, false) == nil && typeAtCase(parentKey(path), false) != nil:
+		// go-toml matches keys to fields ignoring case, but TOML keys are
+		// case-sensitive: "Version" is not "version".
+		return path, "keys are case-sensitive" + didYouMean(path)
+	case t == nil:
+		// The nearest key that Config knows holds tables: the key is
+		// unknown, unless written in a table that is unknown too. Or it
+		// holds a value, that a header makes a table.
+		p := parentKey(path)
+		for typeAt(p) == nil {
+			p = parentKey(p)
+		}
+		switch {
+		case !holdsTable(typeAt(p)) && (e.kind == unstable.KeyValue || e.dotted):
+			return "", "" // reported for the dotted part that is a value
+		case !holdsTable(typeAt(p)):
+			return p, fmt.Sprintf("wrong type: got a table (%s), want %s", header, wantTable(p))
+		case e.dotted || e.kind == unstable.KeyValue && len(p) < len(e.table):
+			return "", ""
+		}
+		return e.path, unknownMessage(e)
+	case e.dotted && !holdsTable(t):
+		return path, "wrong type: got a table (a dotted key), want " + wantTable(path)
+	case e.dotted:
+	case e.kind == unstable.Table && !holdsTable(t):
+		return path, fmt.Sprintf("wrong type: got a table (%s), want %s", header, wantTable(path))
+	case e.kind == unstable.ArrayTable && holdsTable(t):
+		return path, fmt.Sprintf("wrong type: got an array of tables (%s), want a table ([%s])", header, path)
+	case e.kind == unstable.ArrayTable && (t.Kind() != reflect.Slice || !holdsTable(t.Elem())):
+		return path, fmt.Sprintf("wrong type: got an array of tables (%s), want %s", header, describe(t))
+	case seen && e.kind == unstable.KeyValue:
+		return path, fmt.Sprintf("duplicate key (first set on line %d)", ix.line(ix.entries[first].start))
+	case seen:
+		return path, fmt.Sprintf("duplicate table (first defined on line %d)", ix.line(ix.entries[first].start))
+	}
+	return "", ""
 }
 
-// unknown reports whether e is a key or table that Config has no field for,
-// and is the first such of its key (the keys under an unknown table are not
-// reported again).
-func (ix *index) unknown(e *entry) bool {
-	switch {
-	case e.kind == unstable.Table && !e.dotted:
-		return typeAt(e.path) == nil
-	case e.kind == unstable.ArrayTable:
-		// A known key that is no array ([[log]]) is the decoder's to
-		// report, as a wrong type.
-		return typeAt(parentKey(e.path)) == nil
-	case e.kind == unstable.KeyValue:
-		return typeAt(e.path) == nil && typeAt(e.table) != nil
+// holdsTable reports whether a value of type t is written as a table.
+func holdsTable(t reflect.Type) bool {
+	switch t.Kind() {
+	case reflect.Map:
+		return true
+	case reflect.Struct:
+		return !reflect.PointerTo(t).Implements(textUnmarshaler) // a Duration is a string
 	}
 	return false
 }
 
+// wantTable says what the key path, written as a table, should be instead.
+func wantTable(path string) string {
+	t := typeAt(path)
+	if t.Kind() == reflect.Slice && holdsTable(t.Elem()) {
+		return "an array of tables ([[" + path + "]])"
+	}
+	return describe(t)
+}
+
 // unknownMessage says that e is unknown, and what was perhaps meant.
 func unknownMessage(e *entry) string {
-	what := "key"
+	msg := "unknown key"
 	if e.kind != unstable.KeyValue || e.valueKind == unstable.InlineTable {
-		what = "table"
+		msg = "unknown table"
 	}
-	msg := "unknown " + what
-	if s := suggest(e.path); s != "" {
-		msg += " (did you mean " + s + "?)"
+	return msg + didYouMean(e.path)
+}
+
+// didYouMean suggests the known key closest to the unknown key path, if one
+// is close.
+func didYouMean(path string) string {
+	if s := suggest(path); s != "" {
+		return " (did you mean " + s + "?)"
 	}
-	return msg
+	return ""
 }

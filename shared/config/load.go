@@ -63,11 +63,6 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
-// maxDecodeErrors bounds how many decoding errors (wrong types, bad values,
-// duplicate keys) Parse reports; each one costs a decoding of the document.
-// Unknown keys are all reported, however many.
-const maxDecodeErrors = 50
-
 // Parse decodes data, the content of the file name, on top of Default(), so
 // that keys left out keep their defaults, and validates the result.
 //
@@ -91,7 +86,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, syntaxError(name, ix)
 	}
 	c, ch, complete := decode(name, data, ix)
-	if !ix.has("version") {
+	if _, written := ix.byPath["version"]; !written {
 		ch.state.errs = append(ch.state.errs, &Error{File: name, Line: 1, Key: "version",
 			Msg: "missing: a configuration file must set version = 1"})
 		ch.state.reported["version"] = true
@@ -146,12 +141,16 @@ func finish(c *Config, ch *checker) []error {
 	return ch.state.errs
 }
 
-// decode decodes data strictly on top of Default(). To report more than the
-// first error, it blanks out the expression that failed and decodes again,
-// until the document decodes or only unknown keys are left (the decoder
-// reports those all at once, after decoding the rest). complete says whether
-// the returned configuration holds every key that could be decoded, so that
-// validating it makes sense.
+// decode decodes data strictly on top of Default(), once, and returns every
+// problem with it. go-toml stops at the first value it cannot decode, so
+// the keys are checked first, each on its own: against the fields of Config
+// (see problem), then by decoding the value of each top-level key-value
+// alone into its field's type (see checkValue). The expressions with a
+// problem are blanked out of the document, which then decodes at once;
+// anything else go-toml refuses (which the checks should have found) is
+// reported at the position it gives. complete says whether the returned
+// configuration holds every key that could be decoded, so that validating
+// it makes sense.
 func decode(name string, data []byte, ix *index) (c *Config, ch *checker, complete bool) {
 	ch = newChecker(name, ix, map[string]bool{})
 	add := func(line int, key, msg string) {
@@ -160,146 +159,126 @@ func decode(name string, data []byte, ix *index) (c *Config, ch *checker, comple
 			ch.state.reported[key] = true
 		}
 	}
-	checkCase(ix, add)
-	work := bytes.Clone(data)
-	excised := make([]bool, len(ix.exprs))
-
-	// Find the unknown keys first, and blank out the expressions that hold
-	// them: the decoder would report them too, but takes time in the size
-	// of the document for each one.
-	for j := range ix.entries {
-		if e := &ix.entries[j]; ix.unknown(e) {
-			add(ix.line(e.start), e.path, unknownMessage(e))
-			if i := ix.exprAt(e.start); i >= 0 && !excised[i] {
-				excise(work, ix, i, excised)
+	bad := make([]bool, len(ix.exprs)) // the expressions left out of the decoding
+	skip := 0                          // the end of a table refused as a whole
+	for i := range ix.entries {
+		e := &ix.entries[i]
+		if e.start < skip {
+			bad[e.expr] = true // without its header, the key would land in the table before
+			continue
+		}
+		if key, msg := ix.problem(i); msg != "" {
+			add(ix.line(e.start), key, msg)
+			bad[e.expr] = true
+			if x := ix.exprs[e.expr]; x.header {
+				skip = x.end
 			}
 		}
 	}
-	for n := 0; ; n++ {
-		c = Default()
-		err := decodeStrict(work, c)
-		if err == nil {
-			return c, ch, true
+	for i, x := range ix.exprs {
+		if !bad[i] && !x.header {
+			if line, key, msg := ix.checkValue(&ix.entries[x.entry]); msg != "" {
+				add(line, key, msg)
+				bad[i] = true
+			}
 		}
-		var strict *toml.StrictMissingError
-		var de *toml.DecodeError
-		var off int
-		switch {
-		case errors.As(err, &strict):
-			for i := range strict.Errors {
-				line, col := strict.Errors[i].Position()
-				if key, msg := unknownKey(ix, ix.offset(line, col)); !ch.state.reported[key] {
-					add(line, key, msg)
+	}
+	work := data
+	if slices.Contains(bad, true) {
+		work = bytes.Clone(data)
+	}
+	for i := range ix.entries {
+		ix.entries[i].dropped = bad[ix.entries[i].expr]
+	}
+	for i, x := range ix.exprs {
+		if bad[i] {
+			for j := x.start; j < x.end; j++ {
+				if work[j] != '\n' {
+					work[j] = ' ' // keeping the newlines keeps the line numbers
 				}
 			}
-			return c, ch, true
-		case errors.As(err, &de):
-			line, col := de.Position()
-			off = ix.offset(line, col)
-			key, msg := decodeMessage(ix, off, de)
-			add(line, key, msg)
-		default:
-			// Some errors carry no position (those of an UnmarshalText
-			// given a TOML integer, float or boolean): find the expression
-			// that causes them.
-			i := locate(work, ix, err)
-			if i < 0 {
-				add(0, "", err.Error())
-				return c, ch, false
-			}
-			e := &ix.entries[ix.exprs[i].entry]
-			msg := err.Error()
-			if k := e.valueKind; k != unstable.String && k != unstable.Array && k != unstable.InlineTable {
-				msg += fmt.Sprintf(" (got a TOML %s)", strings.ToLower(k.String()))
-			}
-			off = e.start
-			add(ix.line(off), e.path, msg)
 		}
-		i := ix.exprAt(off)
-		if i < 0 || excised[i] || n+1 >= maxDecodeErrors {
-			return c, ch, false
-		}
-		excise(work, ix, i, excised)
 	}
+
+	c = Default()
+	err := decodeStrict(work, c)
+	var strict *toml.StrictMissingError
+	var de *toml.DecodeError
+	switch {
+	case err == nil:
+		return c, ch, true
+	case errors.As(err, &strict):
+		// Keys that go-toml has no field for, and problem missed. It
+		// reports them after decoding everything else, at the start of
+		// the key (the dotted log.colour is at "log"): the key-value's
+		// entry comes after those of its parts, so at finds it.
+		for i := range strict.Errors {
+			line, col := strict.Errors[i].Position()
+			if e := ix.at(offsetAt(work, line, col)); e == nil {
+				add(line, strings.Join(strict.Errors[i].Key(), "."), "unknown key")
+			} else if !ch.state.reported[e.path] {
+				add(line, e.path, unknownMessage(e))
+			}
+		}
+		return c, ch, true
+	case errors.As(err, &de):
+		line, col := de.Position()
+		key, msg := decodeMessage(ix, ix.at(offsetAt(work, line, col)), de)
+		add(line, key, msg)
+	default:
+		add(0, "", err.Error())
+	}
+	return c, ch, false
 }
 
-// decodeStrict decodes doc into c, rejecting unknown keys. A panic in the
-// decoder is returned as an error.
-func decodeStrict(doc []byte, c *Config) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("the TOML decoder failed: %v", r)
-		}
-	}()
+// decodeStrict decodes doc into v, rejecting unknown keys.
+func decodeStrict(doc []byte, v any) error {
 	d := toml.NewDecoder(bytes.NewReader(doc))
 	d.DisallowUnknownFields()
-	return d.Decode(c)
+	return d.Decode(v)
 }
 
-// excise blanks out expression i of work (a header with the keys of its
-// table), keeping the newlines so that lines keep their numbers.
-func excise(work []byte, ix *index, i int, excised []bool) {
-	end := ix.exprEnd(i, true)
-	for j := ix.exprs[i].start; j < end; j++ {
-		if work[j] != '\n' {
-			work[j] = ' '
+// checkValue decodes the value of key-value e alone, as go-toml would decode
+// it into its field, and returns the line, key and message of what is wrong
+// with it; "" if nothing is or if Config has no field for e.
+func (ix *index) checkValue(e *entry) (line int, key, msg string) {
+	t := typeAt(e.path)
+	if t == nil {
+		return 0, "", ""
+	}
+	v := reflect.New(reflect.StructOf([]reflect.StructField{{Name: "V", Type: t, Tag: `toml:"v"`}}))
+	const prefix = "v="
+	doc := append([]byte(prefix), ix.data[e.value:e.end]...)
+	err := toml.Unmarshal(doc, v.Interface())
+	var de *toml.DecodeError
+	switch {
+	case err == nil:
+		return 0, "", ""
+	case errors.As(err, &de):
+		// The position is in doc; an element of an array or a key of an
+		// inline table is named by the entry that holds it.
+		l, col := de.Position()
+		off := e.value + offsetAt(doc, l, col) - len(prefix)
+		inner := ix.at(off)
+		if inner == nil || inner.start < e.start || inner.end > e.end {
+			inner = e
 		}
+		key, msg = decodeMessage(ix, inner, de)
+		return ix.line(off), key, msg
 	}
-	for j := i; j < len(ix.exprs) && ix.exprs[j].start < end; j++ {
-		excised[j] = true
+	// An UnmarshalText given a TOML integer, float or boolean: go-toml
+	// gives no position, and the message does not say what was written.
+	msg = err.Error()
+	if k := e.valueKind; k != unstable.String && k != unstable.Array && k != unstable.InlineTable {
+		msg += fmt.Sprintf(" (got a TOML %s)", strings.ToLower(k.String()))
 	}
+	return ix.line(e.start), e.path, msg
 }
 
-// locate returns the index of the expression whose decoding gives err: the
-// shortest prefix of the document that fails with the same message ends with
-// it. It returns -1 if none is found.
-func locate(work []byte, ix *index, err error) int {
-	msg := err.Error()
-	fails := func(k int) bool { // decoding the first k expressions fails with msg
-		e := decodeStrict(work[:ix.exprEnd(k-1, false)], Default())
-		return e != nil && e.Error() == msg
-	}
-	k := 1 + slicesSearch(len(ix.exprs), func(i int) bool { return fails(i + 1) })
-	if k > len(ix.exprs) || !fails(k) {
-		return -1
-	}
-	return k - 1
-}
-
-// slicesSearch is sort.Search: the smallest i in [0, n) for which f is
-// true, or n.
-func slicesSearch(n int, f func(int) bool) int {
-	lo, hi := 0, n
-	for lo < hi {
-		mid := int(uint(lo+hi) >> 1)
-		if !f(mid) {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
-	}
-	return lo
-}
-
-// unknownKey names the key the decoder found no field for at off.
-func unknownKey(ix *index, off int) (key, msg string) {
-	e, i := ix.at(off)
-	if e == nil {
-		return "", "unknown key"
-	}
-	// For a dotted key (log.colour = 1) the decoder points at its first
-	// part; name the whole key, whose entry follows those of its parts.
-	for ; e.dotted && i+1 < len(ix.entries); i++ {
-		e = &ix.entries[i+1]
-	}
-	return e.path, unknownMessage(e)
-}
-
-// decodeMessage turns a decoder error at off into the key it concerns and
-// a message for people.
-func decodeMessage(ix *index, off int, de *toml.DecodeError) (key, msg string) {
+// decodeMessage turns a decoder error about entry e (nil if unknown) into
+// the key it concerns and a message for people.
+func decodeMessage(ix *index, e *entry, de *toml.DecodeError) (key, msg string) {
 	msg = strings.TrimPrefix(de.Error(), "toml: ")
-	e, _ := ix.at(off)
 	if e == nil {
 		return strings.Join(de.Key(), "."), msg
 	}
@@ -307,7 +286,7 @@ func decodeMessage(ix *index, off int, de *toml.DecodeError) (key, msg string) {
 	first := ix.line(ix.entries[ix.byPath[key]].start)
 	switch {
 	case strings.HasPrefix(msg, "cannot decode TOML "):
-		got, _, _ := strings.Cut(strings.TrimPrefix(msg, "cannot decode TOML "), " ")
+		got, _, _ := strings.Cut(strings.TrimPrefix(msg, "cannot decode TOML "), " into ")
 		if want := describe(typeAt(key)); want != "" {
 			msg = fmt.Sprintf("wrong type: got a TOML %s, want %s", got, want)
 		}
@@ -315,9 +294,6 @@ func decodeMessage(ix *index, off int, de *toml.DecodeError) (key, msg string) {
 		msg = fmt.Sprintf("duplicate key (first set on line %d)", first)
 	case strings.HasSuffix(msg, "already exists"):
 		msg = fmt.Sprintf("duplicate table (first defined on line %d)", first)
-	case msg == "cannot store an array table in a struct":
-		key = parentKey(key)
-		msg = fmt.Sprintf("wrong type: got an array of tables ([[%s]]), want a table ([%s])", key, key)
 	}
 	return key, msg
 }
