@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/tinyscada/tinyscada/services/simulate"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/logging"
 	"github.com/tinyscada/tinyscada/shared/version"
@@ -41,11 +40,10 @@ func commands() []command {
 		{"broker", "run the embedded MQTT broker", roleCmd("broker", runBroker)},
 		{"health", "turn heartbeats into watchdog pings; restart failing units", roleCmd("health", runHealth)},
 		{"poller", "poll the serial devices and publish readings", pollerCmd},
-		{"logger", "store readings in SQLite and acknowledge them", roleCmd("logger", runLogger)}, {"export", "write stored readings as CSV or JSON lines", exportCmd},
+		{"logger", "store readings in SQLite and acknowledge them", roleCmd("logger", runLogger)},
+		{"export", "write stored readings as CSV or JSON lines", exportCmd},
 		{"run", "run the whole stack without systemd", runStack},
-		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", func(_ context.Context, args []string) error {
-			return simulate.Main(args)
-		}},
+		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", simulateCmd},
 		{"config", "config check FILE: validate and print the effective configuration", configCmd},
 		{"version", "print the version", versionCmd},
 	}
