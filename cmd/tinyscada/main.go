@@ -15,7 +15,6 @@ import (
 
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/logging"
-	"github.com/tinyscada/tinyscada/shared/version"
 )
 
 // Exit codes. exitConfig pairs with RestartPreventExitStatus= in the units:
@@ -156,45 +155,4 @@ func loadConfig(flagValue string) (*config.Config, error) {
 		return nil, &configError{err}
 	}
 	return cfg, nil
-}
-
-func configCmd(_ context.Context, args []string) error {
-	if len(args) == 0 || args[0] != "check" || len(args) > 2 {
-		fmt.Fprintln(os.Stderr, "usage: tinyscada config check [FILE]   (no FILE: the file the services would use)")
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			return flag.ErrHelp
-		}
-		return errUsage
-	}
-	path := config.Resolve("")
-	if len(args) == 2 {
-		path = args[1]
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		return err
-	}
-	b, err := cfg.Encode()
-	if err != nil {
-		return err
-	}
-	src := path
-	if src == "" {
-		src = "built-in demo configuration"
-	}
-	fmt.Printf("# %s: ok\n", src)
-	_, err = os.Stdout.Write(b)
-	return err
-}
-
-func versionCmd(_ context.Context, args []string) error {
-	if len(args) > 0 {
-		fmt.Fprintln(os.Stderr, "usage: tinyscada version")
-		if args[0] == "-h" || args[0] == "--help" {
-			return flag.ErrHelp
-		}
-		return errUsage
-	}
-	fmt.Println("tinyscada", version.String())
-	return nil
 }
