@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
+	"github.com/tinyscada/tinyscada/shared/sdnotify"
 )
 
 // Under `tinyscada run`, health drives the supervisor's watchdogs as it
@@ -16,7 +17,7 @@ import (
 // over, and a stopped (hung) role's pings stop, so the supervisor aborts it
 // and starts it again.
 func TestRunHealthDrivesWatchdogs(t *testing.T) {
-	if !hasCapSysAdmin() {
+	if !sdnotify.CanNotifyPID() {
 		testpeer.Missing(t, "health pings on behalf of other pids only with CAP_SYS_ADMIN (run as root)")
 	}
 	testpeer.Need(t, "mosquitto_sub")

@@ -13,11 +13,9 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/tinyscada/tinyscada/services/simulate"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/logging"
 	"github.com/tinyscada/tinyscada/shared/topics"
-	"github.com/tinyscada/tinyscada/shared/version"
 )
 
 // Exit codes. exitConfig pairs with RestartPreventExitStatus= in the units:
@@ -45,9 +43,7 @@ func commands() []command {
 		{string(topics.Logger), "store readings in SQLite and acknowledge them", roleCmd(topics.Logger, runLogger)},
 		{"export", "write stored readings as CSV or JSON lines", exportCmd},
 		{"run", "run the whole stack without systemd", runStack},
-		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", func(_ context.Context, args []string) error {
-			return simulate.Main(args)
-		}},
+		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", simulateCmd},
 		{"config", "config check FILE: validate and print the effective configuration", configCmd},
 		{"version", "print the version", versionCmd},
 	}
@@ -161,45 +157,4 @@ func loadConfig(flagValue string) (*config.Config, error) {
 		return nil, &configError{err}
 	}
 	return cfg, nil
-}
-
-func configCmd(_ context.Context, args []string) error {
-	if len(args) == 0 || args[0] != "check" || len(args) > 2 {
-		fmt.Fprintln(os.Stderr, "usage: tinyscada config check [FILE]   (no FILE: the file the services would use)")
-		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			return flag.ErrHelp
-		}
-		return errUsage
-	}
-	path := config.Resolve("")
-	if len(args) == 2 {
-		path = args[1]
-	}
-	cfg, err := loadConfig(path)
-	if err != nil {
-		return err
-	}
-	b, err := cfg.Encode()
-	if err != nil {
-		return err
-	}
-	src := path
-	if src == "" {
-		src = "built-in demo configuration"
-	}
-	fmt.Printf("# %s: ok\n", src)
-	_, err = os.Stdout.Write(b)
-	return err
-}
-
-func versionCmd(_ context.Context, args []string) error {
-	if len(args) > 0 {
-		fmt.Fprintln(os.Stderr, "usage: tinyscada version")
-		if args[0] == "-h" || args[0] == "--help" {
-			return flag.ErrHelp
-		}
-		return errUsage
-	}
-	fmt.Println("tinyscada", version.String())
-	return nil
 }

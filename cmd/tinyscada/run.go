@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/tinyscada/tinyscada/services/supervisor"
@@ -15,7 +14,6 @@ import (
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/flock"
 	"github.com/tinyscada/tinyscada/shared/logging"
-	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // runStack is `tinyscada run`: every configured role that this binary
@@ -55,24 +53,12 @@ func runStack(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	var roles []supervisor.Role
-	var skipped []string
-	for _, name := range cfg.Run.Roles {
-		if !slices.ContainsFunc(commands(), func(c command) bool { return c.name == name }) {
-			skipped = append(skipped, name)
-			continue
-		}
-		if name == string(topics.Poller) {
-			roles = append(roles, simulatorRoles(cfg)...)
-		}
-		roles = append(roles, supervisor.Role{Name: name, Args: []string{name, "-config", effPath}})
-	}
+	roles, skipped := supervisor.Stack(cfg, effPath, func(role string) bool {
+		return slices.ContainsFunc(commands(), func(c command) bool { return c.name == role })
+	}, log)
 	if len(skipped) > 0 {
 		log.Info("roles not built into this binary yet, not started", "roles", strings.Join(skipped, ","))
 	}
-	// Health pings the roles' watchdogs through the supervisor's notify
-	// socket (see runWatchdogs in health.go).
-	runWatchdogs(cfg, roles, log)
 	sup := supervisor.New(supervisor.Options{
 		Exe:               exe,
 		Roles:             roles,
@@ -101,21 +87,4 @@ func printHints(cfg *config.Config) {
 		}
 	}
 	fmt.Fprintf(os.Stderr, "\ntinyscada is running. Look inside with:\n%s\nState directory: %s\nStop with Ctrl-C.\n\n", look, cfg.StateDir)
-}
-
-// simulatorRoles are the simulators of the poller's ports marked
-// simulate = true (the demo): `tinyscada simulate -link <device> -baud N`,
-// started before the poller so that the port exists when it opens it.
-func simulatorRoles(cfg *config.Config) []supervisor.Role {
-	var roles []supervisor.Role
-	for _, p := range cfg.Poller.Port {
-		if !p.Simulate || p.Mode != config.ModeRTU {
-			continue
-		}
-		roles = append(roles, supervisor.Role{
-			Name: "simulate-" + p.Name,
-			Args: []string{"simulate", "-link", p.Path(cfg.StateDir), "-baud", strconv.Itoa(p.Baud)},
-		})
-	}
-	return roles
 }

@@ -703,7 +703,7 @@ func (s *stack) load(t *testing.T) {
 	sim := "tinyscada-simulate@sim.service"
 	d := filepath.Join("/run/systemd/system", sim+".d")
 	sys.MustExec("mkdir", "-p", d)
-	sys.MustExec("sh", "-c", fmt.Sprintf("printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/tinyscada simulate -map /usr/local/etc/tinyscada/load-map.toml -link /var/lib/tinyscada/run/%%%%i-tty\\n' > %s/load.conf", d))
+	sys.MustExec("sh", "-c", fmt.Sprintf("printf '[Service]\\nExecStart=\\nExecStart=/usr/local/bin/tinyscada simulate -config /usr/local/etc/tinyscada/tinyscada.toml -map /usr/local/etc/tinyscada/load-map.toml -link /var/lib/tinyscada/run/%%%%i-tty\\n' > %s/load.conf", d))
 	s.writeConfig(p.String())
 	sys.MustExec("systemctl", "daemon-reload")
 	sys.MustExec("systemctl", "restart", sim)

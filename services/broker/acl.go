@@ -11,7 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tinyscada/tinyscada/shared/credentials"
-	"github.com/tinyscada/tinyscada/shared/delayed"
+	"github.com/tinyscada/tinyscada/shared/lograte"
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
@@ -103,7 +103,7 @@ type accessHook struct {
 	// local holds the ids of listeners (loopback TCP, unix socket) that
 	// accept anonymous clients.
 	local   map[string]bool
-	limiter *delayed.Limiter
+	limiter *lograte.Limiter
 	log     *slog.Logger
 }
 

@@ -22,7 +22,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/credentials"
-	"github.com/tinyscada/tinyscada/shared/delayed"
+	"github.com/tinyscada/tinyscada/shared/lograte"
 	"github.com/tinyscada/tinyscada/shared/service"
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
@@ -114,7 +114,7 @@ func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger
 		rules:     publishRules(topics.Tree{Prefix: cfg.TopicPrefix}),
 		passwords: passwords,
 		local:     map[string]bool{},
-		limiter:   delayed.NewLimiter(time.Minute, 4096),
+		limiter:   lograte.New(time.Minute, 4096),
 		log:       log.With("component", "access"),
 	}
 	for _, l := range lns {

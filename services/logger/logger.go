@@ -20,7 +20,7 @@ import (
 
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
-	"github.com/tinyscada/tinyscada/shared/delayed"
+	"github.com/tinyscada/tinyscada/shared/lograte"
 	"github.com/tinyscada/tinyscada/shared/service"
 	"github.com/tinyscada/tinyscada/shared/store"
 	"github.com/tinyscada/tinyscada/shared/topics"
@@ -75,7 +75,7 @@ type Logger struct {
 	full    chan struct{} // a batch's worth is queued
 	fullAt  atomic.Int64  // how many queued messages make a batch
 	done    chan struct{} // closed when Run returns
-	limiter *delayed.Limiter
+	limiter *lograte.Limiter
 
 	mu        sync.Mutex
 	acks      map[string]store.Ack // producer + "\x00" + run → newest
@@ -143,7 +143,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 		in:       make(chan incoming, lc.Pending),
 		full:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
-		limiter:  delayed.NewLimiter(lc.LogInterval.Duration, 64),
+		limiter:  lograte.New(lc.LogInterval.Duration, 64),
 		acks:     map[string]store.Ack{},
 		ackDirty: map[string]bool{},
 		wake:     make(chan struct{}, 1),

@@ -23,7 +23,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/clock"
 	"github.com/tinyscada/tinyscada/shared/config"
-	"github.com/tinyscada/tinyscada/shared/delayed"
+	"github.com/tinyscada/tinyscada/shared/lograte"
 	"github.com/tinyscada/tinyscada/shared/service"
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
@@ -56,7 +56,7 @@ type Poller struct {
 	runFile string
 	prev    *RunRecord // what the previous run noted, or nil
 	onRound func()
-	limiter *delayed.Limiter
+	limiter *lograte.Limiter
 
 	ports   []*portRun
 	devices []*device
@@ -103,7 +103,7 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 		run:     opts.RunID,
 		out:     NewOutbox(cfg.Poller.Outbox),
 		onRound: opts.OnRound,
-		limiter: delayed.NewLimiter(cfg.Poller.LogInterval.Duration, 0),
+		limiter: lograte.New(cfg.Poller.LogInterval.Duration, 0),
 		wake:    make(chan struct{}, 1),
 		started: make(chan struct{}),
 

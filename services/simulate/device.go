@@ -369,45 +369,6 @@ func (d *Device) SetFault(id byte, f Fault) error {
 	return nil
 }
 
-// SetRegisters stores words from address a of a register table of unit id,
-// replacing any generator there by the constant written. Error: no such
-// unit or a bit table.
-func (d *Device) SetRegisters(id byte, t Table, a uint16, words []uint16) error {
-	if t.isBits() || int(t) >= len(tableNames) {
-		return fmt.Errorf("simulate: set registers: %v is not a register table", t)
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	u := d.units[id]
-	if u == nil {
-		return fmt.Errorf("simulate: set registers: no unit %d", id)
-	}
-	u.write(t, a, words)
-	return nil
-}
-
-// SetBits stores bits from address a of a bit table of unit id. Error: no
-// such unit or a register table.
-func (d *Device) SetBits(id byte, t Table, a uint16, bits []bool) error {
-	if !t.isBits() {
-		return fmt.Errorf("simulate: set bits: %v is not a bit table", t)
-	}
-	words := make([]uint16, len(bits))
-	for i, b := range bits {
-		if b {
-			words[i] = 1
-		}
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	u := d.units[id]
-	if u == nil {
-		return fmt.Errorf("simulate: set bits: no unit %d", id)
-	}
-	u.write(t, a, words)
-	return nil
-}
-
 // write stores words from a, dropping generators of the points written.
 func (u *unit) write(t Table, a uint16, words []uint16) {
 	end := int(a) + len(words)

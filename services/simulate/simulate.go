@@ -5,19 +5,13 @@
 package simulate
 
 import (
-	"github.com/tinyscada/tinyscada/shared/sdnotify"
-
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/tinyscada/tinyscada/shared/pty"
+	"github.com/tinyscada/tinyscada/shared/sdnotify"
 )
 
 // Sim is a simulator running on its own pseudo-terminal.
@@ -26,13 +20,16 @@ type Sim struct {
 	Device *Device
 	pty    *pty.PTY
 	path   string
+	log    *slog.Logger
+	baud   int
+	timing bool // byte timing
 	done   chan error
 }
 
 // Start creates a pseudo-terminal, makes link a symbolic link to it when
 // link is not empty, and serves m's units on it until ctx ends. Errors:
 // an invalid map, the pseudo-terminal or the link could not be made.
-// log may be nil.
+// log may be nil (no logs).
 func Start(ctx context.Context, m *Map, link string, log *slog.Logger) (*Sim, error) {
 	dev, err := m.NewDevice()
 	if err != nil {
@@ -50,7 +47,10 @@ func Start(ctx context.Context, m *Map, link string, log *slog.Logger) (*Sim, er
 		}
 		path = link
 	}
-	s := &Sim{Device: dev, pty: p, path: path, done: make(chan error, 1)}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Sim{Device: dev, pty: p, path: path, log: log, baud: m.Baud, timing: m.ByteTiming, done: make(chan error, 1)}
 	srv := NewServer(dev, p.Master, Options{Baud: m.Baud, ByteTiming: m.ByteTiming, Logger: log})
 	go func() { s.done <- srv.Run(ctx) }()
 	return s, nil
@@ -68,85 +68,24 @@ func (s *Sim) Wait() error {
 	return errors.Join(err, s.pty.Close())
 }
 
-const usage = "usage: tinyscada simulate [-map FILE] [-link PATH] [-baud N] [-byte-timing[=false]] [-print-demo]"
-
-// Main runs the `tinyscada simulate` command with args (without the
-// command name): it serves the map of -map (or the built-in demo map) on a
-// new pseudo-terminal, prints the path to open on stdout, and serves until
-// SIGINT or SIGTERM, then removes the -link symlink. -baud and
-// -byte-timing override the map's settings; -print-demo prints the
-// built-in map (an example of the format) and returns. It returns nil after
-// a signal or -h, and an error for bad flags, a bad map, or a failure to
-// create or serve the line.
-func Main(args []string) error {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	return run(ctx, args, os.Stdout, os.Stderr)
-}
-
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("simulate", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintln(stderr, usage)
-		fs.PrintDefaults()
-	}
-	mapFile := fs.String("map", "", "register map `file` (TOML); default: the built-in demo map")
-	link := fs.String("link", "", "make a symbolic link at `path` to the pseudo-terminal")
-	baud := fs.Int("baud", 0, "line speed for the timing (overrides the map)")
-	timing := fs.Bool("byte-timing", false, "take as long as a real line at the baud rate (overrides the map)")
-	printDemo := fs.Bool("print-demo", false, "print the built-in map and exit")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return fmt.Errorf("simulate: %w", err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("simulate: unexpected argument %q\n%s", fs.Arg(0), usage)
-	}
-	if *printDemo {
-		_, err := io.WriteString(stdout, DemoMapText())
-		return err
-	}
-	m := Demo()
-	if *mapFile != "" {
-		var err error
-		if m, err = LoadMap(*mapFile); err != nil {
-			return err
-		}
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "baud":
-			m.Baud = *baud
-		case "byte-timing":
-			m.ByteTiming = *timing
-		}
-	})
-	if m.Baud <= 0 {
-		return fmt.Errorf("simulate: -baud %d: want > 0", m.Baud)
-	}
-	log := slog.New(slog.NewTextHandler(stderr, nil)).With("service", "simulate")
-	sim, err := Start(ctx, m, *link, log)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintln(stdout, sim.Path())
+// Serve is Wait for a simulator run as a service (`tinyscada simulate`, the
+// tinyscada-simulate@ unit): it logs what it serves, tells systemd or the
+// run supervisor READY=1 with a STATUS= line (the line exists now: the
+// poller may start), waits for the server to stop and logs what it was
+// asked. It returns what Wait returns.
+func (s *Sim) Serve() error {
 	var units []int
-	for _, id := range sim.Device.Units() {
+	for _, id := range s.Device.Units() {
 		units = append(units, int(id))
 	}
-	log.Info("serving", "path", sim.Path(), "pty", sim.pty.SlavePath, "units", units,
-		"baud", m.Baud, "byte_timing", m.ByteTiming)
-	// Under `tinyscada run` (or systemd) the line exists now: the poller
-	// may start.
+	s.log.Info("serving", "path", s.path, "pty", s.pty.SlavePath, "units", units,
+		"baud", s.baud, "byte_timing", s.timing)
 	if err := sdnotify.Ready(); err != nil {
-		log.Warn("sd_notify READY failed", "err", err)
+		s.log.Warn("sd_notify READY failed", "err", err)
 	}
-	_ = sdnotify.Status("simulating units %v on %s", units, sim.Path())
-	err = sim.Wait()
-	s := sim.Device.Stats()
-	log.Info("stopped", "frames", s.Frames, "crc_errors", s.CRCErrors, "resyncs", s.Resyncs)
+	_ = sdnotify.Status("simulating units %v on %s", units, s.path)
+	err := s.Wait()
+	st := s.Device.Stats()
+	s.log.Info("stopped", "frames", st.Frames, "crc_errors", st.CRCErrors, "resyncs", st.Resyncs)
 	return err
 }

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -459,55 +461,70 @@ func TestDemo(t *testing.T) {
 	}
 }
 
-func TestMain(t *testing.T) {
+// Serve, the simulator as a service: READY=1 and a STATUS= line to
+// $NOTIFY_SOCKET once the line exists, served until ctx ends, then the link
+// removed and the counters logged.
+func TestServe(t *testing.T) {
 	dir := t.TempDir()
-	link := filepath.Join(dir, "ttySIM0")
-	mapFile := filepath.Join(dir, "map.toml")
-	os.WriteFile(mapFile, []byte(basicMap), 0o644)
-	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, []string{"-map", mapFile, "-link", link, "-baud", "19200"}, &stdout, &stderr) }()
-	deadline := time.Now().Add(5 * time.Second)
-	for !strings.Contains(stdout.String(), "\n") && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond)
-	}
-	if got := strings.TrimSpace(stdout.String()); got != link {
-		t.Fatalf("printed %q, want the link %q; stderr: %s", got, link, stderr.String())
-	}
-	port, err := modbus.Open(link, modbus.PortConfig{Baud: 19200})
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: filepath.Join(dir, "notify"), Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	regs, err := modbus.NewMaster(port, modbus.Options{Baud: 19200, Timeout: time.Second}).ReadHoldingRegisters(ctx, 1, 0, 1)
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", filepath.Join(dir, "notify"))
+	receive := func() string {
+		t.Helper()
+		// The deadline only keeps a broken test from hanging.
+		notify.SetReadDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 4096)
+		n, err := notify.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v", err)
+		}
+		return string(buf[:n])
+	}
+
+	link := filepath.Join(dir, "ttySIM0")
+	m := mustParse(t, basicMap)
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sim, err := Start(ctx, m, link, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sim.Path() != link {
+		t.Fatalf("Path() = %q, want the link %q", sim.Path(), link)
+	}
+	done := make(chan error, 1)
+	go func() { done <- sim.Serve() }()
+	if got := receive(); got != "READY=1" {
+		t.Fatalf("first notification %q, want READY=1", got)
+	}
+	if got, want := receive(), "STATUS=simulating units [1 2] on "+link; got != want {
+		t.Errorf("status %q, want %q", got, want)
+	}
+
+	port, err := modbus.Open(link, modbus.PortConfig{Baud: m.Baud})
+	if err != nil {
+		t.Fatal(err)
+	}
+	regs, err := modbus.NewMaster(port, modbus.Options{Baud: m.Baud, Timeout: time.Second}).ReadHoldingRegisters(ctx, 1, 0, 1)
 	port.Close()
 	if err != nil || regs[0] != 1234 {
 		t.Fatalf("read via the link: %v, %v", regs, err)
 	}
-	if !strings.Contains(stderr.String(), "baud=19200") {
-		t.Errorf("-baud not applied: %s", stderr.String())
-	}
 	cancel()
 	if err := <-done; err != nil {
-		t.Fatalf("run: %v", err)
+		t.Fatalf("Serve: %v", err)
 	}
 	if _, err := os.Lstat(link); !os.IsNotExist(err) {
 		t.Errorf("link left behind: %v", err)
 	}
-
-	var out, errOut syncBuffer
-	if err := run(context.Background(), []string{"-h"}, &out, &errOut); err != nil || !strings.Contains(errOut.String(), "usage: tinyscada simulate") {
-		t.Errorf("-h: %v, %q", err, errOut.String())
-	}
-	if err := run(context.Background(), []string{"-bogus"}, &out, &errOut); err == nil {
-		t.Error("-bogus accepted")
-	}
-	if err := run(context.Background(), []string{"-map", filepath.Join(dir, "missing.toml")}, &out, &errOut); err == nil {
-		t.Error("missing map accepted")
-	}
-	out = syncBuffer{}
-	if err := run(context.Background(), []string{"-print-demo"}, &out, &errOut); err != nil || !strings.Contains(out.String(), "[[unit]]") {
-		t.Errorf("-print-demo: %v", err)
+	for _, want := range []string{"msg=serving", "baud=115200", "msg=stopped", "frames=1 "} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
 	}
 }
 

@@ -49,6 +49,19 @@ func NotifyPID(pid int, state string) (bool, error) {
 	return send(pid, state)
 }
 
+// CanNotifyPID reports whether NotifyPID may speak for a process other than
+// this one: whether CAP_SYS_ADMIN is in the calling thread's effective set
+// (the threads of a Go program share their capabilities unless one changes
+// its own). It is false when the capabilities cannot be read.
+func CanNotifyPID() bool {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return false
+	}
+	return data[unix.CAP_SYS_ADMIN/32].Effective&(1<<(unix.CAP_SYS_ADMIN%32)) != 0
+}
+
 // sendTimeout bounds a send to a socket whose queue is full.
 const sendTimeout = 5 * time.Second
 

@@ -164,6 +164,9 @@ func TestNotifyPID(t *testing.T) {
 	pid := child.Process.Pid
 
 	ok, err := NotifyPID(pid, "WATCHDOG=1")
+	if can := CanNotifyPID(); can != (err == nil) {
+		t.Errorf("CanNotifyPID() = %v, but NotifyPID for another pid returned %v", can, err)
+	}
 	if !ok || err != nil {
 		t.Fatalf("NotifyPID(%d) = (%v, %v), want (true, nil) (running as root with CAP_SYS_ADMIN?)", pid, ok, err)
 	}
@@ -185,10 +188,12 @@ func TestNotifyPID(t *testing.T) {
 }
 
 // TestNotifyPIDWithoutCapability drops CAP_SYS_ADMIN from one OS thread
-// (capabilities are per thread on Linux) and sends from that thread.
+// (capabilities are per thread on Linux) and sends from that thread;
+// CanNotifyPID says so on that thread before the send fails.
 func TestNotifyPIDWithoutCapability(t *testing.T) {
 	listen(t, filepath.Join(t.TempDir(), "notify.sock"))
 	errc := make(chan error, 1)
+	can := make(chan bool, 1)
 	go func() {
 		// Never unlocked: the thread, with its reduced capabilities, ends
 		// with this goroutine.
@@ -204,10 +209,14 @@ func TestNotifyPIDWithoutCapability(t *testing.T) {
 			errc <- fmt.Errorf("capset: %w", err)
 			return
 		}
+		can <- CanNotifyPID()
 		_, err := NotifyPID(1, "WATCHDOG=1")
 		errc <- err
 	}()
 	err := <-errc
+	if len(can) == 1 && <-can {
+		t.Error("CanNotifyPID() = true on the thread without CAP_SYS_ADMIN")
+	}
 	if err == nil {
 		t.Fatal("NotifyPID(1) without CAP_SYS_ADMIN succeeded, want EPERM")
 	}

@@ -309,12 +309,16 @@ func (s *Service) Heartbeat() Heartbeat {
 }
 
 // RunWith runs the role's main loop serve and Run (the heartbeats) side by
-// side until ctx ends or either returns; the other is then stopped. It
-// returns serve's error, or nil after ctx ended.
+// side until ctx ends or either returns, with or without an error; the other
+// is then stopped (its context is cancelled) and waited for. So a loop that
+// ends leaves no heartbeats behind claiming it lives. It returns serve's
+// error: nil when it returned nil, as after ctx ended.
 func (s *Service) RunWith(ctx context.Context, serve func(context.Context) error) error {
 	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return serve(ctx) })
-	g.Go(func() error { return s.Run(ctx) })
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g.Go(func() error { defer cancel(); return serve(ctx) })
+	g.Go(func() error { defer cancel(); return s.Run(ctx) })
 	return g.Wait()
 }
 

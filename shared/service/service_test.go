@@ -133,8 +133,8 @@ func TestHeartbeatJSONIsFlat(t *testing.T) {
 	}
 }
 
-// RunWith returns the role loop's error and stops the heartbeats with it;
-// when ctx ends first, it returns nil.
+// RunWith returns the role loop's error and stops the heartbeats with it,
+// also when the loop returns nil; when ctx ends first, it returns nil.
 func TestRunWith(t *testing.T) {
 	ctx := context.Background()
 	s, err := New(ctx, "poller", testConfig(t, 1), slog.New(slog.DiscardHandler))
@@ -153,6 +153,24 @@ func TestRunWith(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("RunWith did not return after its loop failed: the heartbeats kept it running")
+	}
+
+	// A loop that ends without an error ends the heartbeats too, which
+	// go through their stop path ("stopping").
+	go func() { done <- s.RunWith(ctx, func(ctx context.Context) error { return nil }) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("RunWith = %v, want the loop's nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunWith did not return after its loop returned nil: the heartbeats kept it running")
+	}
+	s.mu.Lock()
+	st := s.state.State
+	s.mu.Unlock()
+	if st != Stopping {
+		t.Errorf("state after the loop ended = %q, want %q", st, Stopping)
 	}
 
 	cctx, cancel := context.WithCancel(ctx)
