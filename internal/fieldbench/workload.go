@@ -126,12 +126,13 @@ timeout = "200ms"
 // holding registers from address 0, of which most change between polls as
 // measurements do (so the value topics carry traffic): half are sine waves
 // of different periods, a quarter count per read, the rest are constants
-// (settings, status words).
+// (settings, status words). Units are strict, so a register the poller
+// reads that the map lacks answers an exception and shows as bad readings.
 func fieldMap(units, regs, baud int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# fieldbench: %d units × %d holding registers.\nbaud = %d\nbyte_timing = true\n", units, regs, baud)
 	for u := 1; u <= units; u++ {
-		fmt.Fprintf(&b, "\n[[unit]]\nid = %d\n", u)
+		fmt.Fprintf(&b, "\n[[unit]]\nid = %d\nstrict = true\n", u)
 		for r := 0; r < regs; r++ {
 			fmt.Fprintf(&b, "[[unit.register]]\nname = \"r%02d\"\ntable = \"holding\"\naddress = %d\ntype = \"u16\"\n", r, r)
 			switch r % 4 {
