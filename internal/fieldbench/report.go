@@ -136,8 +136,17 @@ var tableRoles = append(append(append([]string{}, summedRoles...), "total"), oth
 // writeTable prints the report with one column per binary and, for two
 // binaries, the change of the second against the first.
 func (rep *report) writeTable(w io.Writer) error {
-	fmt.Fprintf(w, "workload %s\nwindow %gs after a %gs warm-up, %d round(s); totals are broker+poller+logger+health\n\n",
+	fmt.Fprintf(w, "workload %s\nwindow %gs after a %gs warm-up, %d round(s); totals are broker+poller+logger+health\n",
 		rep.Workload, rep.WindowS, rep.WarmupS, rep.Rounds)
+	// CPU times come in ticks: say what one tick is worth here.
+	for _, br := range rep.Results {
+		if br.ReadingsPerS > 0 {
+			fmt.Fprintf(w, "CPU time is counted in %d ms ticks: one tick is %.2f µs/reading here\n",
+				1000/userHZ, 1e6/userHZ/(br.ReadingsPerS*rep.WindowS*float64(rep.Rounds)))
+			break
+		}
+	}
+	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	head := []string{"measure", "role"}
 	for _, br := range rep.Results {
