@@ -25,6 +25,10 @@ type binReport struct {
 	Label        string  `json:"label"`
 	Bin          string  `json:"bin"`
 	ReadingsPerS float64 `json:"readings_per_s"`
+	// BadPerS is points polled but not read (timeouts, exceptions) per
+	// second; SamplesPerS poll rounds stored per second.
+	BadPerS     float64 `json:"bad_per_s"`
+	SamplesPerS float64 `json:"samples_per_s"`
 	// TransactionsPerS is Modbus requests per second (from the stored
 	// poll rounds and the plan); null when unknown.
 	TransactionsPerS *float64 `json:"transactions_per_s"`
@@ -49,7 +53,7 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 	for i, label := range bins.labels {
 		br := &binReport{Label: label, Bin: bins.paths[i], Roles: map[string]*roleReport{}}
 		var secs float64
-		var readings, tx int64
+		var readings, bad, samples, tx int64
 		txKnown := true
 		type acc struct {
 			cpu, pss, pssMax float64
@@ -63,6 +67,8 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 			br.Runs = append(br.Runs, r)
 			secs += r.WindowS
 			readings += r.Readings
+			bad += r.Bad
+			samples += r.Samples
 			if r.Transactions < 0 {
 				txKnown = false
 			}
@@ -86,6 +92,8 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 			continue
 		}
 		br.ReadingsPerS = float64(readings) / secs
+		br.BadPerS = float64(bad) / secs
+		br.SamplesPerS = float64(samples) / secs
 		if txKnown && tx > 0 {
 			v := float64(tx) / secs
 			br.TransactionsPerS = &v
@@ -177,6 +185,8 @@ func (rep *report) writeTable(w io.Writer) error {
 		row(cells...)
 	}
 	line("readings/s stored", "", "%.1f", func(br *binReport) (float64, bool) { return br.ReadingsPerS, br.ReadingsPerS > 0 })
+	line("bad points/s", "", "%.1f", func(br *binReport) (float64, bool) { return br.BadPerS, br.ReadingsPerS > 0 })
+	line("poll rounds/s stored", "", "%.1f", func(br *binReport) (float64, bool) { return br.SamplesPerS, br.ReadingsPerS > 0 })
 	line("Modbus transactions/s", "", "%.1f", func(br *binReport) (float64, bool) {
 		if br.TransactionsPerS == nil {
 			return 0, false

@@ -50,6 +50,8 @@ type runResult struct {
 	Round        int                 `json:"round"`
 	WindowS      float64             `json:"window_s"`
 	Readings     int64               `json:"readings"`
+	Bad          int64               `json:"bad"`
+	Samples      int64               `json:"samples"`
 	Transactions int64               `json:"transactions"` // -1: unknown
 	Roles        map[string]*roleRun `json:"roles"`
 	Warnings     []string            `json:"warnings,omitempty"`
@@ -210,7 +212,10 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 	}
 
 	res.WindowS = t1.Sub(t0).Seconds()
-	res.Readings = st.Readings
+	res.Readings, res.Bad = st.Readings, st.Bad
+	for _, n := range st.Samples {
+		res.Samples += n
+	}
 	if plan != nil {
 		if n, ok := transactions(st, plan); ok {
 			res.Transactions = n

@@ -18,6 +18,8 @@ type stored struct {
 	// Readings is the rows of the reading table: values stored (points that
 	// could not be read are in bad, not counted).
 	Readings int64
+	// Bad counts the points of those samples that could not be read.
+	Bad int64
 	// Samples counts the data messages (poll rounds) of each device.
 	Samples map[string]int64
 }
@@ -43,6 +45,10 @@ func countStored(ctx context.Context, path string, from, to int64) (stored, erro
 	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sample s JOIN reading r ON r.sample = s.id
 		WHERE s.t >= ? AND s.t < ?`, from, to).Scan(&s.Readings); err != nil {
 		return s, fmt.Errorf("%s: count readings: %w", path, err)
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM sample s JOIN bad b ON b.sample = s.id
+		WHERE s.t >= ? AND s.t < ?`, from, to).Scan(&s.Bad); err != nil {
+		return s, fmt.Errorf("%s: count bad points: %w", path, err)
 	}
 	rows, err := tx.QueryContext(ctx, `SELECT d.name, count(*) FROM sample s JOIN device d ON d.id = s.device
 		WHERE s.t >= ? AND s.t < ? GROUP BY d.name`, from, to)
