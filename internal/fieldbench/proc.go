@@ -1,0 +1,189 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// userHZ is the unit of the times in /proc/PID/stat. The kernel fixes it at
+// 100 for user space on every architecture tinyscada builds for (sysconf's
+// _SC_CLK_TCK, which needs cgo to ask).
+const userHZ = 100
+
+// counters are the cumulative figures of one process read from /proc.
+type counters struct {
+	// CPUTicks is utime+stime of every thread, in 1/userHZ s.
+	CPUTicks uint64
+	// WriteBytes is /proc/PID/io write_bytes: what the process caused to
+	// be sent to the storage layer (page cache writes that reach the
+	// disk, not the bytes of its write calls).
+	WriteBytes uint64
+	// Voluntary is the sum over the process's threads of
+	// voluntary_ctxt_switches: how often a thread slept and was woken.
+	Voluntary uint64
+}
+
+// readStat returns the parent pid and utime+stime (ticks) of pid from
+// /proc/PID/stat. The command name in parentheses may hold spaces and
+// parentheses, so the fields are counted after the last ')'.
+func readStat(proc string, pid int) (ppid int, ticks uint64, err error) {
+	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseStat(b)
+}
+
+func parseStat(b []byte) (ppid int, ticks uint64, err error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, 0, fmt.Errorf("stat: no ')' after the command name")
+	}
+	// After ") ": state(3) ppid(4) pgrp(5) session(6) tty_nr(7) tpgid(8)
+	// flags(9) minflt(10) cminflt(11) majflt(12) cmajflt(13) utime(14)
+	// stime(15); f[0] is field 3.
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, 0, fmt.Errorf("stat: %d fields after the command name, want at least 13", len(f))
+	}
+	ppid, err = strconv.Atoi(f[1])
+	if err != nil {
+		return 0, 0, fmt.Errorf("stat: ppid %q: %w", f[1], err)
+	}
+	utime, err := strconv.ParseUint(f[11], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("stat: utime %q: %w", f[11], err)
+	}
+	stime, err := strconv.ParseUint(f[12], 10, 64)
+	if err != nil {
+		return 0, 0, fmt.Errorf("stat: stime %q: %w", f[12], err)
+	}
+	return ppid, utime + stime, nil
+}
+
+// keyValue returns the number after "key:" in a /proc file of
+// "key: value [unit]" lines (smaps_rollup, io, status).
+func keyValue(b []byte, key string) (uint64, error) {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		line := sc.Text()
+		k, rest, ok := strings.Cut(line, ":")
+		if !ok || k != key {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) == 0 {
+			return 0, fmt.Errorf("%s: no value", key)
+		}
+		v, err := strconv.ParseUint(f[0], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("%s: %w", key, err)
+		}
+		return v, nil
+	}
+	return 0, fmt.Errorf("no %s line", key)
+}
+
+// readPSS returns the proportional set size of pid in kB, from
+// /proc/PID/smaps_rollup.
+func readPSS(proc string, pid int) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "smaps_rollup"))
+	if err != nil {
+		return 0, err
+	}
+	return keyValue(b, "Pss")
+}
+
+// readCounters reads the cumulative counters of pid.
+func readCounters(proc string, pid int) (counters, error) {
+	var c counters
+	var err error
+	if _, c.CPUTicks, err = readStat(proc, pid); err != nil {
+		return c, err
+	}
+	dir := filepath.Join(proc, strconv.Itoa(pid))
+	b, err := os.ReadFile(filepath.Join(dir, "io"))
+	if err != nil {
+		return c, err
+	}
+	if c.WriteBytes, err = keyValue(b, "write_bytes"); err != nil {
+		return c, fmt.Errorf("%s/io: %w", dir, err)
+	}
+	tasks, err := os.ReadDir(filepath.Join(dir, "task"))
+	if err != nil {
+		return c, err
+	}
+	for _, t := range tasks {
+		b, err := os.ReadFile(filepath.Join(dir, "task", t.Name(), "status"))
+		if err != nil {
+			continue // the thread exited meanwhile
+		}
+		v, err := keyValue(b, "voluntary_ctxt_switches")
+		if err != nil {
+			return c, fmt.Errorf("%s/task/%s/status: %w", dir, t.Name(), err)
+		}
+		c.Voluntary += v
+	}
+	return c, nil
+}
+
+// roleOf returns the tinyscada role a command line runs: its first
+// argument when the executable is exe ("tinyscada poller -config …" gives
+// "poller"), else "".
+func roleOf(cmdline []byte, exe string) string {
+	args := strings.Split(strings.TrimRight(string(cmdline), "\x00"), "\x00")
+	if len(args) < 2 || args[0] != exe {
+		return ""
+	}
+	return args[1]
+}
+
+// children returns the children of ppid that run exe, by role (the first
+// argument of their command line); a role with several processes keeps the
+// one seen first, and extra lists the others as "role:pid".
+func children(proc string, ppid int, exe string) (roles map[string]int, extra []string, err error) {
+	entries, err := os.ReadDir(proc)
+	if err != nil {
+		return nil, nil, err
+	}
+	roles = map[string]int{}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		parent, _, err := readStat(proc, pid)
+		if err != nil || parent != ppid {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(proc, e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		role := roleOf(b, exe)
+		if role == "" {
+			continue
+		}
+		if _, dup := roles[role]; dup {
+			extra = append(extra, fmt.Sprintf("%s:%d", role, pid))
+			continue
+		}
+		roles[role] = pid
+	}
+	return roles, extra, nil
+}
+
+// isZombie reports whether a /proc/PID/stat says the process has exited
+// and waits to be reaped (state Z or X).
+func isZombie(stat []byte) bool {
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 || i+2 >= len(stat) {
+		return false
+	}
+	return stat[i+2] == 'Z' || stat[i+2] == 'X'
+}
