@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -144,4 +145,42 @@ func TestOurBrokerRefuses(t *testing.T) {
 		t.Fatalf("Dial with a wrong password: %v; want the refusal named", err)
 	}
 	t.Logf("Dial: %v", err)
+}
+
+// Over a unix socket to our broker: Dial waits for the socket, and data
+// goes both ways.
+func TestOurBrokerUnixSocket(t *testing.T) {
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	sock := filepath.Join(t.TempDir(), "bus.sock")
+	cfg.Bus.Address = "unix:" + sock
+	cfg.Broker.Listen, cfg.Broker.UnixSocket = nil, sock
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	bctx, bcancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = broker.Run(bctx, cfg, slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(func() { bcancel(); <-done })
+
+	o := role(cfg, "logger", "")
+	o.Credentials = func() (string, string, error) {
+		p, err := credentials.Read(cfg.StateDir, "logger")
+		return "logger", p, err
+	}
+	c, err := bus.Dial(ctx, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make(chan string, 1)
+	topic := "tinyscada/ack/poller"
+	if err := c.Subscribe(topic, 1, func(_ string, p []byte) { got <- string(p) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(ctx, bus.Message{Topic: topic, QoS: 1, Payload: []byte("over unix")}); err != nil {
+		t.Fatal(err)
+	}
+	if p := next(t, got); p != "over unix" {
+		t.Fatalf("got %q", p)
+	}
 }

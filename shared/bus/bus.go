@@ -1,23 +1,25 @@
-// Package bus connects a role to the tinyscada broker: it retries with
-// backoff until the broker is there, sets the last will, restores
-// subscriptions and runs the role's hook after every (re)connect. It speaks
-// MQTT 3.1.1 itself (QoS 0 and 1), over TCP or a unix socket.
+// Package bus connects a role to the tinyscada broker (or, over TLS, to
+// another broker) through paho.mqtt.golang: it retries with backoff until
+// the broker is there, sets the last will, restores subscriptions and runs
+// the role's hook after every (re)connect, and hands each subscription's
+// messages to its handler in order, on a goroutine of its own.
 package bus
 
 import (
-	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
+	"math"
 	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/tinyscada/tinyscada/shared/topics"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 )
 
 // Message is one MQTT message to send.
@@ -49,8 +51,12 @@ type Credentials func() (user, pass string, err error)
 
 // Options configure a Client.
 type Options struct {
-	// Address is host:port for TCP or unix:PATH for a unix socket.
+	// Address is host:port for TCP (TLS when TLS is set) or unix:PATH for
+	// a unix socket.
 	Address string
+	// TLS, when set, makes the connection TLS with the broker's
+	// certificate verified; see TLS. Not with a unix socket.
+	TLS *TLS
 	// ClientID identifies the session; a stable id with CleanSession false
 	// keeps QoS 1 messages queued by the broker while the client is away.
 	ClientID     string
@@ -76,40 +82,69 @@ type Options struct {
 
 // Handler receives a message. Every subscription, and the default handler,
 // has its own goroutine and bounded queue: a subscription's messages reach
-// its handler one at a time and in order, and a slow handler holds up its
-// own subscription only. A message that matches several subscriptions
-// reaches each. When a queue is full (1024 messages) the client stops
-// reading from the broker until there is room (TCP back-pressure);
-// keep-alive goes on meanwhile, so a handler may block for long, but no
-// acknowledgement is read either: a handler that waits for a QoS 1 Publish
-// of its own may then wait until that Publish's ctx ends. The payload is
-// the handler's to keep. A QoS 1 message is acknowledged when its handler
-// returned, so the broker's in-flight limit paces delivery.
+// its handler one at a time and in order. A message that matches several
+// subscriptions reaches each. The payload is the handler's to keep.
+//
+// A QoS 1 message is acknowledged when its handler (every matching one)
+// returned, and the acknowledgements go out in the order the messages came
+// [MQTT-4.6.0-2]: a handler that blocks holds back the acknowledgements of
+// every later QoS 1 message on the connection, so once the broker's
+// in-flight window is used up (mosquitto: 20, our broker: max_inflight)
+// the broker sends no more QoS 1 messages until it returns; QoS 0 messages
+// keep coming to the other subscriptions. When a queue is full (1024
+// messages) the client stops reading from the broker until there is room
+// (TCP back-pressure); the connection stays up meanwhile (the client keeps
+// pinging the broker), but no acknowledgement is read either: a handler
+// that waits for a QoS 1 Publish of its own may then wait until that
+// Publish's ctx ends.
 type Handler func(topic string, payload []byte)
 
 // Client is a connected MQTT client. Its methods are safe for concurrent use.
 type Client struct {
-	opts      Options
-	log       *slog.Logger
-	network   string
-	addr      string
-	keepAlive time.Duration // opts.KeepAlive in whole seconds, as sent
+	opts    Options
+	log     *slog.Logger
+	pc      mqtt.Client
+	network string
+	addr    string
+	tls     *tls.Config
+	ka      time.Duration // opts.KeepAlive in whole seconds, as sent
 
-	// ctx ends at Close: it stops reconnecting and the handlers.
+	// ctx ends at Close: it stops dialling and the handlers.
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // supervisor, readers, keep-alive loops
 	hwg    sync.WaitGroup // handler goroutines
 
-	cur    atomic.Pointer[conn] // nil while disconnected
+	cur    atomic.Pointer[link] // the connection last opened
 	routes atomic.Pointer[[]*subscription]
 	def    *subscription // the DefaultHandler's; nil without one
 
-	mu     sync.Mutex
-	closed bool
-	up     chan struct{} // closed while connected, replaced on loss
-	subs   map[string]*subscription
+	mu      sync.Mutex
+	closed  bool
+	up      chan struct{} // closed while connected, replaced on loss
+	subs    map[string]*subscription
+	flights map[*flight]struct{} // QoS 1 and 2 messages sent, not yet waited for
+	lastErr error                // of the last connection attempt
 }
+
+const (
+	connectTimeout = 5 * time.Second
+	// subscribeTimeout bounds the wait for a SUBACK.
+	subscribeTimeout = 10 * time.Second
+	// writeTimeout bounds one write to the broker's socket, and a Publish
+	// waiting for paho's writer.
+	writeTimeout = 10 * time.Second
+	// closeWait is how long Close waits for acknowledgements and the
+	// DISCONNECT to go out.
+	closeWait = 250 * time.Millisecond
+)
+
+var errClientClosed = errors.New("bus: client closed")
+
+// errLost is Wait's error for a message whose connection was lost before
+// its acknowledgement came: paho sends it again on the next connection
+// (with DUP set) and then completes its token without error whether or
+// not that copy is acknowledged (upstream #563), so the token is no proof.
+var errLost = errors.New("bus: connection lost before the broker's acknowledgement (the message may arrive: it is sent again)")
 
 // ErrClosed is returned by Dial when ctx ends before the broker answered;
 // test with errors.Is.
@@ -134,13 +169,16 @@ func BrokerURL(addr string) (string, error) {
 // Dial connects to the broker, retrying with exponential backoff (100 ms up
 // to opts.RetryMax) until it succeeds or ctx ends. It returns (client, nil)
 // once connected; (nil, error wrapping ErrClosed and the last connection
-// error) when ctx ended first; or an error at once for a bad address (or a
-// will or client id MQTT cannot carry). A refusal by the broker (a CONNACK
-// return code, such as bad user name or password) is a connection error
-// like any other, named in the last error. After Dial the client
-// reconnects by itself, with the same backoff, until Close.
+// error) when ctx ended first; or an error at once for a bad address, a
+// TLS setting that cannot be loaded (an unreadable CA file, say), or a will
+// or client id MQTT cannot carry. A refusal by the broker (a CONNACK return
+// code, such as bad user name or password) and a certificate that does not
+// verify are connection errors like any other, named in the last error.
+// After Dial the client reconnects by itself (paho's auto-reconnect, its
+// backoff capped at RetryMax) until Close.
 func Dial(ctx context.Context, opts Options) (*Client, error) {
-	if _, err := BrokerURL(opts.Address); err != nil {
+	u, err := BrokerURL(opts.Address)
+	if err != nil {
 		return nil, err
 	}
 	if opts.Log == nil {
@@ -152,21 +190,38 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if opts.KeepAlive <= 0 {
 		opts.KeepAlive = 30 * time.Second
 	}
-	f := connectFields{clientID: opts.ClientID, will: opts.Will}
-	if err := f.check(); err != nil {
-		return nil, err
+	if len(opts.ClientID) > 0xffff {
+		return nil, fmt.Errorf("bus: client id of %d bytes (at most 65535)", len(opts.ClientID))
+	}
+	if w := opts.Will; w != nil {
+		if err := checkPublish(w.Topic, w.QoS, len(w.Payload)); err != nil {
+			return nil, fmt.Errorf("bus: will: %w", err)
+		}
+		if len(w.Payload) > 0xffff {
+			return nil, fmt.Errorf("bus: will payload of %d bytes (at most 65535)", len(w.Payload))
+		}
 	}
 	cl := &Client{
-		opts:      opts,
-		log:       opts.Log,
-		network:   "tcp",
-		addr:      opts.Address,
-		keepAlive: time.Duration(min(max((opts.KeepAlive+time.Second/2)/time.Second, 1), 0xffff)) * time.Second,
-		up:        make(chan struct{}),
-		subs:      map[string]*subscription{},
+		opts:    opts,
+		log:     opts.Log,
+		network: "tcp",
+		addr:    opts.Address,
+		ka:      time.Duration(min(max((opts.KeepAlive+time.Second/2)/time.Second, 1), 0xffff)) * time.Second,
+		up:      make(chan struct{}),
+		subs:    map[string]*subscription{},
+		flights: map[*flight]struct{}{},
 	}
 	if p, ok := strings.CutPrefix(opts.Address, "unix:"); ok {
 		cl.network, cl.addr = "unix", p
+	}
+	if opts.TLS != nil {
+		if cl.network == "unix" {
+			return nil, fmt.Errorf("bus address %q: TLS over a unix socket is not supported", opts.Address)
+		}
+		if cl.tls, err = opts.TLS.config(cl.addr); err != nil {
+			return nil, err
+		}
+		u = "tls://" + cl.addr
 	}
 	cl.ctx, cl.cancel = context.WithCancel(context.Background())
 	cl.routes.Store(&[]*subscription{})
@@ -175,18 +230,85 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		cl.def.set(1, h)
 	}
 
+	mo := mqtt.NewClientOptions().
+		AddBroker(u).
+		SetClientID(opts.ClientID).
+		SetCleanSession(opts.CleanSession).
+		// 3.1.1 only: paho would retry a refused CONNECT as MQTT 3.1 and
+		// report that refusal instead of the real one.
+		SetProtocolVersion(4).
+		// Order: paho calls dispatch on its router goroutine, in the order
+		// the messages came (with OrderMatters false it starts a goroutine
+		// per message and the order is lost before our queues see it).
+		// dispatch only queues, so it blocks paho only when a queue is full:
+		// that is the back-pressure we want.
+		SetOrderMatters(true).
+		// Acknowledged after the handlers returned, in order (deliver.go).
+		SetAutoAckDisabled(true).
+		SetDefaultPublishHandler(cl.dispatch).
+		SetKeepAlive(cl.ka).
+		// paho's ping timeout needs its reader to see the PINGRESP, and the
+		// reader waits while a queue is full: the link judges liveness
+		// itself (link.go), so paho's check is off.
+		SetPingTimeout(math.MaxInt64).
+		SetConnectTimeout(connectTimeout).
+		SetWriteTimeout(writeTimeout).
+		SetCustomOpenConnectionFn(cl.open).
+		SetStore(&store{Store: mqtt.NewMemoryStore(), cl: cl}).
+		SetAutoReconnect(true).
+		SetMaxReconnectInterval(opts.RetryMax).
+		// Dial retries itself, with a backoff and the last error at hand
+		// (paho's ConnectRetry waits a fixed interval and reports nothing
+		// until it gives up).
+		SetConnectRetry(false).
+		// Subscriptions are restored by onConnect, with their handlers.
+		SetResumeSubs(false).
+		SetOnConnectHandler(func(mqtt.Client) { cl.onConnect() }).
+		SetReconnectingHandler(func(mqtt.Client, *mqtt.ClientOptions) { cl.onLoss() }).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			cl.log.Warn("lost broker connection", "err", err)
+		}).
+		SetConnectionNotificationHandler(func(_ mqtt.Client, n mqtt.ConnectionNotification) {
+			if f, ok := n.(mqtt.ConnectionNotificationFailed); ok {
+				cl.mu.Lock()
+				cl.lastErr = f.Reason
+				cl.mu.Unlock()
+			}
+		})
+	if opts.Credentials != nil {
+		mo.SetCredentialsProvider(func() (string, string) {
+			user, pass, err := opts.Credentials()
+			if err != nil {
+				cl.log.Warn("no bus credentials", "err", err)
+			}
+			return user, pass
+		})
+	}
+	if w := opts.Will; w != nil {
+		mo.SetBinaryWill(w.Topic, w.Payload, w.QoS, w.Retain)
+	}
+	cl.pc = mqtt.NewClient(mo)
+
 	backoff := 100 * time.Millisecond
+	var last error // of the last attempt that finished
 	for attempt := 1; ; attempt++ {
-		c, err := cl.connect(ctx)
+		tok := cl.pc.Connect()
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			// The attempt under way (its dial ends with cl.ctx) named
+			// only when no attempt finished before it.
+			if last == nil {
+				last = cl.lastError()
+			}
+			cl.Close()
+			return nil, fmt.Errorf("%w after %d attempts: %w (last: %v)", ErrClosed, attempt, ctx.Err(), last)
+		}
+		err := connectError(tok)
 		if err == nil {
-			cl.wg.Add(1)
-			go cl.supervise(c)
 			return cl, nil
 		}
-		if ctx.Err() != nil {
-			cl.Close()
-			return nil, fmt.Errorf("%w after %d attempts: %w (last: %v)", ErrClosed, attempt, ctx.Err(), err)
-		}
+		last = err
 		if attempt == 1 || attempt%10 == 0 {
 			cl.log.Info("broker not reachable yet, retrying", "address", opts.Address, "attempt", attempt, "err", err)
 		}
@@ -202,254 +324,152 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	}
 }
 
-// connect makes one connection attempt: dial, CONNECT, CONNACK within
-// connectTimeout. On success the connection is the client's current one,
-// with its reader and keep-alive loops running and the subscriptions being
-// restored.
-func (cl *Client) connect(ctx context.Context) (*conn, error) {
-	f := connectFields{
-		clientID:  cl.opts.ClientID,
-		clean:     cl.opts.CleanSession,
-		keepAlive: uint16(cl.keepAlive / time.Second),
-		will:      cl.opts.Will,
+// connackReasons are the MQTT 3.1.1 CONNACK refusal codes.
+var connackReasons = [...]string{
+	1: "unacceptable protocol version",
+	2: "identifier rejected",
+	3: "server unavailable",
+	4: "bad user name or password",
+	5: "not authorized",
+}
+
+// refusedError is a broker's refusal of the connection: a CONNACK return
+// code other than 0.
+type refusedError struct {
+	code byte
+}
+
+func (e *refusedError) Error() string {
+	reason := "unknown reason"
+	if int(e.code) < len(connackReasons) && connackReasons[e.code] != "" {
+		reason = connackReasons[e.code]
 	}
-	if cl.opts.Credentials != nil {
-		user, pass, err := cl.opts.Credentials()
-		if err != nil {
-			cl.log.Warn("no bus credentials", "err", err)
+	return fmt.Sprintf("broker refused the connection: %s (code %d)", reason, e.code)
+}
+
+// connectError is the error of a finished Connect: a refusal named as
+// such (paho's own text for it does not say the broker refused), else
+// paho's error.
+func connectError(tok mqtt.Token) error {
+	err := tok.Error()
+	if ct, ok := tok.(*mqtt.ConnectToken); ok && err != nil {
+		if rc := ct.ReturnCode(); rc != packets.Accepted && rc < packets.ErrNetworkError {
+			return &refusedError{rc}
 		}
-		f.user, f.pass = user, pass
 	}
-	if err := f.check(); err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
-	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, cl.network, cl.addr)
-	if err != nil {
-		return nil, err
-	}
-	// The socket closes when ctx ends during the handshake.
-	stop := context.AfterFunc(ctx, func() { _ = raw.Close() })
-	r := bufio.NewReaderSize(raw, readBufferSize)
-	p, err := cl.handshake(raw, r, &f)
-	if !stop() {
-		_ = raw.Close()
-		return nil, fmt.Errorf("no CONNACK: %w", ctx.Err())
-	}
-	if err != nil {
-		_ = raw.Close()
-		return nil, err
-	}
-	if p.code != 0 {
-		_ = raw.Close()
-		return nil, &refusedError{p.code}
-	}
-	c := newConn(cl, raw, r)
-	if !cl.attach(c) {
-		c.fail(errClientClosed)
-		return nil, errClientClosed
-	}
-	return c, nil
+	return err
 }
 
-func (cl *Client) handshake(raw net.Conn, r *bufio.Reader, f *connectFields) (packet, error) {
-	if _, err := raw.Write(appendConnect(nil, f)); err != nil {
-		return packet{}, fmt.Errorf("send CONNECT: %w", err)
+func (cl *Client) lastError() error {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if cl.lastErr == nil {
+		return errors.New("no answer yet")
 	}
-	p, err := readPacket(r, maxPacket, nil)
-	if err != nil {
-		return p, fmt.Errorf("waiting for CONNACK: %w", err)
-	}
-	if p.typ != typeConnack {
-		return p, fmt.Errorf("%w: packet type %d before CONNACK", errProtocol, p.typ)
-	}
-	return p, nil
+	return cl.lastErr
 }
 
-// attach makes c the current connection and starts its loops; false when
-// the client was closed meanwhile.
-func (cl *Client) attach(c *conn) bool {
+// onConnect runs on paho's OnConnect goroutine after every (re)connect:
+// Send may go on, the subscriptions are restored, then the role's hook.
+func (cl *Client) onConnect() {
 	cl.mu.Lock()
 	if cl.closed {
 		cl.mu.Unlock()
-		return false
+		return
 	}
-	cl.cur.Store(c)
-	close(cl.up)
-	type sub struct {
-		filter string
-		qos    byte
+	if cl.pc.IsConnectionOpen() {
+		select {
+		case <-cl.up:
+		default:
+			close(cl.up)
+		}
 	}
-	subs := make([]sub, 0, len(cl.subs))
-	for f, s := range cl.subs {
+	// The subscriptions not made on this connection yet: a Subscribe
+	// since the CONNACK made its own.
+	l := cl.cur.Load()
+	subs := make([]*subscription, 0, len(cl.subs))
+	for _, s := range cl.subs {
+		if s.on != l {
+			s.on = l
+			subs = append(subs, s)
+		}
+	}
+	cl.mu.Unlock()
+	for _, s := range subs {
 		qos, _ := s.get()
-		subs = append(subs, sub{f, qos})
+		if err := cl.subscribe(s.filter, qos); err != nil && cl.pc.IsConnectionOpen() {
+			cl.log.Warn("re-subscribe failed", "filter", s.filter, "err", err)
+		}
 	}
-	cl.wg.Add(2)
-	cl.mu.Unlock()
-	go c.readLoop()
-	go c.keepalive()
-	go func() {
-		// Restore the subscriptions, then the role's hook.
-		for _, s := range subs {
-			if err := c.subscribe(s.filter, s.qos); err != nil && c.alive() {
-				cl.log.Warn("re-subscribe failed", "filter", s.filter, "err", err)
-			}
-		}
-		if cl.opts.OnConnect != nil && c.alive() {
-			cl.opts.OnConnect(cl)
-		}
-	}()
-	return true
+	if cl.opts.OnConnect != nil && cl.pc.IsConnectionOpen() {
+		cl.opts.OnConnect(cl)
+	}
 }
 
-// detach forgets c as the current connection.
-func (cl *Client) detach(c *conn) {
+// onLoss runs on paho's reconnect goroutine before each attempt, after the
+// lost connection's readers stopped and before paho sends anything again:
+// every acknowledgement of that connection has completed its token by
+// now, so a message still waiting is marked lost (see errLost).
+func (cl *Client) onLoss() {
 	cl.mu.Lock()
-	if cl.cur.CompareAndSwap(c, nil) {
+	defer cl.mu.Unlock()
+	select {
+	case <-cl.up:
 		cl.up = make(chan struct{})
+	default:
 	}
-	cl.mu.Unlock()
-}
-
-// supervise reconnects after every loss until Close.
-func (cl *Client) supervise(c *conn) {
-	defer cl.wg.Done()
-	for {
-		select {
-		case <-c.dead:
-		case <-cl.ctx.Done():
-			return
-		}
-		if cl.ctx.Err() != nil {
-			return
-		}
-		cl.log.Warn("lost broker connection", "err", c.err)
-		backoff := 100 * time.Millisecond
-		for attempt := 1; ; attempt++ {
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-cl.ctx.Done():
-				t.Stop()
-				return
-			}
-			var err error
-			if c, err = cl.connect(cl.ctx); err == nil {
-				cl.log.Info("reconnected to broker", "attempts", attempt)
-				break
-			}
-			if cl.ctx.Err() != nil {
-				return
-			}
-			if attempt == 1 || attempt%10 == 0 {
-				cl.log.Info("broker not reachable, retrying", "address", cl.opts.Address, "attempt", attempt, "err", err)
-			}
-			backoff = min(backoff*2, cl.opts.RetryMax)
+	for f := range cl.flights {
+		if f.tok == nil || !isDone(f.tok) {
+			f.lost = true
 		}
 	}
 }
 
-// connection returns the current connection, waiting for one until ctx
-// ends or the client is closed.
-func (cl *Client) connection(ctx context.Context) (*conn, error) {
-	for {
-		if c := cl.cur.Load(); c != nil {
-			return c, nil
-		}
-		cl.mu.Lock()
-		closed, up := cl.closed, cl.up
-		cl.mu.Unlock()
-		if closed {
-			return nil, errClientClosed
-		}
-		select {
-		case <-up:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-cl.ctx.Done():
-			return nil, errClientClosed
-		}
+// store is paho's memory store, which tells the connection when paho read
+// it after connecting (resume on a reconnect or a persistent session, a
+// reset on a clean one): from then on a Send is not sent twice.
+type store struct {
+	mqtt.Store
+	cl *Client
+}
+
+func (s *store) All() []string {
+	keys := s.Store.All()
+	s.cl.resumed()
+	return keys
+}
+
+func (s *store) Reset() {
+	s.Store.Reset()
+	s.cl.resumed()
+}
+
+func (cl *Client) resumed() {
+	if l := cl.cur.Load(); l != nil {
+		l.resumeOnce.Do(func() { close(l.resumed) })
 	}
 }
 
-func (cl *Client) newSubscription(filter string) *subscription {
-	s := &subscription{filter: filter, q: newQueue()}
-	cl.hwg.Add(1)
-	go cl.handle(s)
-	return s
-}
-
-// handle runs s's handler on its queue until Close.
-func (cl *Client) handle(s *subscription) {
-	defer cl.hwg.Done()
-	quit := cl.ctx.Done()
-	for {
-		batch := s.q.take(quit)
-		if batch == nil {
-			return
-		}
-		_, h := s.get()
-		for i := range batch {
-			it := &batch[i]
-			h(it.topic, it.payload)
-			if it.qos == 1 && (it.refs == nil || it.refs.Add(-1) == 0) {
-				it.c.puback(&s.ack, it.id)
-			}
-			s.q.done()
-			select {
-			case <-quit:
-				return
-			default:
-			}
-		}
-		s.q.recycle(batch)
-	}
-}
-
-// dispatch queues an incoming message for every subscription it matches,
-// else for the default handler, else acknowledges and drops it. It runs on
-// c's reader, with ack as its PUBACK buffer.
-func (cl *Client) dispatch(c *conn, p *packet, ack *[4]byte) {
-	var hits [4]*subscription
-	matched := hits[:0]
-	for _, s := range *cl.routes.Load() {
-		if topics.Match(s.filter, p.topic) {
-			matched = append(matched, s)
-		}
-	}
-	if len(matched) == 0 {
-		if cl.def == nil {
-			if p.qos == 1 {
-				c.puback(ack, p.id)
-			}
-			return
-		}
-		matched = append(matched, cl.def)
-	}
-	it := item{topic: p.topic, payload: p.payload, c: c, id: p.id, qos: p.qos}
-	if len(matched) > 1 && p.qos == 1 {
-		it.refs = new(atomic.Int32)
-		it.refs.Store(int32(len(matched)))
-	}
-	for _, s := range matched {
-		if !s.q.put(it, c) {
-			return
-		}
+func isDone(t mqtt.Token) bool {
+	select {
+	case <-t.Done():
+		return true
+	default:
+		return false
 	}
 }
 
 // Subscribe subscribes now and after every reconnect. It returns the error
 // of the first attempt (also when not connected right now); the
-// subscription is kept for reconnects either way. A QoS above 1 is asked
-// as 1. Subscribing to a filter again replaces its handler.
+// subscription is kept for reconnects either way. Subscribing to a filter
+// again replaces its handler.
 func (cl *Client) Subscribe(filter string, qos byte, h Handler) error {
 	if filter == "" || len(filter) > 0xffff {
 		return fmt.Errorf("subscribe %q: filter of %d bytes (want 1 to 65535)", filter, len(filter))
 	}
-	qos = min(qos, 1)
+	if qos > 2 {
+		return fmt.Errorf("subscribe %q: QoS %d (want 0 to 2)", filter, qos)
+	}
 	cl.mu.Lock()
 	if cl.closed {
 		cl.mu.Unlock()
@@ -463,22 +483,62 @@ func (cl *Client) Subscribe(filter string, qos byte, h Handler) error {
 		cl.routes.Store(&routes)
 	}
 	s.set(qos, h)
-	c := cl.cur.Load()
+	open := cl.pc.IsConnectionOpen()
+	if open {
+		s.on = cl.cur.Load()
+	}
 	cl.mu.Unlock()
-	if c == nil {
+	if !open {
 		return fmt.Errorf("subscribe %q: not connected", filter)
 	}
-	return c.subscribe(filter, qos)
+	return cl.subscribe(filter, qos)
 }
 
-// Publish sends a message and, for QoS 1, waits until the broker
+// subscribe sends one SUBSCRIBE and waits for its SUBACK. paho gets no
+// handler: every message comes to dispatch (paho's default handler), which
+// routes it to the subscriptions itself.
+func (cl *Client) subscribe(filter string, qos byte) error {
+	tok := cl.pc.Subscribe(filter, qos, nil)
+	if !tok.WaitTimeout(subscribeTimeout) {
+		return fmt.Errorf("subscribe %q: no answer from broker in %v", filter, subscribeTimeout)
+	}
+	if err := tok.Error(); err != nil {
+		return fmt.Errorf("subscribe %q: %w", filter, err)
+	}
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		switch code := st.Result()[filter]; {
+		case code == 0x80:
+			return fmt.Errorf("subscribe %q: refused by the broker (SUBACK failure 0x80)", filter)
+		case code > 2:
+			return fmt.Errorf("subscribe %q: SUBACK return code %#x", filter, code)
+		}
+	}
+	return nil
+}
+
+// checkPublish returns an error for a message a PUBLISH cannot carry.
+func checkPublish(topic string, qos byte, payload int) error {
+	switch {
+	case qos > 2:
+		return fmt.Errorf("QoS %d (want 0 to 2)", qos)
+	case topic == "" || len(topic) > 0xffff:
+		return fmt.Errorf("topic of %d bytes (want 1 to 65535)", len(topic))
+	case strings.ContainsAny(topic, "+#\x00"):
+		return fmt.Errorf("topic %q has a wildcard or NUL", topic)
+	case payload > 268435455-2-len(topic)-2:
+		return fmt.Errorf("payload of %d bytes too large for MQTT", payload)
+	}
+	return nil
+}
+
+// Publish sends a message and, for QoS 1 and 2, waits until the broker
 // acknowledged it or ctx ended. While the client is reconnecting, a QoS 0
 // message is dropped (nil error: at most once) and a QoS 1 message waits
-// for the connection. A QoS 1 message is never sent again by the client:
-// when the connection drops before the acknowledgement, Publish returns an
-// error although the broker may have it; and a nil error is no proof of
-// delivery to a subscriber either. Data safety rests on the end-to-end
-// acknowledgements, not on this. QoS 2 is not supported (an error).
+// for the connection. When the connection drops before the
+// acknowledgement, Publish returns an error, although the broker may have
+// the message, and paho sends it again (DUP) on the next connection; a nil
+// error is no proof of delivery to a subscriber either. Data safety rests
+// on the end-to-end acknowledgements, not on this.
 func (cl *Client) Publish(ctx context.Context, m Message) error {
 	s, err := cl.Send(ctx, m)
 	if err != nil {
@@ -487,58 +547,80 @@ func (cl *Client) Publish(ctx context.Context, m Message) error {
 	return s.Wait(ctx)
 }
 
-// Sent is a message Send handed to the broker's socket (a value: nothing is
-// allocated for it); Wait waits for the broker's acknowledgement of a QoS 1
-// message.
+// Sent is a message Send handed to paho; Wait waits for the broker's
+// acknowledgement of a QoS 1 or 2 message.
 type Sent struct {
-	c     *conn
-	w     *waiter
-	id    uint16
+	cl    *Client
+	f     *flight
 	topic string
 }
 
-// Send is Publish without the wait for the acknowledgement: it writes m
-// now, in the order of the calls like Publish, and returns. Call Wait on
-// the result exactly once. A producer keeps many QoS 1 messages in flight
-// on one connection this way instead of one round trip each; the rules of
-// Publish hold for each message (a QoS 1 message waits in Send while the
-// client is reconnecting, and is never sent again).
+// flight is a QoS 1 or 2 message between Send and Wait.
+type flight struct {
+	tok  mqtt.Token
+	lost bool // still waiting when its connection was lost; under Client.mu
+}
+
+// Send is Publish without the wait for the acknowledgement: it hands m to
+// paho now, in the order of the calls like Publish, and returns. Call Wait
+// on the result exactly once. A producer keeps many QoS 1 messages in
+// flight on one connection this way instead of one round trip each; the
+// rules of Publish hold for each message (a QoS 1 message waits in Send
+// while the client is reconnecting).
 func (cl *Client) Send(ctx context.Context, m Message) (Sent, error) {
 	if err := checkPublish(m.Topic, m.QoS, len(m.Payload)); err != nil {
-		return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, err)
+		return Sent{}, fmt.Errorf("publish %s: bus: %w", m.Topic, err)
 	}
 	if m.QoS == 0 {
-		c := cl.cur.Load()
-		if c == nil {
-			if cl.ctx.Err() != nil {
-				return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, errClientClosed)
-			}
-			return Sent{}, nil
+		cl.mu.Lock()
+		closed := cl.closed
+		cl.mu.Unlock()
+		if closed {
+			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, errClientClosed)
 		}
-		if err := cl.send(c, m, 0); err != nil {
-			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, err)
+		if cl.pc.IsConnectionOpen() {
+			cl.pc.Publish(m.Topic, 0, m.Retain, m.Payload)
 		}
 		return Sent{}, nil
 	}
+	f := &flight{}
 	for {
-		c, err := cl.connection(ctx)
-		if err != nil {
-			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, err)
+		cl.mu.Lock()
+		if cl.closed {
+			cl.mu.Unlock()
+			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, errClientClosed)
 		}
-		id, w, err := c.register()
-		if err != nil {
-			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, err)
-		}
-		if err := cl.send(c, m, id); err != nil {
-			// Not handed to the socket: try on the next connection.
-			if !c.unregister(id, w) {
-				<-w.done // a stray ack for the id: keep the waiter clean
+		// Registered while paho is connected: a loss from now on runs
+		// onLoss, which sees f. And only once paho read its store after
+		// the connect: paho's resume sends what it finds there again and
+		// completes the token of each one without its acknowledgement.
+		up := cl.up
+		if cl.pc.IsConnectionOpen() {
+			l := cl.cur.Load()
+			select {
+			case <-l.resumed:
+				cl.flights[f] = struct{}{}
+				cl.mu.Unlock()
+				goto send
+			default:
+				up = l.resumed
 			}
-			waiters.Put(w)
-			continue
 		}
-		return Sent{c: c, w: w, id: id, topic: m.Topic}, nil
+		cl.mu.Unlock()
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, ctx.Err())
+		case <-cl.ctx.Done():
+			return Sent{}, fmt.Errorf("publish %s: %w", m.Topic, errClientClosed)
+		}
 	}
+send:
+	tok := cl.pc.Publish(m.Topic, m.QoS, m.Retain, m.Payload)
+	cl.mu.Lock()
+	f.tok = tok
+	cl.mu.Unlock()
+	return Sent{cl: cl, f: f, topic: m.Topic}, nil
 }
 
 // Send sends m through p without waiting for the acknowledgement when p
@@ -557,33 +639,45 @@ func Send(ctx context.Context, p Publisher, m Message) (Sent, error) {
 }
 
 // Wait waits until the broker acknowledged the message (at once for QoS
-// 0), or ctx ended, or the connection was lost first (an error).
+// 0), or ctx ended, or the connection was lost first (an error), or the
+// client was closed (an error).
 func (s *Sent) Wait(ctx context.Context) error {
-	if s.w == nil {
+	if s.f == nil {
 		return nil
 	}
-	_, err := s.c.wait(ctx, s.id, s.w)
-	s.w = nil
+	f, cl := s.f, s.cl
+	s.f = nil
+	var err error
+	if !isDone(f.tok) {
+		select {
+		case <-f.tok.Done():
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-cl.ctx.Done():
+			err = errClientClosed
+		}
+	}
+	cl.mu.Lock()
+	delete(cl.flights, f)
+	lost := f.lost
+	cl.mu.Unlock()
+	if err == nil {
+		switch {
+		case f.tok.Error() != nil:
+			err = f.tok.Error()
+		case lost:
+			err = errLost
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("publish %s: %w", s.topic, err)
 	}
 	return nil
 }
 
-func (cl *Client) send(c *conn, m Message, id uint16) error {
-	bp := bufs.Get().(*[]byte)
-	b := appendPublish((*bp)[:0], m.Topic, m.Payload, m.QoS, m.Retain, false, id)
-	err := c.write(b)
-	if cap(b) <= 64<<10 {
-		*bp = b[:0]
-		bufs.Put(bp)
-	}
-	return err
-}
-
 // Connected reports whether the client is connected right now: a CONNACK
 // came and the connection was not lost since.
-func (cl *Client) Connected() bool { return cl.cur.Load() != nil }
+func (cl *Client) Connected() bool { return cl.pc.IsConnectionOpen() }
 
 // Close disconnects cleanly (the broker does not publish the will), waiting
 // at most 250 ms for in-flight work: the acknowledgements of pending QoS 1
@@ -597,19 +691,29 @@ func (cl *Client) Close() {
 		return
 	}
 	cl.closed = true
-	cl.cancel()
+	var pending []mqtt.Token
+	for f := range cl.flights {
+		if f.tok != nil {
+			pending = append(pending, f.tok)
+		}
+	}
 	cl.mu.Unlock()
 	deadline := time.Now().Add(closeWait)
-	if c := cl.cur.Load(); c != nil {
-		c.shutdown(deadline)
+	for _, t := range pending {
+		if !t.WaitTimeout(time.Until(deadline)) {
+			break
+		}
 	}
-	cl.wg.Wait()
+	// cl.ctx ends a dial in progress, which Disconnect would wait for.
+	cl.cancel()
+	left := max(time.Until(deadline), time.Millisecond)
+	cl.pc.Disconnect(uint(left / time.Millisecond))
 	done := make(chan struct{})
 	go func() {
 		cl.hwg.Wait()
 		close(done)
 	}()
-	t := time.NewTimer(time.Until(deadline))
+	t := time.NewTimer(max(time.Until(deadline), 10*time.Millisecond))
 	defer t.Stop()
 	select {
 	case <-done:
