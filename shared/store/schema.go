@@ -124,7 +124,11 @@ CREATE TABLE clock (
 	reason    TEXT,
 	at        INTEGER NOT NULL
 );
+` + viewsV1
 
+// viewsV1 are the views of version 1 (still current). A migration that
+// rebuilds a table they name drops and recreates them.
+const viewsV1 = `
 CREATE VIEW readings AS
 SELECT s.id AS row,
        strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(s.tc, s.t) / 1000.0, 'unixepoch') AS time,
@@ -159,12 +163,55 @@ JOIN reason x ON x.id = f.reason;
 `
 
 // SchemaVersion is the schema version this program writes.
-const SchemaVersion = 2
+const SchemaVersion = 3
 
 // migrations[i] migrates a database from version i to i+1 inside tx.
 var migrations = []func(ctx context.Context, tx *sql.Conn) error{
 	migrateV0,
 	migrateV1,
+	migrateV2,
+}
+
+// migrateV2 makes sample ids AUTOINCREMENT: SQLite otherwise hands out
+// max(id)+1, so after the newest rows were deleted (everything pruned) ids
+// were used again within one generation, and the uplink's cursor and dedup
+// key rely on ids that only grow. The table is rebuilt (SQLite cannot add
+// AUTOINCREMENT to a table), and the sequence starts above every id the
+// generation is known to have used: the samples left, the rows named by
+// gap records, the upload cursor.
+func migrateV2(ctx context.Context, c *sql.Conn) error {
+	for _, q := range []string{
+		`DROP VIEW readings`,
+		`DROP VIEW failures`,
+		`CREATE TABLE sample_new (
+	id     INTEGER PRIMARY KEY AUTOINCREMENT,
+	run    INTEGER NOT NULL,
+	seq    INTEGER NOT NULL,
+	device INTEGER NOT NULL,
+	t      INTEGER NOT NULL,       -- wall time as stamped, Unix ms
+	m      INTEGER NOT NULL,       -- CLOCK_BOOTTIME, ns
+	boot   INTEGER NOT NULL,
+	clock  INTEGER NOT NULL DEFAULT 0,
+	tc     INTEGER,                -- corrected wall time, Unix ms
+	UNIQUE (run, seq)
+)`,
+		`INSERT INTO sample_new(id, run, seq, device, t, m, boot, clock, tc)
+			SELECT id, run, seq, device, t, m, boot, clock, tc FROM sample ORDER BY id`,
+		`DROP TABLE sample`,
+		`ALTER TABLE sample_new RENAME TO sample`,
+		`DELETE FROM sqlite_sequence WHERE name = 'sample'`,
+		`INSERT INTO sqlite_sequence(name, seq) SELECT 'sample', max(
+			(SELECT coalesce(max(id), 0) FROM sample),
+			(SELECT coalesce(max(max(coalesce(first_row, 0), coalesce(last_row, 0))), 0) FROM gap),
+			(SELECT coalesce(max(first_row), 0) FROM boot),
+			coalesce((SELECT value FROM meta WHERE key = 'uploaded'), 0))`,
+		viewsV1,
+	} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // migrateV1 adds run.produced: the highest seq the producer's heartbeats

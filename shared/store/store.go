@@ -87,7 +87,7 @@ type Result struct {
 	Malformed  int // payloads that are not data messages
 	// Acks holds the acknowledgement of every run the batch touched.
 	Acks []Ack
-	// LastRow is the highest sample id in the database after the write.
+	// LastRow is the highest sample id handed out after the write.
 	LastRow int64
 }
 
@@ -319,7 +319,8 @@ func (s *Store) Close() error {
 // only meaningful together with it.
 func (s *Store) Generation() string { return s.gen }
 
-// LastRow returns the highest sample id stored.
+// LastRow returns the highest sample id handed out in this generation
+// (its row may have been deleted since): ids only grow.
 func (s *Store) LastRow() int64 { return s.lastRow }
 
 // load (re)reads the state the writer keeps in memory. It is called at
@@ -468,7 +469,10 @@ func (s *Store) load(ctx context.Context) error {
 			return err
 		}
 	}
-	if err := s.conn.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM sample`).Scan(&s.lastRow); err != nil {
+	// The last id handed out, even when its row was deleted since (ids
+	// are AUTOINCREMENT: they are never used again in a generation).
+	if err := s.conn.QueryRowContext(ctx, `SELECT max((SELECT coalesce(max(id), 0) FROM sample),
+		coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'sample'), 0))`).Scan(&s.lastRow); err != nil {
 		return err
 	}
 	var up sql.NullInt64

@@ -322,6 +322,12 @@ func TestMigrations(t *testing.T) {
 			if _, err := c.ExecContext(ctx, `INSERT INTO run(producer, run, committed) VALUES ('poller', 'old', 7)`); err != nil {
 				t.Fatal(err)
 			}
+			// Rows up to 50 were used and deleted (a dropped gap names
+			// them): new ids must start above.
+			if _, err := c.ExecContext(ctx, `INSERT INTO gap(kind, first_row, last_row, samples, readings, at, reason)
+				VALUES ('dropped', 41, 50, 10, 30, 0, 'test')`); err != nil {
+				t.Fatal(err)
+			}
 		}
 		c.Close()
 		s := openTest(t, func(o *Options) { o.Path = p })
@@ -336,6 +342,9 @@ func TestMigrations(t *testing.T) {
 			t.Errorf("from version %d: user_version %d", v, n)
 		}
 		if v >= 1 {
+			if first := queryInt(t, db, `SELECT min(id) FROM sample`); first <= 50 {
+				t.Errorf("from version %d: a new sample got id %d, at or below the deleted rows up to 50", v, first)
+			}
 			if c, pr := queryInt(t, db, `SELECT committed FROM run WHERE run = 'old'`), queryInt(t, db, `SELECT produced FROM run WHERE run = 'old'`); c != 8 || pr != 0 {
 				t.Errorf("from version %d: the old run has committed %d, produced %d; want 8, 0", v, c, pr)
 			}
@@ -399,4 +408,67 @@ func TestLockedDatabase(t *testing.T) {
 	if res.Samples != 2 || ackOf(res, "r") != 3 {
 		t.Errorf("after the lock: %+v", res)
 	}
+}
+
+// Row ids only grow within a generation: not after everything was pruned,
+// not after a restart (the uplink's cursor and dedup key rely on it).
+func TestRowIDsNeverReused(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, nil)
+	path := s.opts.Path
+	last := int64(0)
+	check := func(step string) {
+		t.Helper()
+		db := roDB(t, path)
+		rows, err := db.Query(`SELECT id FROM sample ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		n := 0
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			if id <= last {
+				t.Fatalf("%s: sample id %d, but ids up to %d were used before", step, id, last)
+			}
+			last = id
+			n++
+		}
+		if n == 0 {
+			t.Fatalf("%s: no samples", step)
+		}
+		if s.LastRow() != last {
+			t.Errorf("%s: LastRow %d, highest id %d", step, s.LastRow(), last)
+		}
+	}
+	pruneAll := func() {
+		t.Helper()
+		s.SetUploaded(s.LastRow())
+		var g dropGap
+		if _, err := s.deleteUpTo(ctx, s.LastRow(), "test", &g); err != nil {
+			t.Fatal(err)
+		}
+		if n := queryInt(t, roDB(t, path), `SELECT count(*) FROM sample`); n != 0 {
+			t.Fatalf("%d samples left after pruning everything", n)
+		}
+		if s.LastRow() != last {
+			t.Errorf("after pruning: LastRow %d, want %d", s.LastRow(), last)
+		}
+	}
+	write(t, s, series("r", 1, 10)...)
+	check("first write")
+	pruneAll()
+	write(t, s, series("r", 11, 20)...)
+	check("after pruning everything")
+	pruneAll()
+	s.Close()
+	s = openTest(t, func(o *Options) { o.Path = path })
+	if s.LastRow() != last {
+		t.Errorf("reopened: LastRow %d, want %d", s.LastRow(), last)
+	}
+	write(t, s, series("r", 21, 30)...)
+	check("after pruning everything and a restart")
 }
