@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -91,9 +92,26 @@ type Result struct {
 	LastRow int64
 }
 
+// pointInfo is a known point. Its kind is fixed by its first value
+// (kindUnknown while only failures of it were stored).
 type pointInfo struct {
 	id   int64
-	bool bool
+	kind string
+}
+
+// Point kinds (column point.kind).
+const (
+	kindNumber  = "number"
+	kindBool    = "bool"
+	kindUnknown = "unknown" // no value stored yet, only failures
+)
+
+// kindOf returns the point kind that values of k belong to.
+func kindOf(k Kind) string {
+	if k == KindBool {
+		return kindBool
+	}
+	return kindNumber
 }
 
 type segment struct {
@@ -365,7 +383,7 @@ func (s *Store) load(ctx context.Context) error {
 		if s.points[dev] == nil {
 			s.points[dev] = map[string]pointInfo{}
 		}
-		s.points[dev][name] = pointInfo{id: id, bool: kind == "bool"}
+		s.points[dev][name] = pointInfo{id: id, kind: kind}
 	}
 	if err := closeRows(rows); err != nil {
 		return err
@@ -734,35 +752,52 @@ func (s *Store) device(ctx context.Context, name string) (int64, error) {
 	return id, nil
 }
 
-func (s *Store) point(ctx context.Context, dev int64, name []byte, isBool bool) (int64, error) {
+// point returns device dev's point name. A point not seen before gets
+// kind (kindUnknown when it is created for a failure); a point of kind
+// unknown takes the kind of its first value. The kind never changes after
+// that: it is what the point's stored values mean (an integer 1 of a
+// number point is not a true).
+func (s *Store) point(ctx context.Context, dev int64, name []byte, kind string) (pointInfo, error) {
 	pts := s.points[dev]
-	if p, ok := pts[string(name)]; ok && p.bool == isBool {
-		return p.id, nil
-	} else if ok {
-		kind := kindName(isBool)
-		if _, err := s.exec(ctx, `UPDATE point SET kind = ? WHERE id = ?`, kind, p.id); err != nil {
-			return 0, err
+	if p, ok := pts[string(name)]; ok {
+		if p.kind == kindUnknown && kind != kindUnknown {
+			if _, err := s.exec(ctx, `UPDATE point SET kind = ? WHERE id = ?`, kind, p.id); err != nil {
+				return pointInfo{}, err
+			}
+			p.kind = kind
+			pts[string(name)] = p
 		}
-		pts[string(name)] = pointInfo{id: p.id, bool: isBool}
-		return p.id, nil
+		return p, nil
 	}
-	res, err := s.exec(ctx, `INSERT INTO point(device, name, kind) VALUES (?, ?, ?)`, dev, string(name), kindName(isBool))
+	res, err := s.exec(ctx, `INSERT INTO point(device, name, kind) VALUES (?, ?, ?)`, dev, string(name), kind)
 	if err != nil {
-		return 0, err
+		return pointInfo{}, err
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
-		return 0, err
+		return pointInfo{}, err
 	}
-	pts[string(name)] = pointInfo{id: id, bool: isBool}
-	return id, nil
+	p := pointInfo{id: id, kind: kind}
+	pts[string(name)] = p
+	return p, nil
 }
 
-func kindName(isBool bool) string {
-	if isBool {
-		return "bool"
+// wrongKind is the failure stored instead of a value v of another kind
+// than its point's.
+func wrongKind(v *Value, kind string) []byte {
+	val := "false"
+	switch {
+	case v.Kind == KindBool && v.I != 0:
+		val = "true"
+	case v.Kind == KindInt:
+		val = strconv.FormatInt(v.I, 10)
+	case v.Kind == KindFloat:
+		val = strconv.FormatFloat(v.F, 'g', -1, 64)
+	case v.Kind == KindText:
+		val = string(v.Text)
 	}
-	return "number"
+	return []byte(fmt.Sprintf("value %s is a %s, but the point holds %ss (a point's kind is fixed by its first value)",
+		val, kindOf(v.Kind), kind))
 }
 
 func (s *Store) reason(ctx context.Context, text []byte) (int64, error) {
@@ -846,12 +881,22 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 		}
 	}
 	var sid any = id
+	stored := 0
 	for i := range m.Values {
 		v := &m.Values[i]
-		pid, err := s.point(ctx, dev, v.Name, v.Kind == KindBool)
+		p, err := s.point(ctx, dev, v.Name, kindOf(v.Kind))
 		if err != nil {
 			return 0, err
 		}
+		if p.kind != kindOf(v.Kind) {
+			// Never retype the point's history: the value is a failure.
+			if err := s.storeBad(ctx, sid, p.id, wrongKind(v, p.kind)); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		pid := p.id
+		stored++
 		var val any
 		switch v.Kind {
 		case KindInt, KindBool:
@@ -871,19 +916,25 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 	}
 	for i := range m.Bad {
 		bd := &m.Bad[i]
-		pid, err := s.point(ctx, dev, bd.Name, false)
+		p, err := s.point(ctx, dev, bd.Name, kindUnknown)
 		if err != nil {
 			return 0, err
 		}
-		rid, err := s.reason(ctx, bd.Why)
-		if err != nil {
-			return 0, err
-		}
-		if _, err := s.stBad.ExecContext(ctx, sid, pid, rid); err != nil {
+		if err := s.storeBad(ctx, sid, p.id, bd.Why); err != nil {
 			return 0, err
 		}
 	}
-	return len(m.Values), nil
+	return stored, nil
+}
+
+// storeBad stores a failure of point pid in sample sid.
+func (s *Store) storeBad(ctx context.Context, sid any, pid int64, why []byte) error {
+	rid, err := s.reason(ctx, why)
+	if err != nil {
+		return err
+	}
+	_, err = s.stBad.ExecContext(ctx, sid, pid, rid)
+	return err
 }
 
 func (s *Store) flushReadings(ctx context.Context) error {

@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/csv"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/shared/clock"
 )
 
 func TestWriteIdempotentAndAcks(t *testing.T) {
@@ -471,4 +475,58 @@ func TestRowIDsNeverReused(t *testing.T) {
 	}
 	write(t, s, series("r", 21, 30)...)
 	check("after pruning everything and a restart")
+}
+
+// A point's kind is fixed by its first value: a value of another kind is
+// stored as a failure with the reason and never retypes the history.
+// Integers and floats are both numbers. A point first seen failing takes
+// the kind of its first value.
+func TestPointKindFixed(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, nil)
+	at := func(i int) clock.Stamp { return good(time.Duration(i) * time.Second) }
+	write(t, s,
+		msg{dev: "d", run: "r", seq: 1, at: at(1), vals: `"x":1`, bad: `"y":"timeout"`},
+		msg{dev: "d", run: "r", seq: 2, at: at(2), vals: `"x":true,"y":true`},
+		msg{dev: "d", run: "r", seq: 3, at: at(3), vals: `"x":2.5,"y":1`},
+	)
+	db, err := OpenReadOnly(s.opts.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var buf bytes.Buffer
+	if _, err := Export(ctx, db, ExportFilter{}, FormatCSV, &buf); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := csv.NewReader(&buf).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs[1:] {
+		got = append(got, strings.Join([]string{r[6], r[2], r[3], r[4], r[5]}, " "))
+	}
+	want := []string{
+		"1 x 1 good ",
+		"1 y  bad timeout",
+		"2 x  bad value true is a bool, but the point holds numbers (a point's kind is fixed by its first value)",
+		"2 y true good ",
+		"3 x 2.5 good ",
+		"3 y  bad value 1 is a number, but the point holds bools (a point's kind is fixed by its first value)",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("export:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if k := queryText(t, roDB(t, s.opts.Path), `SELECT kind FROM point WHERE name = 'x'`); k != "number" {
+		t.Errorf("point x has kind %q", k)
+	}
+	// The kinds survive a restart.
+	path := s.opts.Path
+	s.Close()
+	s = openTest(t, func(o *Options) { o.Path = path })
+	res := write(t, s, msg{dev: "d", run: "r", seq: 4, at: at(4), vals: `"x":false,"y":false`})
+	if res.Readings != 1 {
+		t.Errorf("after a restart: %d readings stored, want 1 (y)", res.Readings)
+	}
 }
