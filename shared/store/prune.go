@@ -298,36 +298,48 @@ func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string, g *dr
 	return samples, nil
 }
 
-// expire deletes the samples older than the retention, judged from the
-// newest trusted reading; untrusted samples are judged by their place.
+// expire deletes the samples older than the retention. Age is judged from
+// a time the logger trusts: the newest trusted reading, but never later
+// than the logger's own clock when that is trusted (and a reading ahead of
+// it is implausible and counts for nothing). Within a boot it is bounded
+// by monotonic age too: a sample is old only if it is also Retention of
+// CLOCK_BOOTTIME older than the newest sample of its boot, so that no
+// wall-clock stamp can make young readings look old. Untrusted and
+// implausible samples go by their place.
 func (s *Store) expire(ctx context.Context) (int64, error) {
 	var newest int64
+	lastM := map[int64]int64{}
 	for _, b := range s.boots {
 		newest = max(newest, b.lastT)
+		lastM[b.id] = b.lastM
+	}
+	if now := s.loggerNow(); now > 0 && now < newest {
+		newest = now
 	}
 	if newest == 0 {
 		return 0, nil
 	}
-	cutoff := newest - s.opts.Retention.Milliseconds()
+	ret := s.opts.Retention
+	cutoff := newest - ret.Milliseconds()
 	// Scan from the oldest sample to the first trusted one inside the
 	// retention: everything before it goes.
 	var keep int64 = -1
 	after := int64(0)
 	for keep < 0 {
-		rows, err := s.conn.QueryContext(ctx, `SELECT id, coalesce(tc, t), clock FROM sample WHERE id > ? ORDER BY id LIMIT 1000`, after)
+		rows, err := s.conn.QueryContext(ctx, `SELECT id, coalesce(tc, t), clock, boot, m FROM sample WHERE id > ? ORDER BY id LIMIT 1000`, after)
 		if err != nil {
 			return 0, err
 		}
 		n := 0
 		for rows.Next() {
-			var id, t, clk int64
-			if err := rows.Scan(&id, &t, &clk); err != nil {
+			var id, t, clk, boot, m int64
+			if err := rows.Scan(&id, &t, &clk, &boot, &m); err != nil {
 				rows.Close()
 				return 0, err
 			}
 			n++
 			after = id
-			if clk != clockUntrusted && t >= cutoff {
+			if (clk == clockTrusted || clk == clockCorrected) && (t >= cutoff || lastM[boot]-m < ret.Nanoseconds()) {
 				keep = id
 				break
 			}

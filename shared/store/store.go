@@ -125,6 +125,7 @@ type bootState struct {
 	name     string
 	firstRow int64
 	lastT    int64 // newest trusted (or corrected) time, Unix ms
+	lastM    int64 // newest monotonic time of any sample, ns
 	segs     []segment
 	good     int64 // offset of the latest trusted segment
 	hasGood  bool
@@ -187,6 +188,7 @@ type Store struct {
 	tight                   bool // the file system is nearly full
 	walPages                int
 	reservePath             string
+	nowMs                   int64 // the logger's trusted clock during a Write (loggerNow)
 }
 
 // readingsPerStmt is how many readings one INSERT statement carries.
@@ -403,13 +405,13 @@ func (s *Store) load(ctx context.Context) error {
 	if err := closeRows(rows); err != nil {
 		return err
 	}
-	if rows, err = s.conn.QueryContext(ctx, `SELECT id, boot, coalesce(first_row, 0), coalesce(last_t, 0) FROM boot`); err != nil {
+	if rows, err = s.conn.QueryContext(ctx, `SELECT id, boot, coalesce(first_row, 0), coalesce(last_t, 0), coalesce(last_m, 0) FROM boot`); err != nil {
 		return err
 	}
 	byID := map[int64]*bootState{}
 	for rows.Next() {
 		b := &bootState{}
-		if err := rows.Scan(&b.id, &b.name, &b.firstRow, &b.lastT); err != nil {
+		if err := rows.Scan(&b.id, &b.name, &b.firstRow, &b.lastT, &b.lastM); err != nil {
 			rows.Close()
 			return err
 		}
@@ -582,6 +584,7 @@ func (s *Store) tx(ctx context.Context, fn func() error) error {
 func (s *Store) Write(ctx context.Context, producer string, items []Item) (Result, error) {
 	var res Result
 	var touched []*runState
+	s.nowMs = s.loggerNow()
 	err := s.tx(ctx, func() error {
 		res, touched = Result{}, touched[:0]
 		for i := range items {
@@ -700,7 +703,7 @@ func (s *Store) saveState(ctx context.Context, runs []*runState) error {
 		if !b.dirty {
 			continue
 		}
-		if _, err := s.exec(ctx, `UPDATE boot SET last_t = ?, first_row = ? WHERE id = ?`, b.lastT, b.firstRow, b.id); err != nil {
+		if _, err := s.exec(ctx, `UPDATE boot SET last_t = ?, last_m = ?, first_row = ? WHERE id = ?`, b.lastT, b.lastM, b.firstRow, b.id); err != nil {
 			return err
 		}
 		b.dirty = false
@@ -850,7 +853,7 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 		return 0, err
 	}
 	var tcArg any
-	if clk == clockCorrected {
+	if clk == clockCorrected || clk == clockImplausible && tc != 0 {
 		tcArg = tc
 	}
 	res, err := s.stSample.ExecContext(ctx, r.id, int64(m.Seq), dev, m.Wall, m.Mono, b.id, clk, tcArg)
@@ -869,6 +872,9 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 	s.lastRow = max(s.lastRow, id)
 	if b.firstRow == 0 {
 		b.firstRow, b.dirty = id, true
+	}
+	if m.Mono > b.lastM {
+		b.lastM, b.dirty = m.Mono, true
 	}
 	switch clk {
 	case clockTrusted:

@@ -332,6 +332,12 @@ func TestMigrations(t *testing.T) {
 				VALUES ('dropped', 41, 50, 10, 30, 0, 'test')`); err != nil {
 				t.Fatal(err)
 			}
+			if v >= 3 {
+				// Since version 3 the ids were handed out by AUTOINCREMENT.
+				if _, err := c.ExecContext(ctx, `UPDATE sqlite_sequence SET seq = 50 WHERE name = 'sample'`); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 		c.Close()
 		s := openTest(t, func(o *Options) { o.Path = p })
