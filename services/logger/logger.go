@@ -125,6 +125,9 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 		Retention:   lc.Retention.Duration,
 		ClockStep:   lc.ClockStep.Duration,
 		GapAfter:    gapAfter,
+		// A poller run is at most its outbox ahead of what the logger
+		// knows of it (docs/logger.md, "Absurd sequence numbers").
+		MaxAhead: uint64(cfg.Poller.Outbox),
 		Synced:      synced,
 		Log:         o.Log,
 	})
@@ -517,6 +520,12 @@ func (l *Logger) committedBatch(res store.Result, batch []store.Item) {
 				l.log.Warn("malformed data message", "topic", l.data+it.Device, "err", it.Err,
 					"recorded_as_gap", it.Msg.HasID, "suppressed", n)
 			}
+		}
+	}
+	if res.Deferred > 0 {
+		if ok, n := l.limiter.Check("deferred", time.Now()); ok {
+			l.log.Warn("data messages with a seq far beyond anything known of their run left unacknowledged until its heartbeat says how far it got",
+				"messages", res.Deferred, "outbox", l.cfg.Poller.Outbox, "suppressed", n)
 		}
 	}
 	for _, a := range res.Acks {

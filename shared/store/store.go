@@ -53,6 +53,12 @@ type Options struct {
 	// GapAfter is how long a hole in a run's sequence numbers may stay open
 	// while the writer ingests before it is recorded as a gap.
 	GapAfter time.Duration
+	// MaxAhead bounds how far beyond what is known of a run a seq can be:
+	// the producer's outbox size (poller.outbox). A seq above the run's
+	// highest known seq (committed, stored, or what its heartbeats said it
+	// made) plus MaxAhead cannot have been produced: it is rejected as
+	// malformed, not believed. 0: 1<<20 (the largest outbox).
+	MaxAhead uint64
 	// Synced reports whether the kernel considers the clock synchronised;
 	// nil: always.
 	Synced func() bool
@@ -86,6 +92,11 @@ type Result struct {
 	Readings   int // values stored
 	Duplicates int // messages already stored (re-sent)
 	Malformed  int // payloads that are not data messages
+	// Deferred counts messages with a seq beyond MaxAhead of a run the
+	// store knows nothing of yet (no row, no heartbeat): neither stored
+	// nor acknowledged, so the producer sends them again, by when its
+	// heartbeat says how far it got.
+	Deferred int
 	// Acks holds the acknowledgement of every run the batch touched.
 	Acks []Ack
 	// LastRow is the highest sample id handed out after the write.
@@ -145,6 +156,7 @@ type runState struct {
 	// to produced that never arrive were lost with its outbox.
 	produced      uint64
 	producedSaved uint64
+	top           uint64 // highest seq stored (or given up)
 	ended         bool
 	holeSince     time.Time
 	dirty         bool
@@ -231,6 +243,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	}
 	if o.GapAfter <= 0 {
 		o.GapAfter = 30 * time.Second
+	}
+	if o.MaxAhead == 0 {
+		o.MaxAhead = 1 << 20
 	}
 	if o.MaxSize <= 0 {
 		o.MaxSize = 1 << 40
@@ -484,6 +499,7 @@ func (s *Store) load(ctx context.Context) error {
 				r.above = map[uint64]struct{}{}
 			}
 			r.above[uint64(seq)] = struct{}{}
+			r.top = max(r.top, uint64(seq))
 		}
 		if err := closeRows(rows); err != nil {
 			return err
@@ -595,6 +611,24 @@ func (s *Store) Write(ctx context.Context, producer string, items []Item) (Resul
 					continue
 				}
 			}
+			if limit, known := s.seqLimit(producer, it.Msg.Run); it.Msg.Seq > limit {
+				if !known {
+					res.Deferred++
+					continue
+				}
+				if it.Err == nil {
+					res.Malformed++
+				}
+				r, err := s.recordBeyond(ctx, producer, it, limit)
+				if err != nil {
+					return err
+				}
+				if !r.touched {
+					r.touched = true
+					touched = append(touched, r)
+				}
+				continue
+			}
 			r, err := s.run(ctx, producer, it.Msg.Run)
 			if err != nil {
 				return err
@@ -647,6 +681,33 @@ func (s *Store) Write(ctx context.Context, producer string, items []Item) (Resul
 	return res, nil
 }
 
+// seqLimit returns the highest seq that run of producer can have made by
+// now (see Options.MaxAhead), and whether anything is known of the run (a
+// stored or given-up seq, or a heartbeat's data_seq).
+func (s *Store) seqLimit(producer string, run []byte) (uint64, bool) {
+	var high uint64
+	if r := s.runs[producer][string(run)]; r != nil {
+		high = max(r.committed, r.top, r.produced)
+	}
+	high = max(high, s.announced[producer][string(run)])
+	return high + s.opts.MaxAhead, high > 0
+}
+
+// recordBeyond records a message whose seq is beyond what its run can
+// have made (limit) as a malformed gap without a seq, so that the
+// absurd seq neither opens a hole nor moves the acknowledgement.
+func (s *Store) recordBeyond(ctx context.Context, producer string, it *Item, limit uint64) (*runState, error) {
+	r, err := s.run(ctx, producer, it.Msg.Run)
+	if err != nil {
+		return nil, err
+	}
+	reason := fmt.Sprintf("malformed message on device %q: seq %d is beyond what run %s can have made (at most %d: its highest known seq and the outbox of %d)",
+		it.Device, it.Msg.Seq, r.name, limit, s.opts.MaxAhead)
+	_, err = s.exec(ctx, `INSERT INTO gap(kind, run, first_row, samples, at, reason) VALUES ('malformed', ?, ?, 1, ?, ?)`,
+		r.id, s.lastRow, s.opts.Now().UnixMilli(), strings.ToValidUTF8(reason, "?"))
+	return r, err
+}
+
 // has reports whether seq of the run is committed.
 func (r *runState) has(seq uint64) bool {
 	if seq <= r.committed {
@@ -660,6 +721,7 @@ func (r *runState) has(seq uint64) bool {
 // contiguous mark.
 func (r *runState) store(seq uint64) {
 	r.dirty = true
+	r.top = max(r.top, seq)
 	if seq != r.committed+1 {
 		if r.above == nil {
 			r.above = map[uint64]struct{}{}

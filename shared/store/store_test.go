@@ -536,3 +536,70 @@ func TestPointKindFixed(t *testing.T) {
 		t.Errorf("after a restart: %d readings stored, want 1 (y)", res.Readings)
 	}
 }
+
+// A seq far beyond what its run can have made (its highest known seq plus
+// the outbox) is rejected as malformed, not believed: it opens no hole and
+// makes no absurd gap. A run known from its heartbeats may be that far
+// ahead; a run nothing is known of is deferred (not stored, not
+// acknowledged) until its heartbeat says how far it got.
+func TestAbsurdSeqRejected(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, func(o *Options) { o.GapAfter = time.Millisecond; o.MaxAhead = 100 })
+	write(t, s, series("r", 1, 3)...)
+	absurd := series("r", 4, 4)[0]
+	absurd.seq = 1<<63 - 1
+	res := write(t, s, absurd)
+	if res.Malformed != 1 || res.Samples != 0 || ackOf(res, "r") != 3 {
+		t.Errorf("absurd seq: %+v", res)
+	}
+	// Within the bound is believed (a hole the poller may fill).
+	res = write(t, s, series("r", 103, 103)...)
+	if res.Samples != 1 {
+		t.Errorf("seq 103 (3 + outbox 100): %+v", res)
+	}
+	res = write(t, s, series("r", 4, 102)...)
+	if res.Samples != 99 || ackOf(res, "r") != 103 {
+		t.Errorf("the rest: %+v", res)
+	}
+	// A run whose heartbeat said it made 10⁶ may send seq 10⁶.
+	s.Produced(producer, "h", 1_000_000)
+	if res := write(t, s, series("h", 1_000_000, 1_000_000)...); res.Samples != 1 {
+		t.Errorf("seq 10⁶ of a run that said it made 10⁶: %+v", res)
+	}
+	// A run nothing is known of: deferred, then taken once its heartbeat
+	// arrived.
+	late := series("new", 500_000, 500_000)
+	if res := write(t, s, late...); res.Deferred != 1 || res.Samples != 0 || len(res.Acks) != 0 {
+		t.Errorf("seq 500000 of an unknown run: %+v", res)
+	}
+	s.Produced(producer, "new", 500_000)
+	if res := write(t, s, late...); res.Samples != 1 {
+		t.Errorf("seq 500000 after its heartbeat: %+v", res)
+	}
+	time.Sleep(5 * time.Millisecond)
+	if _, err := s.CloseGaps(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	db := roDB(t, s.opts.Path)
+	if n := queryInt(t, db, `SELECT max(samples) FROM gap WHERE run = (SELECT id FROM run WHERE run = 'r')`); n > 1 {
+		t.Errorf("a gap of %d messages in run r", n)
+	}
+	var reason string
+	if err := db.QueryRow(`SELECT reason FROM gap WHERE kind = 'malformed'`).Scan(&reason); err != nil || !strings.Contains(reason, "seq 9223372036854775807 is beyond") {
+		t.Errorf("malformed gap: %q %v", reason, err)
+	}
+	// The rejection survives a restart: no hole is reloaded from it.
+	path := s.opts.Path
+	s.Close()
+	s = openTest(t, func(o *Options) { o.Path = path; o.GapAfter = time.Millisecond; o.MaxAhead = 100 })
+	time.Sleep(5 * time.Millisecond)
+	acks, err := s.CloseGaps(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range acks { // h and new have holes below their first seq; r has none
+		if a.Run == "r" {
+			t.Errorf("after a restart, run r had a hole: %v", acks)
+		}
+	}
+}
