@@ -456,8 +456,11 @@ func (l *Logger) commit(ctx context.Context, batch []store.Item) error {
 				l.log.Info("database writable again; batch committed", "waited", time.Since(stalled).Round(time.Millisecond))
 			}
 			l.setWaiting("")
-			if fulls > 0 && l.opts.OnFailing != nil {
-				l.opts.OnFailing("")
+			if fulls > 0 {
+				l.setDegraded("") // maintain says if the spare file is still missing
+				if l.opts.OnFailing != nil {
+					l.opts.OnFailing("")
+				}
 			}
 			l.committedBatch(res, batch)
 			return nil
@@ -479,17 +482,26 @@ func (l *Logger) commit(ctx context.Context, batch []store.Item) error {
 		case errors.Is(err, store.ErrDiskFull):
 			l.diskFulls.Add(1)
 			fulls++
-			l.setDegraded("disk full: " + err.Error())
-			if l.opts.OnFailing != nil {
-				l.opts.OnFailing("disk full: readings are not acknowledged until space is freed")
-			}
 			if ok, n := l.limiter.Check("disk full", time.Now()); ok {
 				l.log.Error("disk full; freeing space by the storage policy, readings stay unacknowledged", "err", err, "suppressed", n)
 			}
-			if n, err := l.store.MakeRoom(ctx, fulls); err != nil && !errors.Is(err, store.ErrDiskFull) && !errors.Is(err, store.ErrLocked) {
+			reason := "disk full: readings wait unacknowledged in the poller's outbox until space is freed"
+			n, err := l.store.MakeRoom(ctx, fulls)
+			switch {
+			case errors.Is(err, store.ErrNoRoom):
+				reason = "disk full: the file system is full and the database below its capacity, so nothing it holds is deleted for new readings; they wait unacknowledged in the poller's outbox until space returns"
+				if ok, n := l.limiter.Check("no room", time.Now()); ok {
+					l.log.Error("no room for new readings: the file system is full (not by the database); acknowledging nothing until space returns",
+						"suppressed", n)
+				}
+			case err != nil && !errors.Is(err, store.ErrDiskFull) && !errors.Is(err, store.ErrLocked):
 				return fmt.Errorf("logger: freeing space: %w", err)
-			} else if err != nil {
+			case err != nil:
 				l.log.Warn("freeing space failed; retrying", "deleted", n, "err", err)
+			}
+			l.setDegraded(reason)
+			if l.opts.OnFailing != nil {
+				l.opts.OnFailing(reason)
 			}
 		default:
 			return fmt.Errorf("logger: write: %w", err)

@@ -30,6 +30,11 @@ var (
 	ErrLocked = errors.New("database locked by another process")
 	// ErrDiskFull: the disk (or the database's file size limit) is full.
 	ErrDiskFull = errors.New("disk full")
+	// ErrNoRoom (which wraps ErrDiskFull) from MakeRoom: the disk is full
+	// and nothing may be deleted to make room (the database is below its
+	// capacity and holds no uploaded rows), so new readings cannot be
+	// kept until space returns.
+	ErrNoRoom = fmt.Errorf("%w: no room for new readings and none may be deleted for them (the file system is full, the database below its capacity)", ErrDiskFull)
 )
 
 // Options configure a Store.
