@@ -128,8 +128,8 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 		// A poller run is at most its outbox ahead of what the logger
 		// knows of it (docs/logger.md, "Absurd sequence numbers").
 		MaxAhead: uint64(cfg.Poller.Outbox),
-		Synced:      synced,
-		Log:         o.Log,
+		Synced:   synced,
+		Log:      o.Log,
 	})
 	if err != nil {
 		return nil, err

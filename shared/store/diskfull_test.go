@@ -78,7 +78,9 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 			t.Fatalf("%s: %v", step, err)
 		}
 	}
-	dropped := func() int64 { return queryInt(t, db, `SELECT coalesce(sum(samples), 0) FROM gap WHERE kind = 'dropped'`) }
+	dropped := func() int64 {
+		return queryInt(t, db, `SELECT coalesce(sum(samples), 0) FROM gap WHERE kind = 'dropped'`)
+	}
 
 	seq, fulls, noRoom, acked := 1, 0, 0, uint64(0)
 	// commit mirrors the logger's loop: retry after MakeRoom; after
