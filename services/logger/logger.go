@@ -219,7 +219,17 @@ type beat struct {
 
 func (l *Logger) handleBeat(payload []byte) {
 	var b beat
-	if err := json.Unmarshal(payload, &b); err != nil || b.Run == "" || b.DataSeq == nil {
+	err := json.Unmarshal(payload, &b)
+	if err == nil && b.Run == "" && b.DataSeq == nil {
+		// A heartbeat without the poller's fields: the service publishes
+		// its first heartbeat as soon as it runs (service.RunWith starts
+		// the heartbeats and the role side by side), before the poller
+		// has made its plan and added its fields. Nothing to learn.
+		l.log.Debug("producer heartbeat without the poller's fields (its first, before the poller started) ignored",
+			"topic", l.topics.SvcHeartbeat(Producer))
+		return
+	}
+	if err != nil || b.Run == "" || b.DataSeq == nil {
 		if ok, n := l.limiter.Check("beat", time.Now()); ok {
 			l.log.Warn("producer heartbeat without run and data_seq ignored", "topic", l.topics.SvcHeartbeat(Producer),
 				"payload", string(payload), "err", err, "suppressed", n)

@@ -1043,7 +1043,8 @@ func (s *Store) recordMalformed(ctx context.Context, r *runState, it *Item) erro
 	if len(why) > 200 {
 		why = why[:200]
 	}
-	reason := strings.ToValidUTF8("malformed message on device "+it.Device+": "+why, "?")
+	// %q: the device comes from the topic and may hold anything.
+	reason := strings.ToValidUTF8(fmt.Sprintf("malformed message on device %q: %s", it.Device, why), "?")
 	_, err := s.exec(ctx, `INSERT INTO gap(kind, run, first_seq, last_seq, samples, at, reason) VALUES ('malformed', ?, ?, ?, 1, ?, ?)`,
 		r.id, int64(it.Msg.Seq), int64(it.Msg.Seq), s.opts.Now().UnixMilli(), reason)
 	return err
