@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 	"unsafe"
 
+	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/store"
 )
 
@@ -19,15 +20,24 @@ const (
 	maxIDLen    = 64
 	maxWhyLen   = 512
 	maxSkipDeep = 32
+	maxWall     = 7258118400000 // 2200-01-01T00:00:00Z, Unix ms
 )
 
 // decodeItem decodes payload, a data message of device (the last level(s)
-// of its topic), into it, reusing the memory of it.Msg.
+// of its topic), into it, reusing the memory of it.Msg. A device name must
+// obey the configuration's name rule (config.CheckName: one topic level,
+// no control characters, …) and be at most 128 bytes, or the message is
+// malformed.
 func decodeItem(it *store.Item, device string, payload []byte) {
 	it.Device = device
 	it.Err = Decode(payload, &it.Msg)
-	if it.Err == nil && (device == "" || len(device) > maxNameLen || !utf8.ValidString(device)) {
-		it.Err = &DecodeError{Msg: fmt.Sprintf("bad device name %q in the topic", device)}
+	if it.Err != nil {
+		return
+	}
+	if err := config.CheckName(device); err != nil {
+		it.Err = &DecodeError{Msg: fmt.Sprintf("bad device name in the topic: %v", err)}
+	} else if len(device) > maxNameLen {
+		it.Err = &DecodeError{Msg: fmt.Sprintf("device name of %d bytes in the topic (at most %d)", len(device), maxNameLen)}
 	}
 }
 
@@ -66,12 +76,25 @@ func (d *decoder) fail(format string, args ...any) error {
 // run, seq, t, m and v are required; b and bad may be left out; unknown keys
 // are skipped (later producers may add some). A repeated key, a point named
 // twice, a value that is not a number or boolean (null, a string, NaN), an
-// out-of-range number, invalid UTF-8 in a name, text after the object, or
-// more than 4096 values make the payload malformed. Values with a fraction
+// out-of-range number, a t outside 1970 to 2200, a point name that breaks
+// the configuration's name rule (config.CheckName) or is longer than 128
+// bytes, text after the object, more than 4096 values, or a payload above
+// 256 KiB (whose run and seq are still read from its start) make the
+// payload malformed. Values with a fraction
 // or exponent are floats; integers are KindInt, or KindText above 2⁶³-1.
 // On success no memory is allocated unless strings hold escapes.
 func Decode(payload []byte, m *store.Message) error {
 	*m = store.Message{Values: m.Values[:0], Bad: m.Bad[:0]}
+	if len(payload) > maxPayload {
+		// Never taken, but its run and seq are read from its start if
+		// they come first (as the poller writes them), so that it can be
+		// recorded as a malformed gap and acknowledged.
+		d := decoder{b: payload[:maxPayload]}
+		_ = d.message(m)
+		hasID, run, seq := m.HasID, m.Run, m.Seq
+		*m = store.Message{Values: m.Values[:0], Bad: m.Bad[:0], HasID: hasID, Run: run, Seq: seq}
+		return &DecodeError{Offset: maxPayload, Msg: fmt.Sprintf("payload of %d bytes (at most %d)", len(payload), maxPayload)}
+	}
 	d := decoder{b: payload}
 	if err := d.message(m); err != nil {
 		return &DecodeError{Offset: d.i, Msg: d.msg}
@@ -90,9 +113,6 @@ const (
 )
 
 func (d *decoder) message(m *store.Message) error {
-	if len(d.b) > maxPayload {
-		return d.fail("payload of %d bytes (at most %d)", len(d.b), maxPayload)
-	}
 	d.ws()
 	if !d.eat('{') {
 		return d.fail("not a JSON object")
@@ -144,6 +164,10 @@ func (d *decoder) message(m *store.Message) error {
 			bit = seenT
 			if m.Wall, err = d.integer("t"); err != nil {
 				return err
+			}
+			// Beyond 2262 the wall time in ns would overflow int64.
+			if m.Wall < 0 || m.Wall > maxWall {
+				return d.fail("t %d out of range (1970 to 2200)", m.Wall)
 			}
 		case "m":
 			bit = seenM
@@ -290,14 +314,21 @@ func (d *decoder) bads(m *store.Message) error {
 	})
 }
 
-// name reads a point name: a non-empty UTF-8 string of at most 128 bytes.
+// name reads a point name: at most 128 bytes that obey the
+// configuration's name rule (config.CheckName).
 func (d *decoder) name() ([]byte, error) {
 	s, err := d.str()
 	if err != nil {
 		return nil, err
 	}
-	if len(s) == 0 || len(s) > maxNameLen || !utf8.Valid(s) {
-		return nil, d.fail("bad point name %q (want 1 to %d bytes of UTF-8)", s, maxNameLen)
+	if len(s) == 0 {
+		return nil, d.fail("bad point name: must not be empty")
+	}
+	if len(s) > maxNameLen {
+		return nil, d.fail("point name of %d bytes (at most %d)", len(s), maxNameLen)
+	}
+	if err := config.CheckName(unsafe.String(&s[0], len(s))); err != nil {
+		return nil, d.fail("bad point name: %v", err)
 	}
 	return s, nil
 }

@@ -46,8 +46,8 @@ func TestDecodeVariants(t *testing.T) {
 		name, in string
 		check    func(*store.Message) bool
 	}{
-		{"whitespace and order", " {\n\"v\" : { } , \"m\":0,\"t\":-5,\"seq\":1,\"run\":\"r\" }\t", func(m *store.Message) bool {
-			return m.Seq == 1 && m.Wall == -5 && len(m.Values) == 0 && len(m.Boot) == 0
+		{"whitespace and order", " {\n\"v\" : { } , \"m\":0,\"t\":5,\"seq\":1,\"run\":\"r\" }\t", func(m *store.Message) bool {
+			return m.Seq == 1 && m.Wall == 5 && len(m.Values) == 0 && len(m.Boot) == 0
 		}},
 		{"unknown keys skipped", `{"run":"r","seq":2,"t":1,"m":1,"v":{"a":1e3},"x":[1,{"y":null},"z"],"w":{"q":[true]}}`, func(m *store.Message) bool {
 			return len(m.Values) == 1 && m.Values[0].Kind == store.KindFloat && m.Values[0].F == 1000
@@ -100,6 +100,15 @@ var badMsgs = []struct {
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a":1.}}`, true, "no digits after"},
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a":1,"a":2}}`, true, "repeated"},
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"":1}}`, true, "bad point name"},
+	{`{"run":"r","seq":1,"t":-1,"m":1,"v":{}}`, true, "t -1 out of range"},
+	{`{"run":"r","seq":1,"t":9223372036854775807,"m":1,"v":{}}`, true, "out of range"},
+	// Names obey the configuration's rule (config.CheckName).
+	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a\u0000b":1}}`, true, "bad point name"},
+	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a\u001bb":1}}`, true, "control character"},
+	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a\u0085":1}}`, true, "control character"},
+	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a/b":1}}`, true, "bad point name"},
+	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a+":1}}`, true, "wildcard"},
+	{`{"run":"r","seq":1,"t":1,"m":1,"v":{},"bad":{"x\n":"why"}}`, true, "control character"},
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a":1},"bad":{"a":"x"}}`, true, "both in v and bad"},
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a":1},"bad":{"b":3}}`, true, "want a string"},
 	{`{"run":"r","seq":1,"seq":2,"t":1,"m":1,"v":{}}`, true, "repeated"},
@@ -233,7 +242,7 @@ func FuzzDecode(f *testing.F) {
 // run and seq kept so that it can be recorded and acknowledged.
 func TestDecodeItemDeviceName(t *testing.T) {
 	payload := []byte(`{"run":"r","seq":4,"t":1,"m":1,"v":{"a":1}}`)
-	for _, dev := range []string{"", "bad\xff", strings.Repeat("d", maxNameLen+1)} {
+	for _, dev := range []string{"", "bad\xff", strings.Repeat("d", maxNameLen+1), "a\x00b", "a\x1bb", "a\tb", "a/b", "#", "$SYS"} {
 		var it store.Item
 		decodeItem(&it, dev, payload)
 		var de *DecodeError

@@ -166,3 +166,101 @@ func TestLoggerOnFullTmpfs(t *testing.T) {
 	hb := st.logger.HeartbeatFields()
 	t.Logf("%d stored, %d dropped; heartbeat: disk_full %v, degraded %v", stored, dropped, hb["disk_full"], hb["degraded"])
 }
+
+// A fresh database on a 3 MiB tmpfs, then a stranger's file fills the
+// disk. The logger deletes no reading it acknowledged to make room for
+// newer ones (nothing is uploaded and the database is far below its
+// capacity): it stops acknowledging and reports degraded with the reason,
+// while the publisher, standing in for the poller, keeps its unacknowledged
+// messages and sends them again. When the stranger's file goes, the logger
+// resumes by itself and stores every message the outbox held, once. The
+// database is intact at every step.
+func TestStrangerFillsTmpfs(t *testing.T) {
+	dir := tmpfs(t, "3m")
+	st := newStack(t, func(cfg *config.Config) {
+		cfg.Logger.DB = filepath.Join(dir, "state", "readings.db")
+		cfg.Logger.BatchReadings = 1000
+	})
+	ctx := context.Background()
+	const n, window = 1500, 100
+	ms := bigSeries("run1", 1, n, perSecond)
+	sent := make([]time.Time, n+1)
+	// drive publishes as the poller's outbox does: at most window
+	// unacknowledged messages, each sent again after a second without
+	// acknowledgement; it returns once done() or fails after within (or
+	// just returns then if what is "").
+	drive := func(limit int, done func() bool, within time.Duration, what string) {
+		t.Helper()
+		deadline := time.Now().Add(within)
+		for !done() {
+			if time.Now().After(deadline) {
+				if what == "" {
+					return
+				}
+				t.Fatalf("%s: not within %s (acknowledged up to %d; heartbeat %v)", what, within, st.ack("run1"), st.logger.HeartbeatFields())
+			}
+			a := int(st.ack("run1"))
+			for seq := a + 1; seq <= min(a+window, limit); seq++ {
+				if time.Since(sent[seq]) > time.Second {
+					st.publish(ms[seq-1])
+					sent[seq] = time.Now()
+				}
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	db := roDB(t, st.dbPath())
+	// acknowledgedStored checks that every acknowledged seq is stored and
+	// nothing was dropped, and that the database is intact.
+	acknowledgedStored := func(step string) {
+		t.Helper()
+		if err := integrityCheck(ctx, db); err != nil {
+			t.Fatalf("%s: %v", step, err)
+		}
+		a := st.ack("run1")
+		if got := queryInt(t, db, `SELECT count(*) FROM sample WHERE seq <= ?`, a); got != int64(a) {
+			t.Fatalf("%s: acknowledged up to %d but %d of them stored", step, a, got)
+		}
+		if g := queryInt(t, db, `SELECT count(*) FROM gap`); g != 0 {
+			t.Fatalf("%s: %d gap records (%s)", step, g, queryText(t, db, `SELECT reason FROM gap LIMIT 1`))
+		}
+	}
+	drive(200, func() bool { return st.ack("run1") >= 200 }, 30*time.Second, "first 200")
+	acknowledgedStored("before the stranger")
+
+	filler := fillDisk(t, dir)
+	degraded := func() string { s, _ := st.logger.HeartbeatFields()["degraded"].(string); return s }
+	drive(n, func() bool { return strings.Contains(degraded(), "disk full") }, 60*time.Second, "degraded")
+	t.Logf("degraded: %s", degraded())
+	acknowledgedStored("degraded")
+	// While the disk stays full, acknowledgements stop; whatever was
+	// acknowledged stays stored.
+	stuck := st.ack("run1")
+	for range 3 {
+		drive(n, func() bool { return st.ack("run1") >= n }, 2*time.Second, "")
+		acknowledgedStored("while full")
+	}
+	if st.ack("run1") >= n {
+		t.Fatal("everything acknowledged on a full disk")
+	}
+	t.Logf("acknowledged %d before the disk filled up, %d while full", stuck, st.ack("run1"))
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	drive(n, func() bool { return st.ack("run1") >= n }, 60*time.Second, "after the stranger's file went")
+	acknowledgedStored("after")
+	st.exactlyOnce("run1", n)
+	waitFor(t, 30*time.Second, "degraded cleared", func() bool { return !strings.Contains(degraded(), "disk full") })
+}
+
+func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

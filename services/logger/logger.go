@@ -125,8 +125,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*Logger, error) {
 		Retention:   lc.Retention.Duration,
 		ClockStep:   lc.ClockStep.Duration,
 		GapAfter:    gapAfter,
-		Synced:      synced,
-		Log:         o.Log,
+		// A poller run is at most its outbox ahead of what the logger
+		// knows of it (docs/logger.md, "Absurd sequence numbers").
+		MaxAhead: uint64(cfg.Poller.Outbox),
+		Synced:   synced,
+		Log:      o.Log,
 	})
 	if err != nil {
 		return nil, err
@@ -216,7 +219,17 @@ type beat struct {
 
 func (l *Logger) handleBeat(payload []byte) {
 	var b beat
-	if err := json.Unmarshal(payload, &b); err != nil || b.Run == "" || b.DataSeq == nil {
+	err := json.Unmarshal(payload, &b)
+	if err == nil && b.Run == "" && b.DataSeq == nil {
+		// A heartbeat without the poller's fields: the service publishes
+		// its first heartbeat as soon as it runs (service.RunWith starts
+		// the heartbeats and the role side by side), before the poller
+		// has made its plan and added its fields. Nothing to learn.
+		l.log.Debug("producer heartbeat without the poller's fields (its first, before the poller started) ignored",
+			"topic", l.topics.SvcHeartbeat(Producer))
+		return
+	}
+	if err != nil || b.Run == "" || b.DataSeq == nil {
 		if ok, n := l.limiter.Check("beat", time.Now()); ok {
 			l.log.Warn("producer heartbeat without run and data_seq ignored", "topic", l.topics.SvcHeartbeat(Producer),
 				"payload", string(payload), "err", err, "suppressed", n)
@@ -453,8 +466,11 @@ func (l *Logger) commit(ctx context.Context, batch []store.Item) error {
 				l.log.Info("database writable again; batch committed", "waited", time.Since(stalled).Round(time.Millisecond))
 			}
 			l.setWaiting("")
-			if fulls > 0 && l.opts.OnFailing != nil {
-				l.opts.OnFailing("")
+			if fulls > 0 {
+				l.setDegraded("") // maintain says if the spare file is still missing
+				if l.opts.OnFailing != nil {
+					l.opts.OnFailing("")
+				}
 			}
 			l.committedBatch(res, batch)
 			return nil
@@ -476,17 +492,26 @@ func (l *Logger) commit(ctx context.Context, batch []store.Item) error {
 		case errors.Is(err, store.ErrDiskFull):
 			l.diskFulls.Add(1)
 			fulls++
-			l.setDegraded("disk full: " + err.Error())
-			if l.opts.OnFailing != nil {
-				l.opts.OnFailing("disk full: readings are not acknowledged until space is freed")
-			}
 			if ok, n := l.limiter.Check("disk full", time.Now()); ok {
 				l.log.Error("disk full; freeing space by the storage policy, readings stay unacknowledged", "err", err, "suppressed", n)
 			}
-			if n, err := l.store.MakeRoom(ctx, fulls); err != nil && !errors.Is(err, store.ErrDiskFull) && !errors.Is(err, store.ErrLocked) {
+			reason := "disk full: readings wait unacknowledged in the poller's outbox until space is freed"
+			n, err := l.store.MakeRoom(ctx, fulls)
+			switch {
+			case errors.Is(err, store.ErrNoRoom):
+				reason = "disk full: the file system is full and the database below its capacity, so nothing it holds is deleted for new readings; they wait unacknowledged in the poller's outbox until space returns"
+				if ok, n := l.limiter.Check("no room", time.Now()); ok {
+					l.log.Error("no room for new readings: the file system is full (not by the database); acknowledging nothing until space returns",
+						"suppressed", n)
+				}
+			case err != nil && !errors.Is(err, store.ErrDiskFull) && !errors.Is(err, store.ErrLocked):
 				return fmt.Errorf("logger: freeing space: %w", err)
-			} else if err != nil {
+			case err != nil:
 				l.log.Warn("freeing space failed; retrying", "deleted", n, "err", err)
+			}
+			l.setDegraded(reason)
+			if l.opts.OnFailing != nil {
+				l.opts.OnFailing(reason)
 			}
 		default:
 			return fmt.Errorf("logger: write: %w", err)
@@ -517,6 +542,12 @@ func (l *Logger) committedBatch(res store.Result, batch []store.Item) {
 				l.log.Warn("malformed data message", "topic", l.data+it.Device, "err", it.Err,
 					"recorded_as_gap", it.Msg.HasID, "suppressed", n)
 			}
+		}
+	}
+	if res.Deferred > 0 {
+		if ok, n := l.limiter.Check("deferred", time.Now()); ok {
+			l.log.Warn("data messages with a seq far beyond anything known of their run left unacknowledged until its heartbeat says how far it got",
+				"messages", res.Deferred, "outbox", l.cfg.Poller.Outbox, "suppressed", n)
 		}
 	}
 	for _, a := range res.Acks {

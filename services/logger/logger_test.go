@@ -1,10 +1,13 @@
 package logger
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +17,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/store"
 )
 
 // stack is our broker on a free port, a logger and a stand-in for the
@@ -386,4 +390,129 @@ func TestDeadRunTailThroughBroker(t *testing.T) {
 		t.Errorf("gap records %q, want %q", got, want)
 	}
 	st.exactlyOnce("a", 6)
+}
+
+// Poison messages never stall the logger: a payload too big, one that is
+// not JSON, one whose point or device name breaks the configuration's name
+// rule (a NUL, a control character), one with an absurd seq. Each is
+// taken, acknowledged to the broker and recorded (a malformed gap when its
+// run and seq are readable, counted otherwise); the logger stays connected
+// and stores everything else.
+func TestPoisonMessagesThroughBroker(t *testing.T) {
+	st := newStack(t, nil)
+	pub := func(dev string, payload []byte) {
+		t.Helper()
+		if err := st.poller.Bus.Publish(st.ctx, bus.Message{Topic: st.poller.Topics.Data(dev), QoS: 1, Payload: payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	good := series("run1", 1, 10)
+	for _, m := range good[:5] {
+		st.publish(m)
+	}
+	big := append([]byte(`{"run":"run1","seq":6,"t":1,"m":1,"v":{"pad":"`), bytes.Repeat([]byte("x"), maxPayload)...)
+	pub("meter", append(big, `"}}`...))                                           // seq 6: too big
+	pub("meter", []byte("\x00\xff\xfe garbage"))                                  // no run, no seq
+	pub("meter", []byte(`{"run":"run1","seq":7,"t":1,"m":1,"v":{"a\u0000b":1}}`)) // NUL in a point name
+	pub("me\x01ter", series("run1", 8, 8)[0].payload())                           // control character in the device
+	pub("meter", []byte(`{"run":"run1","seq":9223372036854775807,"t":1,"m":1,"v":{"a":1}}`))
+	st.publish(good[8])
+	st.publish(good[9])
+	st.waitAck("run1", 10, 15*time.Second)
+
+	db := roDB(t, st.dbPath())
+	if got := seqsOf(t, db, "run1"); len(got) != 7 {
+		t.Errorf("stored seqs %v, want 1-5, 9, 10", got)
+	}
+	rows, err := db.Query(`SELECT coalesce(first_seq, 0), reason FROM gap WHERE kind = 'malformed' ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var gaps []string
+	for rows.Next() {
+		var seq int64
+		var reason string
+		if err := rows.Scan(&seq, &reason); err != nil {
+			t.Fatal(err)
+		}
+		if strings.ContainsFunc(reason, func(r rune) bool { return r < ' ' }) {
+			t.Errorf("gap reason with a control character: %q", reason)
+		}
+		gaps = append(gaps, fmt.Sprintf("%d %s", seq, reason))
+	}
+	want := []string{"6 ", "7 ", "8 ", "0 "}
+	wantText := []string{"payload of", "bad point name", "bad device name", "is beyond what run run1 can have made"}
+	if len(gaps) != len(want) {
+		t.Fatalf("malformed gaps:\n%s", strings.Join(gaps, "\n"))
+	}
+	for i := range want {
+		if !strings.HasPrefix(gaps[i], want[i]) || !strings.Contains(gaps[i], wantText[i]) {
+			t.Errorf("gap %d: %q, want seq %q and %q", i, gaps[i], want[i], wantText[i])
+		}
+	}
+	if hb := st.logger.HeartbeatFields(); hb["malformed"].(int64) != 5 {
+		t.Errorf("malformed count %v, want 5", hb["malformed"])
+	}
+	if !st.svc.Bus.Connected() {
+		t.Error("the logger lost its connection")
+	}
+	// The CSV export holds no control character from the names.
+	var buf bytes.Buffer
+	edb, err := store.OpenReadOnly(st.dbPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer edb.Close()
+	if _, err := store.Export(context.Background(), edb, store.ExportFilter{}, store.FormatCSV, &buf); err != nil {
+		t.Fatal(err)
+	}
+	if i := bytes.IndexFunc(buf.Bytes(), func(r rune) bool { return r < ' ' && r != '\n' }); i >= 0 {
+		t.Errorf("control character in the export at byte %d: %q", i, buf.Bytes()[max(i-40, 0):i+1])
+	}
+}
+
+// The poller's first heartbeat (published before the poller added its
+// fields) is not warned about; one with a run but no data_seq is.
+func TestFirstProducerHeartbeatQuiet(t *testing.T) {
+	cfg := config.Default()
+	cfg.StateDir = t.TempDir()
+	var rec levelRecorder
+	l, err := New(context.Background(), cfg, Options{Log: slog.New(&rec)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	hb := l.topics.SvcHeartbeat(Producer)
+	l.Handle(hb, []byte(`{"pid":42,"seq":1,"progress":0,"boot":"b","version":"dev"}`))
+	if n := rec.warnings(); n != 0 {
+		t.Errorf("%d warnings for the service's first heartbeat", n)
+	}
+	l.Handle(hb, []byte(`{"pid":42,"seq":2,"run":"r1"}`))
+	if n := rec.warnings(); n != 1 {
+		t.Errorf("%d warnings for a heartbeat with a run but no data_seq, want 1", n)
+	}
+}
+
+// levelRecorder is a slog.Handler that counts warnings and errors.
+type levelRecorder struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (r *levelRecorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *levelRecorder) Handle(_ context.Context, rec slog.Record) error {
+	if rec.Level >= slog.LevelWarn {
+		r.mu.Lock()
+		r.n++
+		r.mu.Unlock()
+	}
+	return nil
+}
+func (r *levelRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *levelRecorder) WithGroup(string) slog.Handler      { return r }
+func (r *levelRecorder) warnings() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.n
 }

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -255,22 +257,47 @@ func isDNSName(s string) bool {
 	return true
 }
 
-// topic checks that s can stand in an MQTT topic name as levels...: not
-// empty, valid UTF-8 without NUL, no wildcard (+ #), no empty level, not
-// starting with $ (reserved for $SYS); with oneLevel, no '/' either.
+// topic checks that s can stand in an MQTT topic name as levels (see
+// topicProblem).
 func (ch *checker) topic(key, s string, oneLevel bool) {
+	if p := topicProblem(s, oneLevel); p != "" {
+		ch.errorf(key, "%s", p)
+	}
+}
+
+// CheckName returns nil if s is a valid device or point name (the rule
+// the configuration applies to them: one MQTT topic level, see
+// topicProblem), else an error that says why. The logger applies it to the
+// names that come from the bus, so that what it stores obeys the same
+// rule as what can be configured.
+func CheckName(s string) error {
+	if p := topicProblem(s, true); p != "" {
+		return errors.New(p)
+	}
+	return nil
+}
+
+// topicProblem says why s cannot stand in an MQTT topic name as levels, or
+// "" if it can: not empty, valid UTF-8 without NUL or other control
+// characters (they would be written raw into logs and CSV), no wildcard
+// (+ #), no empty level, not starting with $ (reserved for $SYS); with
+// oneLevel, no '/' either.
+func topicProblem(s string, oneLevel bool) string {
 	switch {
 	case s == "":
-		ch.errorf(key, "must not be empty")
+		return "must not be empty"
 	case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
-		ch.errorf(key, "%q is not valid UTF-8 text without NUL", s)
+		return fmt.Sprintf("%q is not valid UTF-8 text without NUL", s)
+	case strings.IndexFunc(s, unicode.IsControl) >= 0:
+		return fmt.Sprintf("%q holds a control character", s)
 	case strings.ContainsAny(s, "+#"):
-		ch.errorf(key, "%q holds an MQTT wildcard (+ or #)", s)
+		return fmt.Sprintf("%q holds an MQTT wildcard (+ or #)", s)
 	case s[0] == '$':
-		ch.errorf(key, "%q starts with $, which is reserved for broker topics", s)
+		return fmt.Sprintf("%q starts with $, which is reserved for broker topics", s)
 	case oneLevel && strings.Contains(s, "/"):
-		ch.errorf(key, "%q holds a '/' (want a single topic level)", s)
+		return fmt.Sprintf("%q holds a '/' (want a single topic level)", s)
 	case strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "//"):
-		ch.errorf(key, "%q has an empty topic level (a leading, trailing or double '/')", s)
+		return fmt.Sprintf("%q has an empty topic level (a leading, trailing or double '/')", s)
 	}
+	return ""
 }

@@ -13,6 +13,11 @@ const (
 	clockTrusted   = 0 // the wall time is believed
 	clockUntrusted = 1 // the wall time is not believed and not corrected yet
 	clockCorrected = 2 // tc holds monotonic time + the boot's good offset
+	// clockImplausible: the wall time is ahead of the logger's own trusted
+	// clock (a reading from the future); tc holds the corrected time when
+	// the boot has a good offset. Such a reading never moves the newest
+	// trusted time, so it cannot make the retention delete anything.
+	clockImplausible = 3
 )
 
 // How clocks are judged
@@ -40,6 +45,29 @@ const (
 // stay untrusted (clock = 1). A step between two trusted segments is
 // recorded, and samples keep their own times: both clocks were believed.
 
+// An implausible wall time: one more than ClockStep ahead of the logger's
+// own clock, when that clock is trusted (after 2020 and, with Synced,
+// synchronised). The logger runs on the poller's host, so a reading from
+// the future is a wrong stamp, not a clock the logger lacks: it is stored
+// with clock = 3 (quality clock_implausible), its segment is untrusted,
+// and it counts for nothing in the clock rules and the retention.
+
+// loggerNow returns the logger's own wall clock in Unix ms when it is
+// trusted (after 2020 and, with Synced, synchronised), else 0.
+func (s *Store) loggerNow() int64 {
+	now := s.opts.Now().UnixMilli()
+	if now < minSaneWall || s.opts.Synced != nil && !s.opts.Synced() {
+		return 0
+	}
+	return now
+}
+
+// implausible reports whether wall time t (ms) is ahead of the logger's
+// trusted clock now (0: not trusted) by more than ClockStep.
+func (s *Store) implausible(t, now int64) bool {
+	return now > 0 && t > now+s.opts.ClockStep.Milliseconds()
+}
+
 // KernelSynced reports whether the kernel says its clock is synchronised
 // (adjtimex: STA_UNSYNC clear). If adjtimex fails it reports true, so that
 // a missing syscall does not distrust every reading.
@@ -60,13 +88,17 @@ func abs64(x int64) int64 {
 }
 
 // judge decides whether wall time t (ms) of boot b can be trusted; if not
-// it says why.
+// it says why. Besides the rules above, a wall time the logger's own
+// trusted clock says is in the future is not.
 func (s *Store) judge(t int64, b *bootState) (bool, string) {
 	if t < minSaneWall {
 		return false, "wall clock before 2020"
 	}
 	if s.opts.Synced != nil && !s.opts.Synced() {
 		return false, "kernel clock not synchronised (adjtimex)"
+	}
+	if now := s.loggerNow(); s.implausible(t, now) {
+		return false, fmt.Sprintf("wall clock %s ahead of the logger's clock", time.Duration(t-now)*time.Millisecond)
 	}
 	var newest int64
 	for _, o := range s.boots {
@@ -130,6 +162,11 @@ func (s *Store) clockOf(ctx context.Context, b *bootState, m *Message) (int, int
 		}
 	}
 	switch {
+	case s.implausible(m.Wall, s.nowMs):
+		if b.hasGood {
+			return clockImplausible, roundMs(m.Mono + b.good), nil
+		}
+		return clockImplausible, 0, nil
 	case seg != nil && seg.trusted:
 		return clockTrusted, 0, nil
 	case b.hasGood:
@@ -170,8 +207,10 @@ func (s *Store) newSegment(ctx context.Context, b *bootState, kind string, m *Me
 	if b.firstRow == 0 {
 		return nil
 	}
-	res2, err := s.exec(ctx, `UPDATE sample SET clock = 2, tc = (m + ?1 + 500000) / 1000000
-		WHERE id >= ?2 AND boot = ?3 AND clock = 1`, off, b.firstRow, b.id)
+	// Implausible samples that had no corrected time get one too, and
+	// stay flagged.
+	res2, err := s.exec(ctx, `UPDATE sample SET clock = CASE clock WHEN 1 THEN 2 ELSE clock END, tc = (m + ?1 + 500000) / 1000000
+		WHERE id >= ?2 AND boot = ?3 AND (clock = 1 OR clock = 3 AND tc IS NULL)`, off, b.firstRow, b.id)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
@@ -50,8 +51,12 @@ func fillDisk(t *testing.T, dir string) string {
 
 // The database alone on a 4 MiB tmpfs, filled to the brim by readings and
 // then by another file: writes fail with ErrDiskFull and nothing is
-// acknowledged; MakeRoom frees space by the policy (with gap records) and
-// the batch then commits; the database is intact after every step.
+// acknowledged. While the database is at its capacity (it filled its own
+// disk), MakeRoom deletes the oldest rows by the ring buffer's policy with
+// gap records saying disk_size, and the batch then commits. Once another
+// file has squeezed it below its capacity, MakeRoom deletes nothing that
+// is not uploaded (ErrNoRoom): the batches wait (the poller's outbox) and
+// commit once the other file goes. The database is intact after every step.
 func TestDiskFullOnTmpfs(t *testing.T) {
 	dir := tmpfs(t, "4m")
 	ctx := context.Background()
@@ -63,6 +68,9 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 	if !s.hasReserve() {
 		t.Fatal("no spare file")
 	}
+	if _, why := s.Capacity(); why != reasonDiskSize {
+		t.Fatalf("capacity limited by %s, want %s", why, reasonDiskSize)
+	}
 	db := roDB(t, s.opts.Path)
 	check := func(step string) {
 		t.Helper()
@@ -70,36 +78,50 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 			t.Fatalf("%s: %v", step, err)
 		}
 	}
+	dropped := func() int64 {
+		return queryInt(t, db, `SELECT coalesce(sum(samples), 0) FROM gap WHERE kind = 'dropped'`)
+	}
 
-	seq, fulls, acked := 1, 0, uint64(0)
-	// commit mirrors the logger's loop: retry after MakeRoom.
-	commit := func(its []Item) {
+	seq, fulls, noRoom, acked := 1, 0, 0, uint64(0)
+	// commit mirrors the logger's loop: retry after MakeRoom; after
+	// ErrNoRoom the batch waits (false).
+	commit := func(its []Item) bool {
 		t.Helper()
 		for try := 0; ; try++ {
 			res, err := s.Write(ctx, producer, its)
 			if err == nil {
 				acked = ackOf(res, "r")
 				s.EnsureReserve() // as the logger does after each commit
-				return
+				return true
 			}
 			if !errors.Is(err, ErrDiskFull) || try > 20 {
 				t.Fatalf("write: %v", err)
 			}
 			fulls++
 			check("after a failed write")
+			before := dropped()
 			n, err := s.MakeRoom(ctx, try+1)
-			if err != nil && !errors.Is(err, ErrDiskFull) {
-				t.Fatalf("MakeRoom: %v", err)
-			}
 			z, _ := s.Size(ctx)
 			free, _ := s.diskFree()
 			t.Logf("disk full: MakeRoom deleted %d samples (%v); now file %d wal %d used %d, free %d", n, err, z.File, z.WAL, z.Used, free)
 			check("after MakeRoom")
+			if errors.Is(err, ErrNoRoom) {
+				if d := dropped(); d != before {
+					t.Fatalf("MakeRoom said no room but dropped %d unuploaded samples", d-before)
+				}
+				noRoom++
+				return false
+			}
+			if err != nil && !errors.Is(err, ErrDiskFull) {
+				t.Fatalf("MakeRoom: %v", err)
+			}
 		}
 	}
 	// Phase 1: readings alone fill the disk (no Maintain: the hard way).
 	for fulls == 0 && seq < 200000 {
-		commit(items(bigSeries("r", seq, 50, perSecond)...))
+		if !commit(items(bigSeries("r", seq, 50, perSecond)...)) {
+			t.Fatal("no room while the database fills its own disk")
+		}
 		seq += 50
 	}
 	if fulls == 0 {
@@ -109,36 +131,48 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 	if !s.hasReserve() {
 		t.Error("spare file not recreated after making room")
 	}
-	// Phase 2: another file takes the rest of the disk.
-	filler := fillDisk(t, dir)
-	before := fulls
-	for range 40 {
-		commit(items(bigSeries("r", seq, 50, perSecond)...))
-		seq += 50
-		if _, err := s.Maintain(ctx); err != nil && !errors.Is(err, ErrDiskFull) {
-			t.Fatal(err)
-		}
+	if g := queryText(t, db, `SELECT reason FROM gap WHERE kind = 'dropped' LIMIT 1`); !strings.Contains(g, "(disk_size)") {
+		t.Errorf("dropped gap: %q, want the reason disk_size", g)
 	}
-	check("phase 2")
-	// Phase 2b: the filler takes every byte freed before each write.
-	for range 10 {
-		fillDisk(t, dir)
-		commit(items(bigSeries("r", seq, 50, perSecond)...))
+	// Phase 2: another file takes the rest of the disk, and then every
+	// byte freed before each write. The waiting batches are kept in order,
+	// as the poller's outbox does.
+	filler := fillDisk(t, dir)
+	var waiting [][]Item
+	for i := range 50 {
+		if i >= 40 {
+			fillDisk(t, dir)
+		}
+		its := items(bigSeries("r", seq, 50, perSecond)...)
 		seq += 50
+		if len(waiting) > 0 || !commit(its) {
+			waiting = append(waiting, its)
+			continue
+		}
 		if _, err := s.Maintain(ctx); err != nil && !errors.Is(err, ErrDiskFull) {
 			t.Fatal(err)
 		}
-		check("phase 2b")
+		check("phase 2")
+	}
+	if noRoom == 0 {
+		t.Error("the other file never squeezed the database below its capacity")
+	}
+	squeezed := dropped()
+	stored := queryInt(t, db, `SELECT count(*) FROM sample`)
+	t.Logf("%d batches wait; %d samples stored, %d dropped", len(waiting), stored, squeezed)
+	// Phase 3: the filler goes; the waiting batches commit, nothing more
+	// is dropped, the spare file comes back.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	for _, its := range waiting {
+		if !commit(its) {
+			t.Fatal("no room after the other file went")
+		}
 	}
 	if acked != uint64(seq-1) {
 		t.Fatalf("acknowledged up to %d, sent up to %d", acked, seq-1)
 	}
-	t.Logf("disk full %d times before the filler, %d after", before, fulls-before)
-	// Phase 3: the filler goes; the spare file comes back.
-	if err := os.Remove(filler); err != nil {
-		t.Fatal(err)
-	}
-	commit(items(bigSeries("r", seq, 50, perSecond)...))
 	if _, err := s.Maintain(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -146,13 +180,13 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 		t.Error("spare file not recreated once there was room")
 	}
 	check("phase 3")
-	dropped := missingCovered(t, db, s.LastRow(), 0)
-	if dropped == 0 {
-		t.Error("no gap record for the dropped rows")
+	if d := dropped(); d != squeezed {
+		t.Errorf("%d more samples dropped after the other file went", d-squeezed)
 	}
-	stored := queryInt(t, db, `SELECT count(*) FROM sample`)
-	if stored+dropped != s.LastRow() {
-		t.Errorf("%d stored + %d dropped != %d written", stored, dropped, s.LastRow())
+	all := missingCovered(t, db, s.LastRow(), 0)
+	stored = queryInt(t, db, `SELECT count(*) FROM sample`)
+	if stored+all != s.LastRow() || int(s.LastRow()) != seq-1 {
+		t.Errorf("%d stored + %d dropped != %d written (%d sent)", stored, all, s.LastRow(), seq-1)
 	}
-	t.Logf("%d samples written, %d kept, %d dropped with gap records", s.LastRow(), stored, dropped)
+	t.Logf("%d samples written, %d kept, %d dropped with gap records", s.LastRow(), stored, all)
 }

@@ -78,6 +78,8 @@ type exportRow struct {
 //	clock_corrected  the time is monotonic time + the boot's good offset;
 //	                 the original is in wall_time
 //	clock_untrusted  the wall time is not trusted and could not be corrected
+//	clock_implausible the wall time (in wall_time) was ahead of the logger's
+//	                 own clock; the time is the corrected one where known
 //	bad              the point could not be read (note says why)
 //	gap              readings known to be missing (note says which and why)
 //
@@ -239,6 +241,8 @@ func quality(r *exportRow) string {
 		return "clock_corrected"
 	case r.clock == clockUntrusted:
 		return "clock_untrusted"
+	case r.clock == clockImplausible:
+		return "clock_implausible"
 	}
 	return "good"
 }
@@ -275,7 +279,7 @@ func (e *exportWriter) write(r *exportRow) error {
 		note = r.gapKind + ": " + note
 	}
 	wall := ""
-	if r.kind != "gap" && r.clock == clockCorrected {
+	if r.kind != "gap" && (r.clock == clockCorrected || r.clock == clockImplausible) {
 		wall = fmtTime(r.wallMs)
 	}
 	if e.c != nil {

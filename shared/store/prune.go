@@ -6,21 +6,35 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
 )
 
 // Bounded storage
 //
-// The live data (pages in use) plus a full write-ahead log may take 90% of
-// the capacity: max_db_size, or less when the file system has less room
-// (what the database files take now, free pages included, plus the free
-// space, less a margin and the spare file). Past that, Maintain deletes the
-// oldest samples down to 80%. Row ids grow with time, so the oldest rows
-// are the ones the uplink delivered first (ids up to its cursor): they go
-// first and silently. Rows beyond the cursor go only when nothing uploaded
-// is left, and one gap record of kind 'dropped' per series of deletes
-// names them (first and last row, how many samples and readings, their
-// time span, why). Deletes run in chunks no bigger than half the
-// write-ahead log, each in its own transaction.
+// The database's capacity is max_db_size, or the size of its file system
+// less a margin and the spare file when that is smaller. It is fixed by
+// sizes, not by the free space, so that another process's files never
+// shrink it. The live data (pages in use) plus a full write-ahead log may
+// take 90% of the capacity; past that, Maintain deletes the oldest samples
+// down to 80%. Row ids grow with time, so the oldest rows are the ones the
+// uplink delivered first (ids up to its cursor): they go first and
+// silently. Rows beyond the cursor go only when nothing uploaded is left,
+// and one gap record of kind 'dropped' per series of deletes names them
+// (first and last row, how many samples and readings, their time span, and
+// why: max_db_size, or disk_size when the file system is the smaller
+// limit). Deletes run in chunks no bigger than half the write-ahead log,
+// each in its own transaction. This is the one way unuploaded readings are
+// deleted to make room (retention is the other way they go).
+//
+// A full file system while the database is below its capacity (another
+// process's files took the space) is different: the readings the database
+// holds are not deleted for newer ones. Uploaded rows may go (they are
+// upstream) and the spare file is given up, but if that is not enough the
+// write fails with ErrDiskFull and the logger stops acknowledging: the
+// poller's outbox keeps the newest readings (and back-pressures) until
+// space returns.
 //
 // Incremental vacuum gives the freed pages back to the file system, except
 // when it is nearly full (less than a tenth of the budget free): then the
@@ -28,12 +42,6 @@ import (
 // back would only let another process take them. The write-ahead log is never
 // truncated below journal_size_limit, so that its file is room the next
 // transaction can always reuse.
-//
-// When a write fails because the disk is full, MakeRoom deletes the spare
-// file (so that the deletes themselves have room) and deletes rows (in
-// ever smaller chunks if even that fails) until the live data is 10% below
-// what it was; the logger retries the batch, and recreates the spare file
-// once the disk has room again.
 
 // EnsureReserve creates the spare file (Path + ".reserve", Reserve bytes of
 // zeros, fsynced) unless it exists or the disk has less than twice its size
@@ -100,6 +108,31 @@ func (s *Store) Budget(z Size) (budget int64, tight bool) {
 
 func (s *Store) walMax() int64 { return int64(s.walPages) * 4096 }
 
+// Dropped reasons: why unuploaded rows were deleted (gap.reason).
+const (
+	reasonMaxSize   = "max_db_size" // the database reached max_db_size
+	reasonDiskSize  = "disk_size"   // it filled its file system, which is smaller than max_db_size
+	reasonRetention = "retention"
+)
+
+// Capacity returns the most the database may take (see above) and the
+// reason its deletes record: max_db_size, or the size of the file system
+// less 128 KiB and the spare file when that is smaller (disk_size). It
+// does not depend on the free space.
+func (s *Store) Capacity() (int64, string) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(filepath.Dir(s.opts.Path), &st); err != nil {
+		return s.opts.MaxSize, reasonMaxSize
+	}
+	// The blocks we may use: all of them less the ones reserved for root
+	// (Bfree - Bavail).
+	fs := (int64(st.Blocks)-int64(st.Bfree)+int64(st.Bavail))*int64(st.Bsize) - 128<<10 - s.opts.Reserve
+	if fs < s.opts.MaxSize {
+		return max(fs, 256<<10), reasonDiskSize
+	}
+	return s.opts.MaxSize, reasonMaxSize
+}
+
 // Maintain applies the retention and keeps the database within its
 // budget. It returns how many samples it deleted. Errors as for Write.
 func (s *Store) Maintain(ctx context.Context) (int64, error) {
@@ -115,18 +148,28 @@ func (s *Store) Maintain(ctx context.Context) (int64, error) {
 	if err != nil {
 		return n, err
 	}
+	capacity, why := s.Capacity()
 	budget, tight := s.Budget(z)
 	s.tight = tight
-	if z.Used+s.walMax() > budget*9/10 {
-		k, err := s.shrink(ctx, budget*8/10-s.walMax(), "max_db_size")
+	switch {
+	case z.Used+s.walMax() > capacity*9/10:
+		k, err := s.shrink(ctx, capacity*8/10-s.walMax(), why, 0)
+		n += k
+		if err != nil {
+			return n, err
+		}
+	case z.Used+s.walMax() > budget*9/10 && s.uploaded > 0:
+		// The file system is filling up (with other files): uploaded
+		// rows make room early; nothing else is deleted for it.
+		k, err := s.shrink(ctx, budget*8/10-s.walMax(), "uploaded rows, to keep room on a filling disk", s.uploaded)
 		n += k
 		if err != nil {
 			return n, err
 		}
 	}
 	// Free pages go back to the file system when it has room, when the
-	// database is over max_db_size, or to make room for the spare file.
-	if (!tight && n > 0) || z.File+z.WAL > s.opts.MaxSize*9/10 || (!s.hasReserve() && z.File-z.Used >= 2*s.opts.Reserve) {
+	// database is over its capacity, or to make room for the spare file.
+	if (!tight && n > 0) || z.File+z.WAL > capacity*9/10 || (!s.hasReserve() && z.File-z.Used >= 2*s.opts.Reserve) {
 		return n, s.vacuum(ctx)
 	}
 	return n, nil
@@ -135,10 +178,15 @@ func (s *Store) Maintain(ctx context.Context) (int64, error) {
 // MakeRoom frees space after the attempt-th consecutive ErrDiskFull of a
 // write. The first time it only checkpoints, so that the retry can reuse
 // the write-ahead log from its start instead of growing it. After that it
-// deletes the spare file, deletes the oldest rows by the policy until the
-// live data is at most 80% of the capacity and 90% of what it was, and
-// vacuums, so that the write-ahead log has room to grow. It returns how
-// many samples it deleted; ErrDiskFull when not even one could be deleted.
+// deletes the spare file, and deletes the oldest rows until the live data
+// is 90% of what it was (and at most 80% of the capacity): any of them
+// when the database is at its capacity (its live data and a full
+// write-ahead log take 80% of it or more: the policy of Maintain, applied
+// late), else only uploaded ones (another process filled the disk: the
+// readings held are not deleted for newer ones). Then it vacuums, so that
+// the write-ahead log has room to grow. It returns how many samples it
+// deleted; an error that wraps ErrDiskFull and says so (ErrNoRoom) when
+// nothing could be deleted.
 func (s *Store) MakeRoom(ctx context.Context, attempt int) (int64, error) {
 	s.tight = true
 	s.checkpoint(ctx, "PASSIVE")
@@ -152,10 +200,21 @@ func (s *Store) MakeRoom(ctx context.Context, attempt int) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	budget, _ := s.Budget(z)
-	n, err := s.shrink(ctx, min(budget*8/10-s.walMax(), z.Used*9/10), "disk full")
+	capacity, why := s.Capacity()
+	upTo := s.uploaded // below the capacity: uploaded rows only
+	if upTo == 0 {
+		upTo = -1 // none
+	}
+	if z.Used+s.walMax() >= capacity*8/10 {
+		upTo = 0 // at the capacity: the ring buffer's policy
+	}
+	n, err := s.shrink(ctx, min(capacity*8/10-s.walMax(), z.Used*9/10), why, upTo)
 	if err != nil {
 		return n, err
+	}
+	if n == 0 {
+		s.EnsureReserve()
+		return 0, ErrNoRoom
 	}
 	// Give back only what the write-ahead log and the spare file need;
 	// the other free pages stay in the file for the next readings.
@@ -167,8 +226,13 @@ func (s *Store) MakeRoom(ctx context.Context, attempt int) (int64, error) {
 }
 
 // shrink deletes the oldest samples until the pages in use are at most
-// target bytes. When a chunk does not fit on the disk it tries smaller ones.
-func (s *Store) shrink(ctx context.Context, target int64, reason string) (int64, error) {
+// target bytes; with upTo > 0 only samples with ids up to it (uploaded
+// ones), and none when upTo < 0. When a chunk does not fit on the disk it
+// tries smaller ones.
+func (s *Store) shrink(ctx context.Context, target int64, reason string, upTo int64) (int64, error) {
+	if upTo < 0 {
+		return 0, nil
+	}
 	var deleted int64
 	target = max(target, 64<<10)
 	var g dropGap // one gap record for the whole shrink
@@ -189,7 +253,7 @@ func (s *Store) shrink(ctx context.Context, target int64, reason string) (int64,
 		// write-ahead log from its start instead of growing it.
 		s.checkpoint(ctx, "PASSIVE")
 		var n int64
-		n, err = s.deleteOldest(ctx, k, reason, &g)
+		n, err = s.deleteOldest(ctx, k, upTo, reason, &g)
 		if errors.Is(err, ErrDiskFull) && k > 1 {
 			limit, err = k/2, nil // no room for that much write-ahead log
 			continue
@@ -207,11 +271,15 @@ func (s *Store) shrink(ctx context.Context, target int64, reason string) (int64,
 	return deleted, err
 }
 
-// deleteOldest deletes up to k of the oldest samples with their readings,
-// recording the ones not yet uploaded as a gap.
-func (s *Store) deleteOldest(ctx context.Context, k int64, reason string, g *dropGap) (int64, error) {
+// deleteOldest deletes up to k of the oldest samples (with ids up to upTo
+// when it is > 0) with their readings, recording the ones not yet uploaded
+// as a gap.
+func (s *Store) deleteOldest(ctx context.Context, k, upTo int64, reason string, g *dropGap) (int64, error) {
+	if upTo <= 0 {
+		upTo = 1 << 62
+	}
 	var last sql.NullInt64
-	err := s.conn.QueryRowContext(ctx, `SELECT max(id) FROM (SELECT id FROM sample ORDER BY id LIMIT ?)`, k).Scan(&last)
+	err := s.conn.QueryRowContext(ctx, `SELECT max(id) FROM (SELECT id FROM sample WHERE id <= ? ORDER BY id LIMIT ?)`, upTo, k).Scan(&last)
 	if err != nil || !last.Valid {
 		return 0, err
 	}
@@ -298,36 +366,48 @@ func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string, g *dr
 	return samples, nil
 }
 
-// expire deletes the samples older than the retention, judged from the
-// newest trusted reading; untrusted samples are judged by their place.
+// expire deletes the samples older than the retention. Age is judged from
+// a time the logger trusts: the newest trusted reading, but never later
+// than the logger's own clock when that is trusted (and a reading ahead of
+// it is implausible and counts for nothing). Within a boot it is bounded
+// by monotonic age too: a sample is old only if it is also Retention of
+// CLOCK_BOOTTIME older than the newest sample of its boot, so that no
+// wall-clock stamp can make young readings look old. Untrusted and
+// implausible samples go by their place.
 func (s *Store) expire(ctx context.Context) (int64, error) {
 	var newest int64
+	lastM := map[int64]int64{}
 	for _, b := range s.boots {
 		newest = max(newest, b.lastT)
+		lastM[b.id] = b.lastM
+	}
+	if now := s.loggerNow(); now > 0 && now < newest {
+		newest = now
 	}
 	if newest == 0 {
 		return 0, nil
 	}
-	cutoff := newest - s.opts.Retention.Milliseconds()
+	ret := s.opts.Retention
+	cutoff := newest - ret.Milliseconds()
 	// Scan from the oldest sample to the first trusted one inside the
 	// retention: everything before it goes.
 	var keep int64 = -1
 	after := int64(0)
 	for keep < 0 {
-		rows, err := s.conn.QueryContext(ctx, `SELECT id, coalesce(tc, t), clock FROM sample WHERE id > ? ORDER BY id LIMIT 1000`, after)
+		rows, err := s.conn.QueryContext(ctx, `SELECT id, coalesce(tc, t), clock, boot, m FROM sample WHERE id > ? ORDER BY id LIMIT 1000`, after)
 		if err != nil {
 			return 0, err
 		}
 		n := 0
 		for rows.Next() {
-			var id, t, clk int64
-			if err := rows.Scan(&id, &t, &clk); err != nil {
+			var id, t, clk, boot, m int64
+			if err := rows.Scan(&id, &t, &clk, &boot, &m); err != nil {
 				rows.Close()
 				return 0, err
 			}
 			n++
 			after = id
-			if clk != clockUntrusted && t >= cutoff {
+			if (clk == clockTrusted || clk == clockCorrected) && (t >= cutoff || lastM[boot]-m < ret.Nanoseconds()) {
 				keep = id
 				break
 			}
@@ -358,7 +438,7 @@ func (s *Store) expire(ctx context.Context) (int64, error) {
 		if !upTo.Valid {
 			return total, nil
 		}
-		n, err := s.deleteUpTo(ctx, upTo.Int64, "retention", &g)
+		n, err := s.deleteUpTo(ctx, upTo.Int64, reasonRetention, &g)
 		total += n
 		if err != nil || n == 0 {
 			return total, err

@@ -1,12 +1,16 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/shared/clock"
 )
 
 // bigSeries returns n messages of run with 40 float readings each.
@@ -186,5 +190,77 @@ func TestOneGapRecordPerShrink(t *testing.T) {
 	want = 40 * queryInt(t, db, `SELECT samples FROM gap`)
 	if readings != want || !strings.HasPrefix(queryText(t, db, `SELECT reason FROM gap`), fmt.Sprint(want, " readings")) {
 		t.Errorf("gap readings %d, want %d; reason %q", readings, want, queryText(t, db, `SELECT reason FROM gap`))
+	}
+}
+
+// One reading stamped 2038 (with the real boot id, the clock trusted)
+// moves nothing: with the logger's clock trusted, retention measures from
+// a time no later than it, nothing inside the retention is deleted, and
+// the reading is stored flagged clock_implausible with its corrected time.
+// With the logger's clock untrusted (so the stamp itself is believed), the
+// monotonic age within the boot still keeps every young reading.
+func TestFutureStampDoesNotMoveRetention(t *testing.T) {
+	ctx := context.Background()
+	y2038 := time.Date(2038, 1, 19, 3, 14, 7, 0, time.UTC)
+	for _, tc := range []struct {
+		name       string
+		loggerNow  time.Time
+		wantFlag   string
+		wantTimeOf func(clock.Stamp) time.Time // the 2038 reading's exported time
+	}{
+		{"logger clock trusted", good(2 * time.Hour).Wall, "clock_implausible", func(s clock.Stamp) time.Time { return good(time.Hour).Wall }},
+		{"logger clock at 1970", time.Unix(1000, 0), "good", func(clock.Stamp) time.Time { return y2038 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := openTest(t, func(o *Options) {
+				o.Retention = time.Hour
+				o.Now = func() time.Time { return tc.loggerNow }
+			})
+			// 50 minutes of readings, one a minute: all inside the retention.
+			write(t, s, bigSeries("r", 10, 50, func(i int) time.Duration { return time.Duration(i) * time.Minute })...)
+			future := good(time.Hour) // the next minute's monotonic time and boot...
+			future.Wall = y2038       // ...stamped 2038
+			write(t, s, msg{dev: "dev", run: "r", seq: 60, at: future, vals: `"p00":1`})
+			n, err := s.Maintain(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := roDB(t, s.opts.Path)
+			if left := queryInt(t, db, `SELECT count(*) FROM sample`); n != 0 || left != 51 {
+				t.Errorf("retention deleted %d samples, %d left; want 0 deleted, 51 left", n, left)
+			}
+			if g := queryInt(t, db, `SELECT count(*) FROM gap`); g != 0 {
+				t.Errorf("%d gap records", g)
+			}
+			var buf bytes.Buffer
+			if _, err := Export(ctx, db, ExportFilter{Points: []string{"p00"}}, FormatJSONL, &buf); err != nil {
+				t.Fatal(err)
+			}
+			lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+			var last struct{ Time, Quality string }
+			var m map[string]any
+			if err := json.Unmarshal([]byte(lines[len(lines)-1]), &m); err != nil {
+				t.Fatal(err)
+			}
+			last.Time, last.Quality = m["time"].(string), m["quality"].(string)
+			if last.Quality != tc.wantFlag || last.Time != fmtTime(tc.wantTimeOf(future).UnixMilli()) {
+				t.Errorf("the 2038 reading exports as %s", lines[len(lines)-1])
+			}
+			if tc.wantFlag == "clock_implausible" && m["wall_time"] != fmtTime(y2038.UnixMilli()) {
+				t.Errorf("the 2038 reading exports without its stamped time: %s", lines[len(lines)-1])
+			}
+			if q := queryText(t, db, `SELECT quality FROM readings ORDER BY row DESC LIMIT 1`); q != tc.wantFlag {
+				t.Errorf("readings view: quality %q, want %q", q, tc.wantFlag)
+			}
+			// The next reading at the right time is trusted again, and a
+			// later Maintain still keeps everything young.
+			write(t, s, msg{dev: "dev", run: "r", seq: 61, at: good(61 * time.Minute), vals: `"p00":2`})
+			if q := queryText(t, db, `SELECT quality FROM readings ORDER BY row DESC LIMIT 1`); q != "good" {
+				t.Errorf("the reading after: quality %q", q)
+			}
+			if n, err := s.Maintain(ctx); err != nil || n != 0 {
+				t.Errorf("second Maintain deleted %d (%v)", n, err)
+			}
+		})
 	}
 }

@@ -124,7 +124,11 @@ CREATE TABLE clock (
 	reason    TEXT,
 	at        INTEGER NOT NULL
 );
+` + viewsV1
 
+// viewsV1 are the views of version 1 (still current). A migration that
+// rebuilds a table they name drops and recreates them.
+const viewsV1 = `
 CREATE VIEW readings AS
 SELECT s.id AS row,
        strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(s.tc, s.t) / 1000.0, 'unixepoch') AS time,
@@ -159,12 +163,96 @@ JOIN reason x ON x.id = f.reason;
 `
 
 // SchemaVersion is the schema version this program writes.
-const SchemaVersion = 2
+const SchemaVersion = 4
 
 // migrations[i] migrates a database from version i to i+1 inside tx.
 var migrations = []func(ctx context.Context, tx *sql.Conn) error{
 	migrateV0,
 	migrateV1,
+	migrateV2,
+	migrateV3,
+}
+
+// migrateV3 adds boot.last_m, the newest monotonic time of a boot's
+// samples (the retention is bounded by monotonic age within a boot), and
+// the quality clock_implausible (clock = 3: a wall time ahead of the
+// logger's own clock) to the readings view.
+func migrateV3(ctx context.Context, c *sql.Conn) error {
+	for _, q := range []string{
+		`ALTER TABLE boot ADD COLUMN last_m INTEGER`,
+		`UPDATE boot SET last_m = (SELECT max(m) FROM sample WHERE sample.boot = boot.id)`,
+		`DROP VIEW readings`,
+		viewReadingsV4,
+	} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// viewReadingsV4 is the readings view of version 4.
+const viewReadingsV4 = `
+CREATE VIEW readings AS
+SELECT s.id AS row,
+       strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(s.tc, s.t) / 1000.0, 'unixepoch') AS time,
+       coalesce(s.tc, s.t) AS time_ms,
+       d.name AS device,
+       p.name AS point,
+       r.v AS value,
+       CASE s.clock WHEN 0 THEN 'good' WHEN 1 THEN 'clock_untrusted' WHEN 2 THEN 'clock_corrected' ELSE 'clock_implausible' END AS quality,
+       s.t AS wall_ms,
+       s.m AS mono_ns,
+       b.boot AS boot,
+       u.run AS run,
+       s.seq AS seq
+FROM reading r
+JOIN sample s ON s.id = r.sample
+JOIN point p ON p.id = r.point
+JOIN device d ON d.id = p.device
+JOIN boot b ON b.id = s.boot
+JOIN run u ON u.id = s.run`
+
+// migrateV2 makes sample ids AUTOINCREMENT: SQLite otherwise hands out
+// max(id)+1, so after the newest rows were deleted (everything pruned) ids
+// were used again within one generation, and the uplink's cursor and dedup
+// key rely on ids that only grow. The table is rebuilt (SQLite cannot add
+// AUTOINCREMENT to a table), and the sequence starts above every id the
+// generation is known to have used: the samples left, the rows named by
+// gap records, the upload cursor.
+func migrateV2(ctx context.Context, c *sql.Conn) error {
+	for _, q := range []string{
+		`DROP VIEW readings`,
+		`DROP VIEW failures`,
+		`CREATE TABLE sample_new (
+	id     INTEGER PRIMARY KEY AUTOINCREMENT,
+	run    INTEGER NOT NULL,
+	seq    INTEGER NOT NULL,
+	device INTEGER NOT NULL,
+	t      INTEGER NOT NULL,       -- wall time as stamped, Unix ms
+	m      INTEGER NOT NULL,       -- CLOCK_BOOTTIME, ns
+	boot   INTEGER NOT NULL,
+	clock  INTEGER NOT NULL DEFAULT 0,
+	tc     INTEGER,                -- corrected wall time, Unix ms
+	UNIQUE (run, seq)
+)`,
+		`INSERT INTO sample_new(id, run, seq, device, t, m, boot, clock, tc)
+			SELECT id, run, seq, device, t, m, boot, clock, tc FROM sample ORDER BY id`,
+		`DROP TABLE sample`,
+		`ALTER TABLE sample_new RENAME TO sample`,
+		`DELETE FROM sqlite_sequence WHERE name = 'sample'`,
+		`INSERT INTO sqlite_sequence(name, seq) SELECT 'sample', max(
+			(SELECT coalesce(max(id), 0) FROM sample),
+			(SELECT coalesce(max(max(coalesce(first_row, 0), coalesce(last_row, 0))), 0) FROM gap),
+			(SELECT coalesce(max(first_row), 0) FROM boot),
+			coalesce((SELECT value FROM meta WHERE key = 'uploaded'), 0))`,
+		viewsV1,
+	} {
+		if _, err := c.ExecContext(ctx, q); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // migrateV1 adds run.produced: the highest seq the producer's heartbeats

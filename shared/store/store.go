@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,6 +30,11 @@ var (
 	ErrLocked = errors.New("database locked by another process")
 	// ErrDiskFull: the disk (or the database's file size limit) is full.
 	ErrDiskFull = errors.New("disk full")
+	// ErrNoRoom (which wraps ErrDiskFull) from MakeRoom: the disk is full
+	// and nothing may be deleted to make room (the database is below its
+	// capacity and holds no uploaded rows), so new readings cannot be
+	// kept until space returns.
+	ErrNoRoom = fmt.Errorf("%w: no room for new readings and none may be deleted for them (the file system is full, the database below its capacity)", ErrDiskFull)
 )
 
 // Options configure a Store.
@@ -52,6 +58,12 @@ type Options struct {
 	// GapAfter is how long a hole in a run's sequence numbers may stay open
 	// while the writer ingests before it is recorded as a gap.
 	GapAfter time.Duration
+	// MaxAhead bounds how far beyond what is known of a run a seq can be:
+	// the producer's outbox size (poller.outbox). A seq above the run's
+	// highest known seq (committed, stored, or what its heartbeats said it
+	// made) plus MaxAhead cannot have been produced: it is rejected as
+	// malformed, not believed. 0: 1<<20 (the largest outbox).
+	MaxAhead uint64
 	// Synced reports whether the kernel considers the clock synchronised;
 	// nil: always.
 	Synced func() bool
@@ -85,15 +97,37 @@ type Result struct {
 	Readings   int // values stored
 	Duplicates int // messages already stored (re-sent)
 	Malformed  int // payloads that are not data messages
+	// Deferred counts messages with a seq beyond MaxAhead of a run the
+	// store knows nothing of yet (no row, no heartbeat): neither stored
+	// nor acknowledged, so the producer sends them again, by when its
+	// heartbeat says how far it got.
+	Deferred int
 	// Acks holds the acknowledgement of every run the batch touched.
 	Acks []Ack
-	// LastRow is the highest sample id in the database after the write.
+	// LastRow is the highest sample id handed out after the write.
 	LastRow int64
 }
 
+// pointInfo is a known point. Its kind is fixed by its first value
+// (kindUnknown while only failures of it were stored).
 type pointInfo struct {
 	id   int64
-	bool bool
+	kind string
+}
+
+// Point kinds (column point.kind).
+const (
+	kindNumber  = "number"
+	kindBool    = "bool"
+	kindUnknown = "unknown" // no value stored yet, only failures
+)
+
+// kindOf returns the point kind that values of k belong to.
+func kindOf(k Kind) string {
+	if k == KindBool {
+		return kindBool
+	}
+	return kindNumber
 }
 
 type segment struct {
@@ -107,6 +141,7 @@ type bootState struct {
 	name     string
 	firstRow int64
 	lastT    int64 // newest trusted (or corrected) time, Unix ms
+	lastM    int64 // newest monotonic time of any sample, ns
 	segs     []segment
 	good     int64 // offset of the latest trusted segment
 	hasGood  bool
@@ -126,6 +161,7 @@ type runState struct {
 	// to produced that never arrive were lost with its outbox.
 	produced      uint64
 	producedSaved uint64
+	top           uint64 // highest seq stored (or given up)
 	ended         bool
 	holeSince     time.Time
 	dirty         bool
@@ -169,6 +205,7 @@ type Store struct {
 	tight                   bool // the file system is nearly full
 	walPages                int
 	reservePath             string
+	nowMs                   int64 // the logger's trusted clock during a Write (loggerNow)
 }
 
 // readingsPerStmt is how many readings one INSERT statement carries.
@@ -211,6 +248,9 @@ func Open(ctx context.Context, o Options) (*Store, error) {
 	}
 	if o.GapAfter <= 0 {
 		o.GapAfter = 30 * time.Second
+	}
+	if o.MaxAhead == 0 {
+		o.MaxAhead = 1 << 20
 	}
 	if o.MaxSize <= 0 {
 		o.MaxSize = 1 << 40
@@ -319,7 +359,8 @@ func (s *Store) Close() error {
 // only meaningful together with it.
 func (s *Store) Generation() string { return s.gen }
 
-// LastRow returns the highest sample id stored.
+// LastRow returns the highest sample id handed out in this generation
+// (its row may have been deleted since): ids only grow.
 func (s *Store) LastRow() int64 { return s.lastRow }
 
 // load (re)reads the state the writer keeps in memory. It is called at
@@ -364,7 +405,7 @@ func (s *Store) load(ctx context.Context) error {
 		if s.points[dev] == nil {
 			s.points[dev] = map[string]pointInfo{}
 		}
-		s.points[dev][name] = pointInfo{id: id, bool: kind == "bool"}
+		s.points[dev][name] = pointInfo{id: id, kind: kind}
 	}
 	if err := closeRows(rows); err != nil {
 		return err
@@ -384,13 +425,13 @@ func (s *Store) load(ctx context.Context) error {
 	if err := closeRows(rows); err != nil {
 		return err
 	}
-	if rows, err = s.conn.QueryContext(ctx, `SELECT id, boot, coalesce(first_row, 0), coalesce(last_t, 0) FROM boot`); err != nil {
+	if rows, err = s.conn.QueryContext(ctx, `SELECT id, boot, coalesce(first_row, 0), coalesce(last_t, 0), coalesce(last_m, 0) FROM boot`); err != nil {
 		return err
 	}
 	byID := map[int64]*bootState{}
 	for rows.Next() {
 		b := &bootState{}
-		if err := rows.Scan(&b.id, &b.name, &b.firstRow, &b.lastT); err != nil {
+		if err := rows.Scan(&b.id, &b.name, &b.firstRow, &b.lastT, &b.lastM); err != nil {
 			rows.Close()
 			return err
 		}
@@ -463,12 +504,16 @@ func (s *Store) load(ctx context.Context) error {
 				r.above = map[uint64]struct{}{}
 			}
 			r.above[uint64(seq)] = struct{}{}
+			r.top = max(r.top, uint64(seq))
 		}
 		if err := closeRows(rows); err != nil {
 			return err
 		}
 	}
-	if err := s.conn.QueryRowContext(ctx, `SELECT coalesce(max(id), 0) FROM sample`).Scan(&s.lastRow); err != nil {
+	// The last id handed out, even when its row was deleted since (ids
+	// are AUTOINCREMENT: they are never used again in a generation).
+	if err := s.conn.QueryRowContext(ctx, `SELECT max((SELECT coalesce(max(id), 0) FROM sample),
+		coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'sample'), 0))`).Scan(&s.lastRow); err != nil {
 		return err
 	}
 	var up sql.NullInt64
@@ -560,6 +605,7 @@ func (s *Store) tx(ctx context.Context, fn func() error) error {
 func (s *Store) Write(ctx context.Context, producer string, items []Item) (Result, error) {
 	var res Result
 	var touched []*runState
+	s.nowMs = s.loggerNow()
 	err := s.tx(ctx, func() error {
 		res, touched = Result{}, touched[:0]
 		for i := range items {
@@ -569,6 +615,24 @@ func (s *Store) Write(ctx context.Context, producer string, items []Item) (Resul
 				if !it.Msg.HasID {
 					continue
 				}
+			}
+			if limit, known := s.seqLimit(producer, it.Msg.Run); it.Msg.Seq > limit {
+				if !known {
+					res.Deferred++
+					continue
+				}
+				if it.Err == nil {
+					res.Malformed++
+				}
+				r, err := s.recordBeyond(ctx, producer, it, limit)
+				if err != nil {
+					return err
+				}
+				if !r.touched {
+					r.touched = true
+					touched = append(touched, r)
+				}
+				continue
 			}
 			r, err := s.run(ctx, producer, it.Msg.Run)
 			if err != nil {
@@ -622,6 +686,33 @@ func (s *Store) Write(ctx context.Context, producer string, items []Item) (Resul
 	return res, nil
 }
 
+// seqLimit returns the highest seq that run of producer can have made by
+// now (see Options.MaxAhead), and whether anything is known of the run (a
+// stored or given-up seq, or a heartbeat's data_seq).
+func (s *Store) seqLimit(producer string, run []byte) (uint64, bool) {
+	var high uint64
+	if r := s.runs[producer][string(run)]; r != nil {
+		high = max(r.committed, r.top, r.produced)
+	}
+	high = max(high, s.announced[producer][string(run)])
+	return high + s.opts.MaxAhead, high > 0
+}
+
+// recordBeyond records a message whose seq is beyond what its run can
+// have made (limit) as a malformed gap without a seq, so that the
+// absurd seq neither opens a hole nor moves the acknowledgement.
+func (s *Store) recordBeyond(ctx context.Context, producer string, it *Item, limit uint64) (*runState, error) {
+	r, err := s.run(ctx, producer, it.Msg.Run)
+	if err != nil {
+		return nil, err
+	}
+	reason := fmt.Sprintf("malformed message on device %q: seq %d is beyond what run %s can have made (at most %d: its highest known seq and the outbox of %d)",
+		it.Device, it.Msg.Seq, r.name, limit, s.opts.MaxAhead)
+	_, err = s.exec(ctx, `INSERT INTO gap(kind, run, first_row, samples, at, reason) VALUES ('malformed', ?, ?, 1, ?, ?)`,
+		r.id, s.lastRow, s.opts.Now().UnixMilli(), strings.ToValidUTF8(reason, "?"))
+	return r, err
+}
+
 // has reports whether seq of the run is committed.
 func (r *runState) has(seq uint64) bool {
 	if seq <= r.committed {
@@ -635,6 +726,7 @@ func (r *runState) has(seq uint64) bool {
 // contiguous mark.
 func (r *runState) store(seq uint64) {
 	r.dirty = true
+	r.top = max(r.top, seq)
 	if seq != r.committed+1 {
 		if r.above == nil {
 			r.above = map[uint64]struct{}{}
@@ -678,7 +770,7 @@ func (s *Store) saveState(ctx context.Context, runs []*runState) error {
 		if !b.dirty {
 			continue
 		}
-		if _, err := s.exec(ctx, `UPDATE boot SET last_t = ?, first_row = ? WHERE id = ?`, b.lastT, b.firstRow, b.id); err != nil {
+		if _, err := s.exec(ctx, `UPDATE boot SET last_t = ?, last_m = ?, first_row = ? WHERE id = ?`, b.lastT, b.lastM, b.firstRow, b.id); err != nil {
 			return err
 		}
 		b.dirty = false
@@ -730,35 +822,52 @@ func (s *Store) device(ctx context.Context, name string) (int64, error) {
 	return id, nil
 }
 
-func (s *Store) point(ctx context.Context, dev int64, name []byte, isBool bool) (int64, error) {
+// point returns device dev's point name. A point not seen before gets
+// kind (kindUnknown when it is created for a failure); a point of kind
+// unknown takes the kind of its first value. The kind never changes after
+// that: it is what the point's stored values mean (an integer 1 of a
+// number point is not a true).
+func (s *Store) point(ctx context.Context, dev int64, name []byte, kind string) (pointInfo, error) {
 	pts := s.points[dev]
-	if p, ok := pts[string(name)]; ok && p.bool == isBool {
-		return p.id, nil
-	} else if ok {
-		kind := kindName(isBool)
-		if _, err := s.exec(ctx, `UPDATE point SET kind = ? WHERE id = ?`, kind, p.id); err != nil {
-			return 0, err
+	if p, ok := pts[string(name)]; ok {
+		if p.kind == kindUnknown && kind != kindUnknown {
+			if _, err := s.exec(ctx, `UPDATE point SET kind = ? WHERE id = ?`, kind, p.id); err != nil {
+				return pointInfo{}, err
+			}
+			p.kind = kind
+			pts[string(name)] = p
 		}
-		pts[string(name)] = pointInfo{id: p.id, bool: isBool}
-		return p.id, nil
+		return p, nil
 	}
-	res, err := s.exec(ctx, `INSERT INTO point(device, name, kind) VALUES (?, ?, ?)`, dev, string(name), kindName(isBool))
+	res, err := s.exec(ctx, `INSERT INTO point(device, name, kind) VALUES (?, ?, ?)`, dev, string(name), kind)
 	if err != nil {
-		return 0, err
+		return pointInfo{}, err
 	}
 	id, err := res.LastInsertId()
 	if err != nil {
-		return 0, err
+		return pointInfo{}, err
 	}
-	pts[string(name)] = pointInfo{id: id, bool: isBool}
-	return id, nil
+	p := pointInfo{id: id, kind: kind}
+	pts[string(name)] = p
+	return p, nil
 }
 
-func kindName(isBool bool) string {
-	if isBool {
-		return "bool"
+// wrongKind is the failure stored instead of a value v of another kind
+// than its point's.
+func wrongKind(v *Value, kind string) []byte {
+	val := "false"
+	switch {
+	case v.Kind == KindBool && v.I != 0:
+		val = "true"
+	case v.Kind == KindInt:
+		val = strconv.FormatInt(v.I, 10)
+	case v.Kind == KindFloat:
+		val = strconv.FormatFloat(v.F, 'g', -1, 64)
+	case v.Kind == KindText:
+		val = string(v.Text)
 	}
-	return "number"
+	return []byte(fmt.Sprintf("value %s is a %s, but the point holds %ss (a point's kind is fixed by its first value)",
+		val, kindOf(v.Kind), kind))
 }
 
 func (s *Store) reason(ctx context.Context, text []byte) (int64, error) {
@@ -811,7 +920,7 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 		return 0, err
 	}
 	var tcArg any
-	if clk == clockCorrected {
+	if clk == clockCorrected || clk == clockImplausible && tc != 0 {
 		tcArg = tc
 	}
 	res, err := s.stSample.ExecContext(ctx, r.id, int64(m.Seq), dev, m.Wall, m.Mono, b.id, clk, tcArg)
@@ -831,6 +940,9 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 	if b.firstRow == 0 {
 		b.firstRow, b.dirty = id, true
 	}
+	if m.Mono > b.lastM {
+		b.lastM, b.dirty = m.Mono, true
+	}
 	switch clk {
 	case clockTrusted:
 		if m.Wall > b.lastT {
@@ -842,12 +954,22 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 		}
 	}
 	var sid any = id
+	stored := 0
 	for i := range m.Values {
 		v := &m.Values[i]
-		pid, err := s.point(ctx, dev, v.Name, v.Kind == KindBool)
+		p, err := s.point(ctx, dev, v.Name, kindOf(v.Kind))
 		if err != nil {
 			return 0, err
 		}
+		if p.kind != kindOf(v.Kind) {
+			// Never retype the point's history: the value is a failure.
+			if err := s.storeBad(ctx, sid, p.id, wrongKind(v, p.kind)); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		pid := p.id
+		stored++
 		var val any
 		switch v.Kind {
 		case KindInt, KindBool:
@@ -867,19 +989,25 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 	}
 	for i := range m.Bad {
 		bd := &m.Bad[i]
-		pid, err := s.point(ctx, dev, bd.Name, false)
+		p, err := s.point(ctx, dev, bd.Name, kindUnknown)
 		if err != nil {
 			return 0, err
 		}
-		rid, err := s.reason(ctx, bd.Why)
-		if err != nil {
-			return 0, err
-		}
-		if _, err := s.stBad.ExecContext(ctx, sid, pid, rid); err != nil {
+		if err := s.storeBad(ctx, sid, p.id, bd.Why); err != nil {
 			return 0, err
 		}
 	}
-	return len(m.Values), nil
+	return stored, nil
+}
+
+// storeBad stores a failure of point pid in sample sid.
+func (s *Store) storeBad(ctx context.Context, sid any, pid int64, why []byte) error {
+	rid, err := s.reason(ctx, why)
+	if err != nil {
+		return err
+	}
+	_, err = s.stBad.ExecContext(ctx, sid, pid, rid)
+	return err
 }
 
 func (s *Store) flushReadings(ctx context.Context) error {
@@ -915,7 +1043,8 @@ func (s *Store) recordMalformed(ctx context.Context, r *runState, it *Item) erro
 	if len(why) > 200 {
 		why = why[:200]
 	}
-	reason := strings.ToValidUTF8("malformed message on device "+it.Device+": "+why, "?")
+	// %q: the device comes from the topic and may hold anything.
+	reason := strings.ToValidUTF8(fmt.Sprintf("malformed message on device %q: %s", it.Device, why), "?")
 	_, err := s.exec(ctx, `INSERT INTO gap(kind, run, first_seq, last_seq, samples, at, reason) VALUES ('malformed', ?, ?, ?, 1, ?, ?)`,
 		r.id, int64(it.Msg.Seq), int64(it.Msg.Seq), s.opts.Now().UnixMilli(), reason)
 	return err

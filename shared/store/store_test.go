@@ -1,8 +1,10 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
+	"encoding/csv"
 	"errors"
 	"fmt"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/shared/clock"
 )
 
 func TestWriteIdempotentAndAcks(t *testing.T) {
@@ -322,6 +326,18 @@ func TestMigrations(t *testing.T) {
 			if _, err := c.ExecContext(ctx, `INSERT INTO run(producer, run, committed) VALUES ('poller', 'old', 7)`); err != nil {
 				t.Fatal(err)
 			}
+			// Rows up to 50 were used and deleted (a dropped gap names
+			// them): new ids must start above.
+			if _, err := c.ExecContext(ctx, `INSERT INTO gap(kind, first_row, last_row, samples, readings, at, reason)
+				VALUES ('dropped', 41, 50, 10, 30, 0, 'test')`); err != nil {
+				t.Fatal(err)
+			}
+			if v >= 3 {
+				// Since version 3 the ids were handed out by AUTOINCREMENT.
+				if _, err := c.ExecContext(ctx, `UPDATE sqlite_sequence SET seq = 50 WHERE name = 'sample'`); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 		c.Close()
 		s := openTest(t, func(o *Options) { o.Path = p })
@@ -336,6 +352,9 @@ func TestMigrations(t *testing.T) {
 			t.Errorf("from version %d: user_version %d", v, n)
 		}
 		if v >= 1 {
+			if first := queryInt(t, db, `SELECT min(id) FROM sample`); first <= 50 {
+				t.Errorf("from version %d: a new sample got id %d, at or below the deleted rows up to 50", v, first)
+			}
 			if c, pr := queryInt(t, db, `SELECT committed FROM run WHERE run = 'old'`), queryInt(t, db, `SELECT produced FROM run WHERE run = 'old'`); c != 8 || pr != 0 {
 				t.Errorf("from version %d: the old run has committed %d, produced %d; want 8, 0", v, c, pr)
 			}
@@ -398,5 +417,189 @@ func TestLockedDatabase(t *testing.T) {
 	res := write(t, s, series("r", 2, 3)...)
 	if res.Samples != 2 || ackOf(res, "r") != 3 {
 		t.Errorf("after the lock: %+v", res)
+	}
+}
+
+// Row ids only grow within a generation: not after everything was pruned,
+// not after a restart (the uplink's cursor and dedup key rely on it).
+func TestRowIDsNeverReused(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, nil)
+	path := s.opts.Path
+	last := int64(0)
+	check := func(step string) {
+		t.Helper()
+		db := roDB(t, path)
+		rows, err := db.Query(`SELECT id FROM sample ORDER BY id`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		n := 0
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				t.Fatal(err)
+			}
+			if id <= last {
+				t.Fatalf("%s: sample id %d, but ids up to %d were used before", step, id, last)
+			}
+			last = id
+			n++
+		}
+		if n == 0 {
+			t.Fatalf("%s: no samples", step)
+		}
+		if s.LastRow() != last {
+			t.Errorf("%s: LastRow %d, highest id %d", step, s.LastRow(), last)
+		}
+	}
+	pruneAll := func() {
+		t.Helper()
+		s.SetUploaded(s.LastRow())
+		var g dropGap
+		if _, err := s.deleteUpTo(ctx, s.LastRow(), "test", &g); err != nil {
+			t.Fatal(err)
+		}
+		if n := queryInt(t, roDB(t, path), `SELECT count(*) FROM sample`); n != 0 {
+			t.Fatalf("%d samples left after pruning everything", n)
+		}
+		if s.LastRow() != last {
+			t.Errorf("after pruning: LastRow %d, want %d", s.LastRow(), last)
+		}
+	}
+	write(t, s, series("r", 1, 10)...)
+	check("first write")
+	pruneAll()
+	write(t, s, series("r", 11, 20)...)
+	check("after pruning everything")
+	pruneAll()
+	s.Close()
+	s = openTest(t, func(o *Options) { o.Path = path })
+	if s.LastRow() != last {
+		t.Errorf("reopened: LastRow %d, want %d", s.LastRow(), last)
+	}
+	write(t, s, series("r", 21, 30)...)
+	check("after pruning everything and a restart")
+}
+
+// A point's kind is fixed by its first value: a value of another kind is
+// stored as a failure with the reason and never retypes the history.
+// Integers and floats are both numbers. A point first seen failing takes
+// the kind of its first value.
+func TestPointKindFixed(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, nil)
+	at := func(i int) clock.Stamp { return good(time.Duration(i) * time.Second) }
+	write(t, s,
+		msg{dev: "d", run: "r", seq: 1, at: at(1), vals: `"x":1`, bad: `"y":"timeout"`},
+		msg{dev: "d", run: "r", seq: 2, at: at(2), vals: `"x":true,"y":true`},
+		msg{dev: "d", run: "r", seq: 3, at: at(3), vals: `"x":2.5,"y":1`},
+	)
+	db, err := OpenReadOnly(s.opts.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var buf bytes.Buffer
+	if _, err := Export(ctx, db, ExportFilter{}, FormatCSV, &buf); err != nil {
+		t.Fatal(err)
+	}
+	recs, err := csv.NewReader(&buf).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range recs[1:] {
+		got = append(got, strings.Join([]string{r[6], r[2], r[3], r[4], r[5]}, " "))
+	}
+	want := []string{
+		"1 x 1 good ",
+		"1 y  bad timeout",
+		"2 x  bad value true is a bool, but the point holds numbers (a point's kind is fixed by its first value)",
+		"2 y true good ",
+		"3 x 2.5 good ",
+		"3 y  bad value 1 is a number, but the point holds bools (a point's kind is fixed by its first value)",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("export:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if k := queryText(t, roDB(t, s.opts.Path), `SELECT kind FROM point WHERE name = 'x'`); k != "number" {
+		t.Errorf("point x has kind %q", k)
+	}
+	// The kinds survive a restart.
+	path := s.opts.Path
+	s.Close()
+	s = openTest(t, func(o *Options) { o.Path = path })
+	res := write(t, s, msg{dev: "d", run: "r", seq: 4, at: at(4), vals: `"x":false,"y":false`})
+	if res.Readings != 1 {
+		t.Errorf("after a restart: %d readings stored, want 1 (y)", res.Readings)
+	}
+}
+
+// A seq far beyond what its run can have made (its highest known seq plus
+// the outbox) is rejected as malformed, not believed: it opens no hole and
+// makes no absurd gap. A run known from its heartbeats may be that far
+// ahead; a run nothing is known of is deferred (not stored, not
+// acknowledged) until its heartbeat says how far it got.
+func TestAbsurdSeqRejected(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, func(o *Options) { o.GapAfter = time.Millisecond; o.MaxAhead = 100 })
+	write(t, s, series("r", 1, 3)...)
+	absurd := series("r", 4, 4)[0]
+	absurd.seq = 1<<63 - 1
+	res := write(t, s, absurd)
+	if res.Malformed != 1 || res.Samples != 0 || ackOf(res, "r") != 3 {
+		t.Errorf("absurd seq: %+v", res)
+	}
+	// Within the bound is believed (a hole the poller may fill).
+	res = write(t, s, series("r", 103, 103)...)
+	if res.Samples != 1 {
+		t.Errorf("seq 103 (3 + outbox 100): %+v", res)
+	}
+	res = write(t, s, series("r", 4, 102)...)
+	if res.Samples != 99 || ackOf(res, "r") != 103 {
+		t.Errorf("the rest: %+v", res)
+	}
+	// A run whose heartbeat said it made 10⁶ may send seq 10⁶.
+	s.Produced(producer, "h", 1_000_000)
+	if res := write(t, s, series("h", 1_000_000, 1_000_000)...); res.Samples != 1 {
+		t.Errorf("seq 10⁶ of a run that said it made 10⁶: %+v", res)
+	}
+	// A run nothing is known of: deferred, then taken once its heartbeat
+	// arrived.
+	late := series("new", 500_000, 500_000)
+	if res := write(t, s, late...); res.Deferred != 1 || res.Samples != 0 || len(res.Acks) != 0 {
+		t.Errorf("seq 500000 of an unknown run: %+v", res)
+	}
+	s.Produced(producer, "new", 500_000)
+	if res := write(t, s, late...); res.Samples != 1 {
+		t.Errorf("seq 500000 after its heartbeat: %+v", res)
+	}
+	time.Sleep(5 * time.Millisecond)
+	if _, err := s.CloseGaps(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	db := roDB(t, s.opts.Path)
+	if n := queryInt(t, db, `SELECT max(samples) FROM gap WHERE run = (SELECT id FROM run WHERE run = 'r')`); n > 1 {
+		t.Errorf("a gap of %d messages in run r", n)
+	}
+	var reason string
+	if err := db.QueryRow(`SELECT reason FROM gap WHERE kind = 'malformed'`).Scan(&reason); err != nil || !strings.Contains(reason, "seq 9223372036854775807 is beyond") {
+		t.Errorf("malformed gap: %q %v", reason, err)
+	}
+	// The rejection survives a restart: no hole is reloaded from it.
+	path := s.opts.Path
+	s.Close()
+	s = openTest(t, func(o *Options) { o.Path = path; o.GapAfter = time.Millisecond; o.MaxAhead = 100 })
+	time.Sleep(5 * time.Millisecond)
+	acks, err := s.CloseGaps(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range acks { // h and new have holes below their first seq; r has none
+		if a.Run == "r" {
+			t.Errorf("after a restart, run r had a hole: %v", acks)
+		}
 	}
 }
