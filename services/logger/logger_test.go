@@ -399,7 +399,9 @@ func TestDeadRunTailThroughBroker(t *testing.T) {
 // run and seq are readable, counted otherwise); the logger stays connected
 // and stores everything else.
 func TestPoisonMessagesThroughBroker(t *testing.T) {
-	st := newStack(t, nil)
+	// The broker refuses packets over max_packet_size at the door; let this
+	// one through so that the logger's own limit is what is tried.
+	st := newStack(t, func(c *config.Config) { c.Broker.MaxPacketSize = 1 << 20 })
 	pub := func(dev string, payload []byte) {
 		t.Helper()
 		if err := st.poller.Bus.Publish(st.ctx, bus.Message{Topic: st.poller.Topics.Data(dev), QoS: 1, Payload: payload}); err != nil {
