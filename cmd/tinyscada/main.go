@@ -44,7 +44,7 @@ func commands() []command {
 		{"export", "write stored readings as CSV or JSON lines", exportCmd},
 		{"run", "run the whole stack without systemd", runStack},
 		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", simulateCmd},
-		{"config", "config check FILE: validate and print the effective configuration", configCmd},
+		{"config", "config check [-config] FILE: validate and print the effective configuration", configCmd},
 		{"version", "print the version", versionCmd},
 	}
 }
