@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -255,22 +256,42 @@ func isDNSName(s string) bool {
 	return true
 }
 
-// topic checks that s can stand in an MQTT topic name as levels...: not
-// empty, valid UTF-8 without NUL, no wildcard (+ #), no empty level, not
-// starting with $ (reserved for $SYS); with oneLevel, no '/' either.
+// topic checks that s can stand in an MQTT topic name (see TopicProblem).
 func (ch *checker) topic(key, s string, oneLevel bool) {
+	if msg := TopicProblem(s, oneLevel); msg != "" {
+		ch.errorf(key, "%s", msg)
+	}
+}
+
+// NameProblem says what is wrong with s as a name that is one topic level
+// (a port, device or point name; a field a line device sends that becomes
+// a point), or returns "" when nothing is: the rule of TopicProblem with
+// oneLevel. The poller applies it to record fields, so a point named by
+// line noise never reaches the bus or the database.
+func NameProblem(s string) string { return TopicProblem(s, true) }
+
+// TopicProblem says what keeps s from standing in an MQTT topic name as
+// levels, or returns "" when nothing does: not empty, valid UTF-8 without
+// NUL or other control characters (MQTT says topics should have none, and
+// they turn logs and CSV exports into noise), no wildcard (+ #), no empty
+// level, not starting with $ (reserved for $SYS); with oneLevel, no '/'
+// either. The message quotes s.
+func TopicProblem(s string, oneLevel bool) string {
 	switch {
 	case s == "":
-		ch.errorf(key, "must not be empty")
+		return "must not be empty"
 	case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
-		ch.errorf(key, "%q is not valid UTF-8 text without NUL", s)
+		return fmt.Sprintf("%q is not valid UTF-8 text without NUL", s)
+	case strings.ContainsFunc(s, unicode.IsControl):
+		return fmt.Sprintf("%q holds a control character", s)
 	case strings.ContainsAny(s, "+#"):
-		ch.errorf(key, "%q holds an MQTT wildcard (+ or #)", s)
+		return fmt.Sprintf("%q holds an MQTT wildcard (+ or #)", s)
 	case s[0] == '$':
-		ch.errorf(key, "%q starts with $, which is reserved for broker topics", s)
+		return fmt.Sprintf("%q starts with $, which is reserved for broker topics", s)
 	case oneLevel && strings.Contains(s, "/"):
-		ch.errorf(key, "%q holds a '/' (want a single topic level)", s)
+		return fmt.Sprintf("%q holds a '/' (want a single topic level)", s)
 	case strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "//"):
-		ch.errorf(key, "%q has an empty topic level (a leading, trailing or double '/')", s)
+		return fmt.Sprintf("%q has an empty topic level (a leading, trailing or double '/')", s)
 	}
+	return ""
 }

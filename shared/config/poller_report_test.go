@@ -134,3 +134,23 @@ interval = "2s"
 		t.Errorf("the effective configuration does not decode to itself:\n%s\nthen\n%s", enc, b2)
 	}
 }
+
+// NameProblem is the name rule of the configuration, which the poller
+// also applies to the fields of line records: control characters, invalid
+// UTF-8, wildcards, '/' and a leading '$' are refused.
+func TestNameProblem(t *testing.T) {
+	for _, s := range []string{"voltage", "temp_1", "Wärme", "a.b-c"} {
+		if msg := NameProblem(s); msg != "" {
+			t.Errorf("NameProblem(%q) = %q, want ok", s, msg)
+		}
+	}
+	for _, s := range []string{"", "\x01\x02", "a\tb", "\xff\xfe", "a+b", "#", "$SYS", "x/y", "a\x7f", "a\u0085"} {
+		if NameProblem(s) == "" {
+			t.Errorf("NameProblem(%q) accepts it", s)
+		}
+	}
+	doc := "version = 1\n[[poller.port]]\nname = \"bus1\"\ndevice = \"/dev/ttyUSB0\"\n[[poller.device]]\nname = \"m\\u0001\"\nport = \"bus1\"\nunit = 1\n[[poller.device.point]]\nname = \"v\"\ntable = \"input\"\n"
+	if errs := strings.Join(keyErrors(t, doc), "\n"); !strings.Contains(errs, "poller.device[0].name: \"m\\x01\" holds a control character") {
+		t.Errorf("a device name with a control character: %q", errs)
+	}
+}
