@@ -395,8 +395,10 @@ func (p *Poller) setState(d *device, err error) {
 	case err == nil && changed:
 		d.log.Info("device online")
 	case err != nil && changed:
+		// A new episode: its repeats are counted from here (lograte.Start),
+		// not together with an earlier episode's.
 		d.log.Warn("device offline", "err", msg)
-		p.limiter.Allow("device "+d.name, time.Now())
+		p.limiter.Start("device "+d.name, time.Now())
 	case err != nil:
 		if ok, n := p.limiter.Check("device "+d.name, time.Now()); ok {
 			d.log.Warn("device still offline", "err", msg, "suppressed", n)
