@@ -191,6 +191,7 @@ func (p *Poller) readLines(ctx context.Context, pr *portRun, port serial.Port) e
 			// glued onto the next one. After the silence a record starts.
 			if !discarding {
 				p.badRecord(d, fmt.Errorf("partial record %q dropped: no newline after %s of silence", clip(buf[:n]), partialAfter))
+				p.noteLine(d, LineCounts{Discarded: uint64(n)})
 			}
 			n, discarding = 0, false
 		}
@@ -217,6 +218,7 @@ func (p *Poller) readLines(ctx context.Context, pr *portRun, port serial.Port) e
 		n = copy(buf, buf[start:n])
 		if n == len(buf) {
 			p.badRecord(d, fmt.Errorf("record longer than %d bytes dropped", maxLine))
+			p.noteLine(d, LineCounts{Discarded: uint64(n)})
 			n, discarding = 0, true
 		}
 		if !silent && time.Since(last) > d.plan.Timeout {

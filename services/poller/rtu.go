@@ -247,6 +247,10 @@ func (p *Poller) pollRTU(ctx context.Context, pr *portRun, m *modbus.Master) err
 // is offline after a failed round and backs off; an exception reply fails
 // only its points. It returns an error only when the port failed.
 func (p *Poller) roundRTU(ctx context.Context, m *modbus.Master, d *device, regs []uint16) error {
+	// The port goroutine alone uses m, so what its counters do during the
+	// round is this device's.
+	before := m.Stats()
+	defer func() { p.noteLine(d, lineDelta(before, m.Stats())) }()
 	start := time.Now()
 	if late := start.Sub(d.due); late > d.maxLate {
 		d.maxLate = late
@@ -305,6 +309,16 @@ func (p *Poller) roundRTU(ctx context.Context, m *modbus.Master, d *device, regs
 	}
 	p.schedule(d, time.Now(), fail == nil)
 	return nil
+}
+
+// lineDelta is what the master's line counters did from a to b.
+func lineDelta(a, b modbus.Stats) LineCounts {
+	return LineCounts{
+		CRCErrors:  b.CRCErrors - a.CRCErrors,
+		Timeouts:   b.Timeouts - a.Timeouts,
+		Exceptions: b.Exceptions - a.Exceptions,
+		Discarded:  b.Discarded - a.Discarded,
+	}
 }
 
 // publishRound puts the round's message (d.res, d.text) into the outbox
