@@ -40,6 +40,9 @@ type Options struct {
 	// RunID names this run of the producer in data messages and
 	// acknowledgements; "" makes a random one.
 	RunID string
+	// Locks are the ports LockPorts locked: they are opened through them
+	// the first time. nil: each port is locked when it is opened.
+	Locks *Locks
 }
 
 // Poller polls every configured device and publishes the readings. Create
@@ -118,6 +121,9 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 	}
 	for _, pp := range plan.Ports {
 		pr := &portRun{plan: pp, log: opts.Log.With("port", pp.Config.Name)}
+		if opts.Locks != nil {
+			pr.pre = opts.Locks.nodes[pp.Config.Name]
+		}
 		for _, dp := range pp.Devices {
 			d := newDevice(p, dp)
 			pr.devices = append(pr.devices, d)
@@ -303,6 +309,7 @@ func (p *Poller) noteBackpressure(d *device) {
 // portRun is one port at run time.
 type portRun struct {
 	plan    *PortPlan
+	pre     *nodeLock // the node LockPorts locked, until the first open takes it
 	log     *slog.Logger
 	devices []*device
 	open    atomic.Bool
@@ -690,12 +697,20 @@ func (p *Poller) publishValues(ctx context.Context, pub bus.Conn) {
 // Serve runs the poller role on svc (started with service.Start): it
 // subscribes to the acknowledgements, adds the poller's fields to the
 // heartbeat, says READY once every port was tried, and polls until ctx
-// ends (then it returns nil). Errors: the plan cannot be made.
+// ends (then it returns nil). Each port is locked when it is opened.
+// Errors: the plan cannot be made.
 func Serve(ctx context.Context, svc *service.Service) error {
+	return ServeLocked(ctx, svc, nil)
+}
+
+// ServeLocked is Serve with the locks LockPorts took before svc was
+// started (the role's order: lock every port, then connect): the ports are
+// opened through them.
+func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error {
 	if svc.Bus == nil {
 		return errors.New("poller: no bus connection")
 	}
-	p, err := New(svc.Config, Options{Log: svc.Log, OnRound: svc.Advance})
+	p, err := New(svc.Config, Options{Log: svc.Log, OnRound: svc.Advance, Locks: locks})
 	if err != nil {
 		return err
 	}

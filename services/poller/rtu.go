@@ -30,25 +30,12 @@ const firstReopen = 100 * time.Millisecond
 func openPort(pr *portRun) (serial.Port, func(), error) {
 	c := pr.plan.Config
 	path := pr.plan.Path
-	// Open the node ourselves, without O_CREAT: a vanished USB adapter must
-	// not leave a plain file where its device node was.
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("port %s: %w", c.Name, err)
-	}
-	if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
-		f.Close()
-		return nil, nil, fmt.Errorf("port %s: %s is not a serial device", c.Name, path)
-	}
-	held, err := flock.LockFD(f)
-	if err != nil {
-		f.Close()
-		var le *flock.LockedError
-		if errors.As(err, &le) {
-			le.Path = path
-			return nil, nil, fmt.Errorf("port %s: %w", c.Name, le)
+	f, held := pr.pre.take()
+	if f == nil {
+		var err error
+		if f, held, err = lockNode(pr.plan); err != nil {
+			return nil, nil, err
 		}
-		return nil, nil, fmt.Errorf("port %s: %w", c.Name, err)
 	}
 	port, err := modbus.Open(path, modbus.PortConfig{
 		Baud:                 c.Baud,
@@ -82,6 +69,34 @@ func openPort(pr *portRun) (serial.Port, func(), error) {
 		f.Close()
 	}
 	return port, closeAll, nil
+}
+
+// lockNode opens the device node of port pp and locks it (flock). Errors
+// name the port: missing, not a character device, locked by another
+// process ("… is locked by pid N", a *flock.LockedError inside).
+func lockNode(pp *PortPlan) (*os.File, *flock.Held, error) {
+	name, path := pp.Config.Name, pp.Path
+	// Open the node ourselves, without O_CREAT: a vanished USB adapter must
+	// not leave a plain file where its device node was.
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("port %s: %w", name, err)
+	}
+	if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
+		f.Close()
+		return nil, nil, fmt.Errorf("port %s: %s is not a serial device", name, path)
+	}
+	held, err := flock.LockFD(f)
+	if err != nil {
+		f.Close()
+		var le *flock.LockedError
+		if errors.As(err, &le) {
+			le.Path = path
+			return nil, nil, fmt.Errorf("port %s: %w", name, le)
+		}
+		return nil, nil, fmt.Errorf("port %s: %w", name, err)
+	}
+	return f, held, nil
 }
 
 // keepPort opens pr's port and runs serve on it until ctx ends, reopening
