@@ -20,9 +20,12 @@ import (
 
 // Exit codes. exitConfig pairs with RestartPreventExitStatus= in the units:
 // a bad configuration is not fixed by restarting.
+// exitLocked likewise: another process holds what the role must own (a
+// second poller on the same ports); restarting would only repeat it.
 const (
 	exitFailure = 1
 	exitUsage   = 2
+	exitLocked  = 69 // EX_UNAVAILABLE
 	exitConfig  = 78 // EX_CONFIG
 )
 
@@ -44,7 +47,7 @@ func commands() []command {
 		{"export", "write stored readings as CSV or JSON lines", exportCmd},
 		{"run", "run the whole stack without systemd", runStack},
 		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", simulateCmd},
-		{"config", "config check FILE: validate and print the effective configuration", configCmd},
+		{"config", "config check [-config] FILE: validate and print the effective configuration", configCmd},
 		{"version", "print the version", versionCmd},
 	}
 }
@@ -76,6 +79,7 @@ func run(args []string) int {
 		defer stop()
 		err := c.run(ctx, args[1:])
 		var cerr *configError
+		var lerr *lockedError
 		switch {
 		case err == nil, errors.Is(err, context.Canceled):
 			return 0
@@ -86,6 +90,9 @@ func run(args []string) int {
 		case errors.As(err, &cerr):
 			fmt.Fprintf(os.Stderr, "tinyscada %s: %v\n", c.name, cerr.err)
 			return exitConfig
+		case errors.As(err, &lerr):
+			fmt.Fprintf(os.Stderr, "tinyscada %s: %v (not restarted: stop the other one first)\n", c.name, lerr.err)
+			return exitLocked
 		default:
 			fmt.Fprintf(os.Stderr, "tinyscada %s: %v\n", c.name, err)
 			return exitFailure
@@ -101,6 +108,13 @@ type configError struct{ err error }
 
 func (e *configError) Error() string { return e.err.Error() }
 func (e *configError) Unwrap() error { return e.err }
+
+// lockedError wraps the error of a role that finds what it must own held
+// by another process, so main exits with exitLocked.
+type lockedError struct{ err error }
+
+func (e *lockedError) Error() string { return e.err.Error() }
+func (e *lockedError) Unwrap() error { return e.err }
 
 // roleFunc runs one role until ctx ends.
 type roleFunc func(ctx context.Context, cfg *config.Config, log *slog.Logger) error

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 
@@ -35,11 +36,22 @@ func pollerCmd(ctx context.Context, args []string) error {
 	return runPoller(ctx, cfg, log)
 }
 
-// runPoller is the poller role: see package poller.
+// runPoller is the poller role: see package poller. The ports are locked
+// before the broker connection, so that a second poller with the same
+// configuration stops here (exitLocked) instead of taking the first one's
+// client id and knocking it off the broker.
 func runPoller(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	locks, err := poller.LockPorts(cfg)
+	if err != nil {
+		if errors.Is(err, poller.ErrLocked) {
+			return &lockedError{err}
+		}
+		return err
+	}
+	defer locks.Close()
 	svc, err := service.Start(ctx, topics.Poller, cfg, log)
 	if err != nil {
 		return err
 	}
-	return svc.RunWith(ctx, func(ctx context.Context) error { return poller.Serve(ctx, svc) })
+	return svc.RunWith(ctx, func(ctx context.Context) error { return poller.ServeLocked(ctx, svc, locks) })
 }

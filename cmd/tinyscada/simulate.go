@@ -15,7 +15,8 @@ import (
 // demo map) served on a new pseudo-terminal, whose path (the -link if
 // given) is printed on stdout, until SIGINT or SIGTERM; then the link is
 // removed. -baud and -byte-timing override the map's settings; -print-demo
-// prints the built-in map (an example of the format) and exits. The
+// prints the built-in map (an example of the format) and exits; -h prints
+// the flags and the map format (simulate.MapFormat, docs/simulate.md). The
 // configuration gives the log level, as for every role. A map that cannot
 // be read or is invalid is a configuration error.
 func simulateCmd(ctx context.Context, args []string) error {
@@ -26,6 +27,12 @@ func simulateCmd(ctx context.Context, args []string) error {
 	baud := fs.Int("baud", 0, "line speed for the timing (overrides the map)")
 	timing := fs.Bool("byte-timing", false, "take as long as a real line at the baud rate (overrides the map)")
 	printDemo := fs.Bool("print-demo", false, "print the built-in map and exit")
+	flagsUsage := fs.Usage
+	fs.Usage = func() {
+		flagsUsage()
+		fmt.Fprintln(fs.Output())
+		fmt.Fprint(fs.Output(), simulate.MapFormat)
+	}
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ const (
 
 // decodeItem decodes payload, a data message of device (the last level(s)
 // of its topic), into it, reusing the memory of it.Msg. A device name must
-// obey the configuration's name rule (config.CheckName: one topic level,
+// obey the configuration's name rule (config.NameProblem: one topic level,
 // no control characters, …) and be at most 128 bytes, or the message is
 // malformed.
 func decodeItem(it *store.Item, device string, payload []byte) {
@@ -34,8 +34,8 @@ func decodeItem(it *store.Item, device string, payload []byte) {
 	if it.Err != nil {
 		return
 	}
-	if err := config.CheckName(device); err != nil {
-		it.Err = &DecodeError{Msg: fmt.Sprintf("bad device name in the topic: %v", err)}
+	if p := config.NameProblem(device); p != "" {
+		it.Err = &DecodeError{Msg: "bad device name in the topic: " + p}
 	} else if len(device) > maxNameLen {
 		it.Err = &DecodeError{Msg: fmt.Sprintf("device name of %d bytes in the topic (at most %d)", len(device), maxNameLen)}
 	}
@@ -77,7 +77,7 @@ func (d *decoder) fail(format string, args ...any) error {
 // are skipped (later producers may add some). A repeated key, a point named
 // twice, a value that is not a number or boolean (null, a string, NaN), an
 // out-of-range number, a t outside 1970 to 2200, a point name that breaks
-// the configuration's name rule (config.CheckName) or is longer than 128
+// the configuration's name rule (config.NameProblem) or is longer than 128
 // bytes, text after the object, more than 4096 values, or a payload above
 // 256 KiB (whose run and seq are still read from its start) make the
 // payload malformed. Values with a fraction
@@ -315,7 +315,7 @@ func (d *decoder) bads(m *store.Message) error {
 }
 
 // name reads a point name: at most 128 bytes that obey the
-// configuration's name rule (config.CheckName).
+// configuration's name rule (config.NameProblem).
 func (d *decoder) name() ([]byte, error) {
 	s, err := d.str()
 	if err != nil {
@@ -327,8 +327,8 @@ func (d *decoder) name() ([]byte, error) {
 	if len(s) > maxNameLen {
 		return nil, d.fail("point name of %d bytes (at most %d)", len(s), maxNameLen)
 	}
-	if err := config.CheckName(unsafe.String(&s[0], len(s))); err != nil {
-		return nil, d.fail("bad point name: %v", err)
+	if p := config.NameProblem(unsafe.String(&s[0], len(s))); p != "" {
+		return nil, d.fail("bad point name: %s", p)
 	}
 	return s, nil
 }

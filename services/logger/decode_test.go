@@ -102,7 +102,7 @@ var badMsgs = []struct {
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"":1}}`, true, "bad point name"},
 	{`{"run":"r","seq":1,"t":-1,"m":1,"v":{}}`, true, "t -1 out of range"},
 	{`{"run":"r","seq":1,"t":9223372036854775807,"m":1,"v":{}}`, true, "out of range"},
-	// Names obey the configuration's rule (config.CheckName).
+	// Names obey the configuration's rule (config.NameProblem).
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a\u0000b":1}}`, true, "bad point name"},
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a\u001bb":1}}`, true, "control character"},
 	{`{"run":"r","seq":1,"t":1,"m":1,"v":{"a\u0085":1}}`, true, "control character"},

@@ -256,8 +256,11 @@ func TestTwoPollersOnePort(t *testing.T) {
 	if s.State != "offline" || s.Error != want {
 		t.Errorf("second poller: %s\nwant offline with %q", m.Payload, want)
 	}
-	if n := len(second.all("tinyscada/data/good")); n != 0 {
-		t.Errorf("the second poller published %d rounds", n)
+	// Its devices are as dead: rounds with every point bad, no value.
+	for _, m := range second.all("tinyscada/data/good") {
+		if !portClosed("x")(m) || !strings.Contains(string(m.Payload), "is locked by pid") {
+			t.Errorf("the second poller published a round that is not port_closed by the lock: %s", m.Payload)
+		}
 	}
 	select {
 	case <-p2.Started():

@@ -14,13 +14,19 @@ import (
 	"go.bug.st/serial"
 
 	"github.com/tinyscada/tinyscada/shared/clock"
+	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/modbus"
 	"github.com/tinyscada/tinyscada/shared/modbus/value"
 )
 
 // A port in line mode carries one device that sends newline-terminated
 // ASCII records, either key=value fields or what a regular expression's
-// named groups capture. Each record is one reading.
+// named groups capture. Each record is one reading. A field repeated in a
+// record counts once, the first time (see keepFirst); bytes without a
+// newline that the port's timeout of silence follows are a partial record,
+// dropped; a device without configured points turns each field into a
+// point, so a field whose name breaks the name rule (config.NameProblem:
+// line noise, control bytes, invalid UTF-8) makes the record bad.
 
 // maxLine bounds a record; a longer one is dropped up to its newline.
 const maxLine = 4096
@@ -70,7 +76,21 @@ func parseKV(line []byte, dst []field) ([]field, error) {
 	if len(dst) == n0 {
 		return dst, errEmpty
 	}
-	return dst, nil
+	return keepFirst(dst, n0), nil
+}
+
+// keepFirst removes from fields[n0:] every field whose key came earlier in
+// the record: the first value of a repeated field is the one kept (a data
+// message, a JSON object, cannot hold a key twice, and the logger refuses
+// one that does). A record has few fields, so the quadratic scan is cheap.
+func keepFirst(fields []field, n0 int) []field {
+	out := fields[:n0]
+	for _, f := range fields[n0:] {
+		if findField(out[n0:], string(f.key)) == nil {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // parseRegex appends the named groups of re that matched in line to dst
@@ -87,7 +107,8 @@ func parseRegex(re *regexp.Regexp, line []byte, dst []field) ([]field, error) {
 		}
 		dst = append(dst, field{key: []byte(name), val: line[m[2*i]:m[2*i+1]]})
 	}
-	return dst, nil
+	// Go lets two groups have one name: the first that matched counts.
+	return keepFirst(dst, 0), nil
 }
 
 // clip shortens b for an error message.
@@ -154,11 +175,25 @@ func (p *Poller) readLines(ctx context.Context, pr *portRun, port serial.Port) e
 	n := 0
 	discarding := true // until the first newline: we may have started mid-record
 	last := time.Now()
+	lastByte := last // when the last byte arrived
+	partialAfter := pr.plan.Config.Timeout.Duration
 	silent := false
 	for ctx.Err() == nil {
 		k, err := port.Read(buf[n:])
 		if err != nil {
 			return fmt.Errorf("%w: read: %w", modbus.ErrPort, err)
+		}
+		if k > 0 {
+			lastByte = time.Now()
+		} else if n > 0 && time.Since(lastByte) > partialAfter {
+			// The line fell silent in mid-record: a device reset, a cable
+			// pulled, noise. What came is no record, and must not be
+			// glued onto the next one. After the silence a record starts.
+			if !discarding {
+				p.badRecord(d, fmt.Errorf("partial record %q dropped: no newline after %s of silence", clip(buf[:n]), partialAfter))
+				p.noteLine(d, LineCounts{Discarded: uint64(n)})
+			}
+			n, discarding = 0, false
 		}
 		n += k
 		start := 0
@@ -183,6 +218,7 @@ func (p *Poller) readLines(ctx context.Context, pr *portRun, port serial.Port) e
 		n = copy(buf, buf[start:n])
 		if n == len(buf) {
 			p.badRecord(d, fmt.Errorf("record longer than %d bytes dropped", maxLine))
+			p.noteLine(d, LineCounts{Discarded: uint64(n)})
 			n, discarding = 0, true
 		}
 		if !silent && time.Since(last) > d.plan.Timeout {
@@ -207,6 +243,15 @@ func (p *Poller) record(d *device, line []byte) bool {
 	if err != nil {
 		p.badRecord(d, err)
 		return false
+	}
+	if len(d.plan.Points) == 0 {
+		// Each field becomes a point: its name must be one.
+		for _, f := range d.fields {
+			if msg := config.NameProblem(string(f.key)); msg != "" {
+				p.badRecord(d, fmt.Errorf("field name %s", msg))
+				return false
+			}
+		}
 	}
 	if !p.out.Reserve() {
 		p.noteBackpressure(d)

@@ -40,6 +40,9 @@ type Options struct {
 	// RunID names this run of the producer in data messages and
 	// acknowledgements; "" makes a random one.
 	RunID string
+	// Locks are the ports LockPorts locked: they are opened through them
+	// the first time. nil: each port is locked when it is opened.
+	Locks *Locks
 }
 
 // Poller polls every configured device and publishes the readings. Create
@@ -118,6 +121,9 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 	}
 	for _, pp := range plan.Ports {
 		pr := &portRun{plan: pp, log: opts.Log.With("port", pp.Config.Name)}
+		if opts.Locks != nil {
+			pr.pre = opts.Locks.nodes[pp.Config.Name]
+		}
 		for _, dp := range pp.Devices {
 			d := newDevice(p, dp)
 			pr.devices = append(pr.devices, d)
@@ -265,6 +271,7 @@ func (p *Poller) HeartbeatFields() map[string]any {
 		"devices_offline": s.DevicesOffline,
 		"ports_open":      s.PortsOpen,
 		"ports":           s.Ports,
+		"port_errors":     p.PortLine(),
 	}
 	if p.prev != nil {
 		// How far the previous run got while the logger was not
@@ -302,6 +309,7 @@ func (p *Poller) noteBackpressure(d *device) {
 // portRun is one port at run time.
 type portRun struct {
 	plan    *PortPlan
+	pre     *nodeLock // the node LockPorts locked, until the first open takes it
 	log     *slog.Logger
 	devices []*device
 	open    atomic.Bool
@@ -328,6 +336,8 @@ type device struct {
 	skipped atomic.Uint64
 	rounds  atomic.Uint64
 	late    atomic.Int64 // the largest lateness of a round start, ns
+	line    lineStats    // the line's trouble in this device's transactions
+	logged  LineCounts   // what the last "line errors" log line said (port goroutine)
 
 	mu          sync.Mutex // guards the fields below, shared with the sender
 	known       bool       // the state was determined once
@@ -337,6 +347,80 @@ type device struct {
 	stateDirty  bool
 	values      []lastValue
 	valuesDirty bool
+	// The counters the retained state last carried, and when (sender).
+	pubLine   LineCounts
+	pubLineAt time.Time
+}
+
+// LineCounts counts the line's trouble of a device's transactions, or of
+// a port's (the sum of its devices'): the master's counters for each
+// request, attributed to the device it was for. In line mode only
+// Discarded moves (the bytes of dropped records).
+type LineCounts struct {
+	CRCErrors  uint64 `json:"crc_errors"`      // replies with a wrong CRC
+	Timeouts   uint64 `json:"timeouts"`        // attempts without a reply in time
+	Exceptions uint64 `json:"exceptions"`      // exception replies
+	Discarded  uint64 `json:"discarded_bytes"` // received bytes that were no reply (noise, late replies) or no record
+}
+
+func (c LineCounts) add(o LineCounts) LineCounts {
+	return LineCounts{c.CRCErrors + o.CRCErrors, c.Timeouts + o.Timeouts, c.Exceptions + o.Exceptions, c.Discarded + o.Discarded}
+}
+
+func (c LineCounts) sub(o LineCounts) LineCounts {
+	return LineCounts{c.CRCErrors - o.CRCErrors, c.Timeouts - o.Timeouts, c.Exceptions - o.Exceptions, c.Discarded - o.Discarded}
+}
+
+// lineStats is LineCounts shared between the port goroutine (writer) and
+// the heartbeat and sender (readers).
+type lineStats struct {
+	crc, timeouts, exceptions, discarded atomic.Uint64
+}
+
+func (l *lineStats) load() LineCounts {
+	return LineCounts{l.crc.Load(), l.timeouts.Load(), l.exceptions.Load(), l.discarded.Load()}
+}
+
+func (l *lineStats) addCounts(c LineCounts) {
+	l.crc.Add(c.CRCErrors)
+	l.timeouts.Add(c.Timeouts)
+	l.exceptions.Add(c.Exceptions)
+	l.discarded.Add(c.Discarded)
+}
+
+// noteLine adds delta to d's line counters and, when they moved, logs the
+// line's trouble since the last such line (rate-limited per device): noise
+// on a bus shows in the journal, not only in the counters.
+func (p *Poller) noteLine(d *device, delta LineCounts) {
+	if delta == (LineCounts{}) {
+		return
+	}
+	d.line.addCounts(delta)
+	ok, n := p.limiter.Check("line "+d.name, time.Now())
+	if !ok {
+		return
+	}
+	cur := d.line.load()
+	since := cur.sub(d.logged)
+	d.logged = cur
+	d.log.Warn("line errors", "crc_errors", since.CRCErrors, "timeouts", since.Timeouts,
+		"exceptions", since.Exceptions, "discarded_bytes", since.Discarded,
+		"crc_errors_total", cur.CRCErrors, "timeouts_total", cur.Timeouts,
+		"exceptions_total", cur.Exceptions, "discarded_bytes_total", cur.Discarded, "suppressed", n)
+}
+
+// PortLine returns the line counters of each port (the sum of its
+// devices'), by port name.
+func (p *Poller) PortLine() map[string]LineCounts {
+	m := make(map[string]LineCounts, len(p.ports))
+	for _, pr := range p.ports {
+		var c LineCounts
+		for _, d := range pr.devices {
+			c = c.add(d.line.load())
+		}
+		m[pr.plan.Config.Name] = c
+	}
+	return m
 }
 
 // result is one point's outcome in a round: text[start:end] or why.
@@ -395,8 +479,10 @@ func (p *Poller) setState(d *device, err error) {
 	case err == nil && changed:
 		d.log.Info("device online")
 	case err != nil && changed:
+		// A new episode: its repeats are counted from here (lograte.Start),
+		// not together with an earlier episode's.
 		d.log.Warn("device offline", "err", msg)
-		p.limiter.Allow("device "+d.name, time.Now())
+		p.limiter.Start("device "+d.name, time.Now())
 	case err != nil:
 		if ok, n := p.limiter.Check("device "+d.name, time.Now()); ok {
 			d.log.Warn("device still offline", "err", msg, "suppressed", n)
@@ -519,14 +605,20 @@ func (p *Poller) publishData(ctx context.Context, pub bus.Conn, msgs []Pending) 
 }
 
 func (p *Poller) publishStates(ctx context.Context, pub bus.Conn) {
+	now := time.Now()
+	lineEvery := min(5*time.Second, p.cfg.LogInterval.Duration)
 	for _, d := range p.devices {
+		line := d.line.load()
 		d.mu.Lock()
-		if !d.stateDirty {
+		// The state is published on a change, and when the line counters
+		// moved, at most every lineEvery.
+		if !d.stateDirty && (!d.known || line == d.pubLine || now.Sub(d.pubLineAt) < lineEvery) {
 			d.mu.Unlock()
 			continue
 		}
 		d.stateDirty = false
-		b := make([]byte, 0, 64+len(d.lastErr))
+		d.pubLine, d.pubLineAt = line, now
+		b := make([]byte, 0, 160+len(d.lastErr))
 		b = append(b, `{"state":"`...)
 		if d.online {
 			b = append(b, "online"...)
@@ -539,6 +631,14 @@ func (p *Poller) publishStates(ctx context.Context, pub bus.Conn) {
 			b = append(b, `,"error":`...)
 			b = appendJSONString(b, d.lastErr)
 		}
+		b = append(b, `,"crc_errors":`...)
+		b = strconv.AppendUint(b, line.CRCErrors, 10)
+		b = append(b, `,"timeouts":`...)
+		b = strconv.AppendUint(b, line.Timeouts, 10)
+		b = append(b, `,"exceptions":`...)
+		b = strconv.AppendUint(b, line.Exceptions, 10)
+		b = append(b, `,"discarded_bytes":`...)
+		b = strconv.AppendUint(b, line.Discarded, 10)
 		b = append(b, '}')
 		d.mu.Unlock()
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -597,12 +697,20 @@ func (p *Poller) publishValues(ctx context.Context, pub bus.Conn) {
 // Serve runs the poller role on svc (started with service.Start): it
 // subscribes to the acknowledgements, adds the poller's fields to the
 // heartbeat, says READY once every port was tried, and polls until ctx
-// ends (then it returns nil). Errors: the plan cannot be made.
+// ends (then it returns nil). Each port is locked when it is opened.
+// Errors: the plan cannot be made.
 func Serve(ctx context.Context, svc *service.Service) error {
+	return ServeLocked(ctx, svc, nil)
+}
+
+// ServeLocked is Serve with the locks LockPorts took before svc was
+// started (the role's order: lock every port, then connect): the ports are
+// opened through them.
+func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error {
 	if svc.Bus == nil {
 		return errors.New("poller: no bus connection")
 	}
-	p, err := New(svc.Config, Options{Log: svc.Log, OnRound: svc.Advance})
+	p, err := New(svc.Config, Options{Log: svc.Log, OnRound: svc.Advance, Locks: locks})
 	if err != nil {
 		return err
 	}

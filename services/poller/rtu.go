@@ -30,25 +30,12 @@ const firstReopen = 100 * time.Millisecond
 func openPort(pr *portRun) (serial.Port, func(), error) {
 	c := pr.plan.Config
 	path := pr.plan.Path
-	// Open the node ourselves, without O_CREAT: a vanished USB adapter must
-	// not leave a plain file where its device node was.
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, nil, fmt.Errorf("port %s: %w", c.Name, err)
-	}
-	if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
-		f.Close()
-		return nil, nil, fmt.Errorf("port %s: %s is not a serial device", c.Name, path)
-	}
-	held, err := flock.LockFD(f)
-	if err != nil {
-		f.Close()
-		var le *flock.LockedError
-		if errors.As(err, &le) {
-			le.Path = path
-			return nil, nil, fmt.Errorf("port %s: %w", c.Name, le)
+	f, held := pr.pre.take()
+	if f == nil {
+		var err error
+		if f, held, err = lockNode(pr.plan); err != nil {
+			return nil, nil, err
 		}
-		return nil, nil, fmt.Errorf("port %s: %w", c.Name, err)
 	}
 	port, err := modbus.Open(path, modbus.PortConfig{
 		Baud:                 c.Baud,
@@ -84,14 +71,45 @@ func openPort(pr *portRun) (serial.Port, func(), error) {
 	return port, closeAll, nil
 }
 
+// lockNode opens the device node of port pp and locks it (flock). Errors
+// name the port: missing, not a character device, locked by another
+// process ("… is locked by pid N", a *flock.LockedError inside).
+func lockNode(pp *PortPlan) (*os.File, *flock.Held, error) {
+	name, path := pp.Config.Name, pp.Path
+	// Open the node ourselves, without O_CREAT: a vanished USB adapter must
+	// not leave a plain file where its device node was.
+	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("port %s: %w", name, err)
+	}
+	if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
+		f.Close()
+		return nil, nil, fmt.Errorf("port %s: %s is not a serial device", name, path)
+	}
+	held, err := flock.LockFD(f)
+	if err != nil {
+		f.Close()
+		var le *flock.LockedError
+		if errors.As(err, &le) {
+			le.Path = path
+			return nil, nil, fmt.Errorf("port %s: %w", name, le)
+		}
+		return nil, nil, fmt.Errorf("port %s: %w", name, err)
+	}
+	return f, held, nil
+}
+
 // keepPort opens pr's port and runs serve on it until ctx ends, reopening
 // it with backoff whenever it cannot be opened or serve returns an error
-// (the port vanished). While the port is down its devices are offline.
+// (the port vanished). While the port is down its devices are offline and,
+// like dead devices, have failed rounds on their schedule (closedRounds).
 func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.Context, serial.Port) error) {
 	backoff := firstReopen
+	closed := false // the port is down and its devices' closed rounds are scheduled
 	for ctx.Err() == nil {
 		port, closePort, err := openPort(pr)
 		if err == nil {
+			closed = false // pollRTU schedules afresh; a later failure is a new episode
 			pr.open.Store(true)
 			pr.log.Info("port open", "path", pr.plan.Path)
 			if !pr.tried {
@@ -106,6 +124,7 @@ func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.C
 			}
 			backoff = firstReopen
 			pr.log.Warn("port failed; reopening", "err", err)
+			p.limiter.Start("port "+pr.plan.Config.Name, time.Now()) // a new episode of "cannot open"
 		} else {
 			if !pr.tried {
 				pr.tried = true
@@ -118,15 +137,78 @@ func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.C
 		for _, d := range pr.devices {
 			p.setState(d, err)
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !closed {
+			// The first closed round of every device is due now, as
+			// the first failed round of a dead device would be.
+			now := time.Now()
+			for _, d := range pr.devices {
+				d.due, d.backoff = now, 0
+			}
+			closed = true
+		}
+		if !p.closedRounds(ctx, pr, err, time.Now().Add(backoff)) {
 			return
-		case <-t.C:
 		}
 		backoff = min(2*backoff, p.cfg.ReopenBackoffMax.Duration)
 	}
+}
+
+// closedRounds runs, until reopenAt, the rounds of pr's devices while the
+// port is closed (cause says why): each device whose round is due gets a
+// round with every point bad ("port_closed: <cause>") and is scheduled as
+// after a failed round, with its offline backoff. So a vanished port shows
+// in the data as a dead device does, and the sequence numbers and
+// acknowledgements keep flowing. A device without points (a line device
+// that publishes whatever fields come) has no round to fail. It returns
+// false when ctx ended.
+func (p *Poller) closedRounds(ctx context.Context, pr *portRun, cause error, reopenAt time.Time) bool {
+	why := "port_closed: " + strings.TrimPrefix(cause.Error(), "port "+pr.plan.Config.Name+": ")
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		var next *device
+		for _, d := range pr.devices {
+			if len(d.plan.Points) > 0 && (next == nil || d.due.Before(next.due)) {
+				next = d
+			}
+		}
+		until := reopenAt
+		if next != nil && next.due.Before(until) {
+			until = next.due
+		}
+		if wait := time.Until(until); wait > 0 {
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return false
+			case <-timer.C:
+			}
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if next == nil || next.due.After(time.Now()) {
+			return true // woken for the reopen
+		}
+		p.closedRound(next, why)
+	}
+}
+
+// closedRound publishes a round of d with every point bad for why, and
+// schedules the next one as after a failed round.
+func (p *Poller) closedRound(d *device, why string) {
+	now := time.Now()
+	if !p.out.Reserve() {
+		p.noteBackpressure(d)
+		p.schedule(d, now, false)
+		return
+	}
+	d.text = d.text[:0]
+	for i := range d.res {
+		d.res[i] = result{why: why}
+	}
+	p.publishRound(d, p.clock.Now())
+	p.schedule(d, now, false)
 }
 
 // runRTU owns one Modbus RTU port until ctx ends.
@@ -180,6 +262,10 @@ func (p *Poller) pollRTU(ctx context.Context, pr *portRun, m *modbus.Master) err
 // is offline after a failed round and backs off; an exception reply fails
 // only its points. It returns an error only when the port failed.
 func (p *Poller) roundRTU(ctx context.Context, m *modbus.Master, d *device, regs []uint16) error {
+	// The port goroutine alone uses m, so what its counters do during the
+	// round is this device's.
+	before := m.Stats()
+	defer func() { p.noteLine(d, lineDelta(before, m.Stats())) }()
 	start := time.Now()
 	if late := start.Sub(d.due); late > d.maxLate {
 		d.maxLate = late
@@ -238,6 +324,16 @@ func (p *Poller) roundRTU(ctx context.Context, m *modbus.Master, d *device, regs
 	}
 	p.schedule(d, time.Now(), fail == nil)
 	return nil
+}
+
+// lineDelta is what the master's line counters did from a to b.
+func lineDelta(a, b modbus.Stats) LineCounts {
+	return LineCounts{
+		CRCErrors:  b.CRCErrors - a.CRCErrors,
+		Timeouts:   b.Timeouts - a.Timeouts,
+		Exceptions: b.Exceptions - a.Exceptions,
+		Discarded:  b.Discarded - a.Discarded,
+	}
 }
 
 // publishRound puts the round's message (d.res, d.text) into the outbox

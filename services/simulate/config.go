@@ -106,6 +106,59 @@ func (d *duration) UnmarshalText(b []byte) error {
 	return nil
 }
 
+// MapFormat is the register-map format, every key with its default and
+// meaning: the text `tinyscada simulate -h` prints. docs/simulate.md says
+// the same at length; TestMapFormatNamesEveryKey keeps both complete.
+const MapFormat = `Register map (TOML, -map FILE; unknown keys are errors):
+
+  baud = 9600                  # line speed for the timing (up to 4000000; default 9600)
+  byte_timing = false          # true: take as long as a real line at baud (default false)
+
+  [[unit]]                     # one simulated slave; at least one
+  id = 1                       # slave id 1..247, unique
+  strict = false               # true: a read or write touching an unmapped address
+                               #   answers exception 2; false (default): unmapped
+                               #   registers read 0 and accept writes
+
+  [unit.fault]                 # optional: how the unit misbehaves
+  kind = "none"                # none, no_answer (silent), crc (wrong CRC), truncate
+                               #   (first half of the reply), exception (code),
+                               #   slow (answer after delay), late (answer after delay,
+                               #   meant to exceed the master's timeout), garbage
+                               #   (garbage bytes, then the reply)
+  code = 4                     # exception only: the exception code 1..255 (default 4)
+  delay = "200ms"              # slow and late only, and required there
+  garbage = [0, 255, 1, 3, 127] # garbage only: bytes sent before the reply
+                               #   (default 00 FF <unit> <function> 7F)
+  count = 0                    # the fault applies to the next count requests,
+                               #   then clears; 0 (default): until changed
+
+  [[unit.register]]            # one point of the unit
+  name = "voltage"             # optional, for people (logs); not on the wire
+  table = "input"              # coil, discrete, holding or input (required)
+  address = 0                  # first coil or register, 0-based as on the wire (required)
+  type = "f32"                 # bool u16 s16 u32 s32 u64 s64 f32 f64; bit tables: bool
+                               #   (the default there); register tables: required
+  word_order = "big"           # big (default: high word first) or little
+  byte_order = "big"           # big (default) or little, within each register
+  gen = "constant"             # constant (default), counter, sine or square
+  value = 230.5                # constant: the value (number or true/false; default 0)
+  start = 0.0                  # counter: first value (default 0)
+  step = 1.0                   # counter: increment (default 1); integers wrap at their width
+  interval = "1s"              # counter: step every interval (default: one step per read)
+  amplitude = 3.0              # sine, square: amplitude (default 0)
+  offset = 230.0               # sine, square: offset (default 0)
+  period = "60s"               # sine, square: period, required
+                               # sine: offset + amplitude*sin(2*pi*t/period);
+                               # square: offset + amplitude in the first half of
+                               #   each period, offset in the second; integer types
+                               #   are clamped to their range
+
+Coils and holding registers accept writes (fc 5, 6, 15, 16); a write to a
+generated point replaces its generator by the written constant.
+-print-demo prints the built-in map, an example.
+`
+
 // LoadMap reads and checks the map file at path (see ParseMap).
 func LoadMap(path string) (*Map, error) {
 	b, err := os.ReadFile(path)
@@ -118,26 +171,8 @@ func LoadMap(path string) (*Map, error) {
 // ParseMap decodes a map file; name is used in errors. Decoding is strict:
 // unknown keys, wrong types, bad values, keys that do not apply to a
 // point's generator and points that overlap are errors naming the file and
-// the line (syntax and unknown keys) or the unit and register.
-//
-//	baud = 9600
-//	byte_timing = true
-//	[[unit]]
-//	id = 1
-//	strict = false                 # true: unmapped addresses answer exception 2
-//	[unit.fault]                   # optional; kind: none no_answer crc truncate exception slow garbage late
-//	kind = "slow"
-//	delay = "200ms"                # slow, late; code = N for exception; count = N to limit it
-//	[[unit.register]]
-//	name = "voltage"               # optional
-//	table = "input"                # coil discrete holding input
-//	address = 0                    # 0-based, as on the wire
-//	type = "f32"                   # bool u16 s16 u32 s32 u64 s64 f32 f64 (bit tables: bool)
-//	word_order = "big"             # big (default) or little; byte_order likewise
-//	gen = "sine"                   # constant (default, with value), counter, sine, square
-//	amplitude = 3.0                # sine, square: amplitude, offset, period
-//	offset = 230.0
-//	period = "60s"                 # counter: start, step (default 1), interval (default: per read)
+// the line (syntax and unknown keys) or the unit and register. The format
+// is MapFormat (docs/simulate.md explains it).
 func ParseMap(data []byte, name string) (*Map, error) {
 	var f fileMap
 	dec := toml.NewDecoder(bytes.NewReader(data)).DisallowUnknownFields()

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"net/netip"
 	"path/filepath"
@@ -257,38 +256,35 @@ func isDNSName(s string) bool {
 	return true
 }
 
-// topic checks that s can stand in an MQTT topic name as levels (see
-// topicProblem).
+// topic checks that s can stand in an MQTT topic name (see TopicProblem).
 func (ch *checker) topic(key, s string, oneLevel bool) {
-	if p := topicProblem(s, oneLevel); p != "" {
-		ch.errorf(key, "%s", p)
+	if msg := TopicProblem(s, oneLevel); msg != "" {
+		ch.errorf(key, "%s", msg)
 	}
 }
 
-// CheckName returns nil if s is a valid device or point name (the rule
-// the configuration applies to them: one MQTT topic level, see
-// topicProblem), else an error that says why. The logger applies it to the
-// names that come from the bus, so that what it stores obeys the same
-// rule as what can be configured.
-func CheckName(s string) error {
-	if p := topicProblem(s, true); p != "" {
-		return errors.New(p)
-	}
-	return nil
-}
+// NameProblem says what is wrong with s as a name that is one topic level
+// (a port, device or point name; a field a line device sends that becomes
+// a point), or returns "" when nothing is: the rule of TopicProblem with
+// oneLevel. The poller applies it to record fields, so a point named by
+// line noise never reaches the bus, and the logger to the device and point
+// names that come from the bus, so that what it stores obeys the same rule
+// as what can be configured.
+func NameProblem(s string) string { return TopicProblem(s, true) }
 
-// topicProblem says why s cannot stand in an MQTT topic name as levels, or
-// "" if it can: not empty, valid UTF-8 without NUL or other control
-// characters (they would be written raw into logs and CSV), no wildcard
-// (+ #), no empty level, not starting with $ (reserved for $SYS); with
-// oneLevel, no '/' either.
-func topicProblem(s string, oneLevel bool) string {
+// TopicProblem says what keeps s from standing in an MQTT topic name as
+// levels, or returns "" when nothing does: not empty, valid UTF-8 without
+// NUL or other control characters (MQTT says topics should have none, and
+// they turn logs and CSV exports into noise), no wildcard (+ #), no empty
+// level, not starting with $ (reserved for $SYS); with oneLevel, no '/'
+// either. The message quotes s.
+func TopicProblem(s string, oneLevel bool) string {
 	switch {
 	case s == "":
 		return "must not be empty"
 	case !utf8.ValidString(s) || strings.ContainsRune(s, 0):
 		return fmt.Sprintf("%q is not valid UTF-8 text without NUL", s)
-	case strings.IndexFunc(s, unicode.IsControl) >= 0:
+	case strings.ContainsFunc(s, unicode.IsControl):
 		return fmt.Sprintf("%q holds a control character", s)
 	case strings.ContainsAny(s, "+#"):
 		return fmt.Sprintf("%q holds an MQTT wildcard (+ or #)", s)

@@ -101,10 +101,12 @@ type PollerPort struct {
 	// LineFormat, in line mode, is "kv" (default: key=value fields
 	// separated by spaces, tabs, commas or semicolons) or "regex" (the
 	// named groups of LineRegex).
-	LineFormat string `toml:"line_format"`
+	// Left out of the effective configuration of an rtu port, where it
+	// does not apply.
+	LineFormat string `toml:"line_format,omitempty"`
 	// LineRegex is the regular expression (Go syntax) of a record in
 	// line_format "regex"; each named group is a field.
-	LineRegex string `toml:"line_regex"`
+	LineRegex string `toml:"line_regex,omitempty"`
 }
 
 // PollerDevice is one device on a port.
@@ -114,11 +116,14 @@ type PollerDevice struct {
 	// Port names the PollerPort the device is on.
 	Port string `toml:"port"`
 	// Unit is the Modbus slave id, 1 to 247 (rtu ports only).
-	Unit int `toml:"unit"`
+	Unit int `toml:"unit,omitempty"`
 	// Interval is the time between the starts of two poll rounds; default
 	// 1s. In line mode it is the expected time between records.
 	Interval Duration `toml:"interval"`
 	// Timeout, when not 0, replaces the port's timeout for this device.
+	// Validation fills in the timeout in force when it is left out: the
+	// port's (rtu), or three times the interval and at least the port's
+	// (line), so that the effective configuration shows it.
 	Timeout Duration `toml:"timeout"`
 	// MaxGap, MaxRegisters and MaxBits replace the poller's values for
 	// this device.
@@ -135,7 +140,7 @@ type PollerPoint struct {
 	// Name is the point's key in data messages and its topic level.
 	Name string `toml:"name"`
 	// Table is coil, discrete, holding or input (rtu ports only).
-	Table string `toml:"table"`
+	Table string `toml:"table,omitempty"`
 	// Address is the first coil or register, 0-based as on the wire.
 	Address int `toml:"address"`
 	// Type is bool, u16, s16, u32, s32, u64, s64, f32 or f64; default
@@ -158,7 +163,7 @@ type PollerPoint struct {
 	// holding tables only); it may not overlap another point.
 	Writable bool `toml:"writable"`
 	// Key is the record field of the point in line mode; default Name.
-	Key string `toml:"key"`
+	Key string `toml:"key,omitempty"`
 }
 
 // Port modes.
@@ -492,14 +497,25 @@ func (d *PollerDevice) validate(ch *checker, p *Poller, port *PollerPort) {
 		ch.intRange("max_bits", *d.MaxBits, 1, maxReadBits)
 	}
 	line := port != nil && port.Mode == ModeLine
-	if line {
-		if d.Unit != 0 {
+	switch {
+	case line:
+		if d.Unit != 0 || ch.has("unit") {
 			ch.errorf("unit", "a device on line port %q has no unit id", port.Name)
 		}
-	} else if port != nil {
+	case port != nil && d.Unit == 0 && !ch.has("unit"):
+		ch.errorf("unit", "missing: the Modbus slave id, 1 to %d", maxUnit)
+	case port != nil || ch.has("unit"):
+		// On an unknown port the mode is unknown, but a unit that is
+		// written must still be a slave id.
 		ch.intRange("unit", d.Unit, 1, maxUnit)
-		if len(d.Point) == 0 {
-			ch.errorf("point", "no points: add [[poller.device.point]] entries")
+	}
+	if port != nil && !line && len(d.Point) == 0 {
+		ch.errorf("point", "no points: add [[poller.device.point]] entries")
+	}
+	if d.Timeout.Duration == 0 && port != nil && !ch.has("timeout") {
+		d.Timeout.Duration = port.Timeout.Duration
+		if line {
+			d.Timeout.Duration = max(3*d.Interval.Duration, port.Timeout.Duration)
 		}
 	}
 	names := map[string]int{}
@@ -584,40 +600,42 @@ func (pt *PollerPoint) validate(ch *checker, port *PollerPort, line bool) {
 		ch.oneOf("type", pt.Type, typeNames...)
 		return
 	}
-	if port == nil {
+	if port == nil && pt.Table == "" {
 		return // unknown port: the mode is unknown too
 	}
-	if pt.Key != "" {
+	// On an unknown port, a point with a table is a Modbus point: check
+	// it as one, so that the port's error does not hide the point's.
+	if port != nil && pt.Key != "" {
 		ch.errorf("key", "only for a device on a line port")
 	}
+	// n is the point's size in registers or bits; when its type is wrong,
+	// the address is still checked, for the least size (1).
+	n := 1
 	switch pt.Table {
 	case "":
 		ch.errorf("table", "missing: want coil, discrete, holding or input")
-		return
 	case TableCoil, TableDiscrete:
 		if pt.Type == "" {
 			pt.Type = "bool"
 		}
 		if pt.Type != "bool" {
 			ch.errorf("type", "a %s is one bit: type %q does not fit (want bool)", pt.Table, pt.Type)
-			return
 		}
 	case TableHolding, TableInput:
 		if pt.Type == "" {
 			pt.Type = "u16"
 		}
-		if !slices.Contains(typeNames, pt.Type) {
+		if slices.Contains(typeNames, pt.Type) {
+			n = pt.Size()
+		} else {
 			ch.oneOf("type", pt.Type, typeNames...)
-			return
 		}
 	default:
 		ch.oneOf("table", pt.Table, TableCoil, TableDiscrete, TableHolding, TableInput)
-		return
 	}
 	if pt.Writable && (pt.Table == TableDiscrete || pt.Table == TableInput) {
 		ch.errorf("writable", "%s points are read-only (want coil or holding)", pt.Table)
 	}
-	n := pt.Size()
 	if pt.Address < 0 || pt.Address+n-1 > 0xFFFF {
 		if n == 1 {
 			ch.errorf("address", "%d is out of range (want 0 to 65535)", pt.Address)
@@ -639,7 +657,8 @@ func demoDevices() []PollerDevice {
 	little := func(p PollerPoint) PollerPoint { p.WordOrder = "little"; return p }
 	writable := func(p PollerPoint) PollerPoint { p.Writable = true; return p }
 	dev := func(name string, unit int, points ...PollerPoint) PollerDevice {
-		return PollerDevice{Name: name, Port: "sim", Unit: unit, Interval: Duration{time.Second}, Point: points}
+		return PollerDevice{Name: name, Port: "sim", Unit: unit, Interval: Duration{time.Second},
+			Timeout: Duration{500 * time.Millisecond}, Point: points} // the port's
 	}
 	return []PollerDevice{
 		dev("meter", 1,

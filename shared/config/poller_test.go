@@ -310,7 +310,8 @@ func TestPollerGoodFillsDefaults(t *testing.T) {
 	if w := p.Device[1].Point[0]; w.Type != "f64" || w.Key != "W" || w.Scale != 0.001 {
 		t.Errorf("weight = %+v", w)
 	}
-	if p.Device[1].Timeout.Duration != 0 || p.Outbox != 100 || p.MaxGap != 4 || !p.RetainValues {
+	// The line device's timeout in force: 3 × its 5s interval, at least the port's 1s.
+	if p.Device[1].Timeout.Duration != 15*time.Second || p.Outbox != 100 || p.MaxGap != 4 || !p.RetainValues {
 		t.Errorf("poller = %+v", p)
 	}
 }

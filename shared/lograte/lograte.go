@@ -70,6 +70,24 @@ func (l *Limiter) Check(key string, now time.Time) (allow bool, suppressed int) 
 	return true, 0
 }
 
+// Start begins a new episode of key at now (a device went offline again,
+// a port failed again): the message that opens it goes out regardless, so
+// Start records it as allowed at now and forgets the repeats denied
+// before. The next Check for key is allowed one interval from now, with a
+// count of the repeats of this episode only, never of an earlier one.
+func (l *Limiter) Start(key string, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if e, ok := l.keys[key]; ok {
+		e.last, e.suppressed = now, 0
+		return
+	}
+	if len(l.keys) >= l.max {
+		l.evict(now)
+	}
+	l.keys[key] = &entry{last: now}
+}
+
 // evict frees room for one key: expired keys go, or else the oldest one.
 func (l *Limiter) evict(now time.Time) {
 	var oldestKey string

@@ -2,8 +2,13 @@ package modbus
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 )
+
+// errPastEnd is wrapped by Validate's error for a range that ends past
+// address 65535, so that a slave can answer it with exception 2.
+var errPastEnd = errors.New("range ends past address 65535")
 
 // Function codes.
 const (
@@ -92,7 +97,7 @@ func (r *Request) Validate() error {
 		return fmt.Errorf("%w: %v: quantity must be 1..%d", ErrInvalidRequest, r.String(), limit)
 	}
 	if int(r.Address)+int(r.Quantity) > 0x10000 {
-		return fmt.Errorf("%w: %v: range ends past address 65535", ErrInvalidRequest, r.String())
+		return fmt.Errorf("%w: %v: %w", ErrInvalidRequest, r.String(), errPastEnd)
 	}
 	switch r.Function {
 	case FuncWriteMultipleCoils:
@@ -275,7 +280,8 @@ func RequestLen(b []byte) int {
 // under 4 bytes), ErrUnexpectedReply when bytes follow the frame, ErrCRC
 // for a wrong CRC (a slave stays silent on all three); *ExceptionError for
 // a well-formed frame the slave must answer with an exception (code 1 for
-// an unknown function, 3 for a bad quantity, coil value or byte count). The
+// an unknown function, 3 for a bad quantity, coil value or byte count, 2 for
+// a range that ends past address 65535). The
 // returned Request is filled as far as the frame allows; Data aliases frame.
 func ParseRequest(frame []byte) (Request, error) {
 	var r Request
@@ -311,8 +317,14 @@ func ParseRequest(frame []byte) (Request, error) {
 	if r.Function == FuncWriteMultipleCoils || r.Function == FuncWriteMultipleRegisters {
 		r.Data = frame[7 : n-2]
 	}
-	if r.Validate() != nil {
-		return r, &ExceptionError{Function: r.Function, Code: ExIllegalDataValue}
+	if err := r.Validate(); err != nil {
+		// The specification checks the quantity first (exception 3), then
+		// whether the range exists (exception 2, illegal data address).
+		code := byte(ExIllegalDataValue)
+		if errors.Is(err, errPastEnd) {
+			code = ExIllegalDataAddress
+		}
+		return r, &ExceptionError{Function: r.Function, Code: code}
 	}
 	return r, nil
 }
