@@ -267,6 +267,20 @@ func (m *Master) readReply(ctx context.Context, req *Request, deadline time.Time
 			}
 			return nil, fmt.Errorf("%w: no reply to %v", ErrTimeout, req)
 		}
+		if end > start {
+			// Part of a frame is here and the rest is on its way: its time on
+			// the line is known, so sleep until it should have arrived and
+			// take it with one read instead of waking for every few bytes
+			// (one wake-up per byte at 115200 baud otherwise). The bytes
+			// here arrived over LineTime(end-start) up to now.
+			rest := LineTime(m.baud, want-end)
+			if rest > CharTime(m.baud) {
+				Sleep(min(rest, left))
+				if left = time.Until(deadline); left <= 0 {
+					left = time.Millisecond // one last look at what came
+				}
+			}
+		}
 		if err := m.port.SetReadTimeout(min(left, maxReadSlice)); err != nil {
 			return nil, fmt.Errorf("%w: set read timeout: %w", ErrPort, err)
 		}
