@@ -4,7 +4,7 @@
 // Modbus transaction. It is the seed of `tinyscada bench` (issue 13);
 // docs/performance.md says how to run it and what it measures.
 //
-//	go run ./internal/fieldbench -bin OLD=/path/a -bin NEW=/path/b [-window 60s] [-warmup 40s] [-workload field|demo] [-rounds N] [-json]
+//	go run ./internal/fieldbench -bin OLD=/path/a -bin NEW=/path/b[,NAME=VALUE…] [-window 60s] [-warmup 40s] [-workload field|demo] [-rounds N] [-json]
 package main
 
 import (
@@ -34,12 +34,20 @@ func main() {
 	}
 }
 
-// binFlag collects -bin LABEL=PATH (or PATH, labelled by its base name).
-type binFlag struct{ labels, paths []string }
+// binFlag collects -bin LABEL=PATH (or PATH, labelled by its base name),
+// optionally followed by ,NAME=VALUE settings for the stack's environment
+// (e.g. -bin mp1=/tmp/ts,GOMAXPROCS=1: the same build tuned otherwise).
+type binFlag struct{ labels, paths, envs []string }
 
 func (f *binFlag) String() string { return strings.Join(f.labels, ",") }
 
 func (f *binFlag) Set(v string) error {
+	v, env, _ := strings.Cut(v, ",")
+	for kv := range strings.SplitSeq(env, ",") {
+		if kv != "" && !strings.Contains(kv, "=") {
+			return fmt.Errorf("%q: want NAME=VALUE after the path", kv)
+		}
+	}
 	label, path, ok := strings.Cut(v, "=")
 	if !ok {
 		label, path = filepath.Base(v), v
@@ -62,7 +70,7 @@ func (f *binFlag) Set(v string) error {
 	if fi, err := os.Stat(abs); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
 		return fmt.Errorf("%s: %s is not an executable file", label, abs)
 	}
-	f.labels, f.paths = append(f.labels, label), append(f.paths, abs)
+	f.labels, f.paths, f.envs = append(f.labels, label), append(f.paths, abs), append(f.envs, env)
 	return nil
 }
 
@@ -77,7 +85,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	rounds := fs.Int("rounds", 1, "runs of every binary, interleaved (A B, then B A, …)")
 	asJSON := fs.Bool("json", false, "print JSON instead of the table")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: go run ./internal/fieldbench -bin OLD=/path/a -bin NEW=/path/b [-window 60s] [-warmup 40s] [-workload field|demo] [-rounds N] [-json]")
+		fmt.Fprintln(stderr, "usage: go run ./internal/fieldbench -bin OLD=/path/a -bin NEW=/path/b[,NAME=VALUE…] [-window 60s] [-warmup 40s] [-workload field|demo] [-rounds N] [-json]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -113,7 +121,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			slices.Reverse(order)
 		}
 		for _, i := range order {
-			b := &bench{Label: bins.labels[i], Bin: bins.paths[i], Workload: *workload,
+			b := &bench{Label: bins.labels[i], Bin: bins.paths[i], Env: bins.envs[i], Workload: *workload,
 				Warmup: *warmup, Window: *window, Proc: "/proc", Log: logf}
 			res, err := b.run(ctx, r)
 			if err != nil {

@@ -70,6 +70,7 @@ func freePort() (int, error) {
 // bench is one run's parameters.
 type bench struct {
 	Label, Bin, Workload string
+	Env                  string // NAME=VALUE,… added to the stack's environment
 	Warmup, Window       time.Duration
 	Proc                 string // /proc
 	Log                  func(format string, args ...any)
@@ -127,6 +128,9 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 	}
 	runCmd := exec.Command(b.Bin, "run", "-config", s.Config)
 	runCmd.Dir = dir
+	if b.Env != "" {
+		runCmd.Env = append(os.Environ(), strings.Split(b.Env, ",")...)
+	}
 	runCmd.Stdout, runCmd.Stderr = logf, logf
 	// Its own process group, so that a stack that does not stop on
 	// SIGTERM can be killed without touching the bench; run's children
