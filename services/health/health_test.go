@@ -288,7 +288,11 @@ func startBroker(t *testing.T, cfg *config.Config) (stop func()) {
 	return stop
 }
 
-func startHealth(t *testing.T, ctx context.Context, cfg *config.Config) {
+// startHealth runs health until the test ends, and returns a function
+// that waits until it has taken n more steps (each step advances its
+// progress once): the witness that time passed for it, where a test
+// checks that something does not happen.
+func startHealth(t *testing.T, ctx context.Context, cfg *config.Config) (steps func(n uint64)) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	svc, err := service.Start(ctx, "health", cfg, log.With("role", "health"))
@@ -303,6 +307,15 @@ func startHealth(t *testing.T, ctx context.Context, cfg *config.Config) {
 	go func() { defer close(done); _ = h.Serve(ctx) }()
 	go func() { _ = svc.Run(ctx) }()
 	t.Cleanup(func() { <-done })
+	// Heartbeat advances the heartbeat's sequence number too; no test
+	// here looks at health's own.
+	return func(n uint64) {
+		t.Helper()
+		from := svc.Heartbeat().Progress
+		testpeer.Eventually(t, 10*time.Second, fmt.Sprintf("%d steps of health", n), func() bool {
+			return svc.Heartbeat().Progress >= from+n
+		})
+	}
 }
 
 // needRoot: pinging for another pid takes CAP_SYS_ADMIN.
@@ -329,7 +342,7 @@ func TestSupervision(t *testing.T) {
 
 	p1 := child(t)
 	poller := startFake(t, ctx, cfg, "poller", p1.Process.Pid, 100*time.Millisecond)
-	startHealth(t, ctx, cfg)
+	steps := startHealth(t, ctx, cfg)
 
 	sink.waitPing(t, p1.Process.Pid, "a healthy service")
 	sink.waitPing(t, os.Getpid(), "health's own watchdog")
@@ -347,7 +360,7 @@ func TestSupervision(t *testing.T) {
 		t.Errorf("withheld event: %+v", e)
 	}
 	before := sink.count(p1.Process.Pid)
-	time.Sleep(5 * cfg.Health.Interval.Duration)
+	steps(5)
 	if after := sink.count(p1.Process.Pid); after != before {
 		t.Errorf("%d pings for a stalled service after the withheld event", after-before)
 	}
@@ -436,7 +449,7 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 	// The uplink credential stands for a customer's service here: it may
 	// publish under svc/uplink/.
 	startFake(t, ctx, cfg, "uplink", p.Process.Pid, 100*time.Millisecond)
-	startHealth(t, ctx, cfg)
+	steps := startHealth(t, ctx, cfg)
 	sink.waitPing(t, p.Process.Pid, "an unexpected service")
 	w.waitReport(t, "uplink supervised", func(r Report) bool {
 		s := r.Services["uplink"]
@@ -451,10 +464,15 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 		sink.waitPing(t, p.Process.Pid, "on grace")
 	}
 	sink.waitPing(t, os.Getpid(), "health on grace")
-	// Then no more.
-	time.Sleep(cfg.Health.BrokerGrace.Duration)
-	before, self := sink.count(p.Process.Pid), sink.count(os.Getpid())
-	time.Sleep(5 * cfg.Health.Interval.Duration)
+	// Then no more: once the grace is over (two steps without a ping, at
+	// most a few seconds after it began), five more steps without one.
+	var before, self int
+	testpeer.Eventually(t, 10*time.Second, "the end of the grace (two steps without pings)", func() bool {
+		before, self = sink.count(p.Process.Pid), sink.count(os.Getpid())
+		steps(2)
+		return sink.count(p.Process.Pid) == before && sink.count(os.Getpid()) == self
+	})
+	steps(5)
 	if n := sink.count(p.Process.Pid) - before; n != 0 {
 		t.Errorf("%d pings for a service after the grace", n)
 	}
