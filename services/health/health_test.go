@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
-	"github.com/tinyscada/tinyscada/services/broker"
+	"github.com/tinyscada/tinyscada/internal/testpeer/testbroker"
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/credentials"
@@ -225,19 +225,16 @@ func (w *watcher) waitEvent(t *testing.T, what string, match func(event) bool) e
 
 func (w *watcher) waitReport(t *testing.T, what string, match func(Report) bool) Report {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	var r Report
+	if !testpeer.Until(15*time.Second, func() bool {
 		w.mu.Lock()
-		r := w.report
+		r = w.report
 		w.mu.Unlock()
-		if match(r) {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no report: %s; last %+v", what, r)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return match(r)
+	}) {
+		t.Fatalf("no report: %s; last %+v", what, r)
 	}
+	return r
 }
 
 func testConfig(t *testing.T, port int, extra string) *config.Config {
@@ -263,29 +260,6 @@ stall_after = "1s"
 		t.Fatalf("%v\n%s", err, doc)
 	}
 	return c
-}
-
-// startBroker runs the real broker until the returned stop is called.
-func startBroker(t *testing.T, cfg *config.Config) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- broker.Run(ctx, cfg, slog.New(slog.DiscardHandler)) }()
-	if err := testpeer.WaitPort(cfg.Bus.Address, 10*time.Second); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("broker: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
 }
 
 // startHealth runs health until the test ends, and returns a function
@@ -335,7 +309,7 @@ func TestSupervision(t *testing.T) {
 	port := testpeer.FreePort(t)
 	cfg := testConfig(t, port, "failing_restart_after = \"300ms\"\nrestart_limit = 2\nrestart_window = \"1h\"\n")
 	sink := listenNotify(t)
-	startBroker(t, cfg)
+	testbroker.Start(t, cfg, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := watch(t, cfg)
@@ -440,7 +414,7 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 	port := testpeer.FreePort(t)
 	cfg := testConfig(t, port, "broker_grace = \"1s\"\n")
 	sink := listenNotify(t)
-	stopBroker := startBroker(t, cfg)
+	stopBroker := testbroker.Start(t, cfg, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := watch(t, cfg)
@@ -481,7 +455,7 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 	}
 
 	// The broker is back (same port, same credentials): all resumes.
-	startBroker(t, cfg)
+	testbroker.Start(t, cfg, nil)
 	sink.waitPing(t, p.Process.Pid, "after the broker came back")
 	sink.waitPing(t, os.Getpid(), "health after the broker came back")
 }
