@@ -48,7 +48,8 @@ func binary(t testing.TB) string {
 }
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	// The tests each run a stack of processes and wait for it.
+	code := testpeer.Main(m, 8)
 	if binPath != "" {
 		os.RemoveAll(filepath.Dir(binPath))
 	}
@@ -98,6 +99,7 @@ func parseState(t *testing.T, line string) (topic string, st stateMsg) {
 // the supervisor restarts it, and a connected client service publishes its
 // retained state again without any manual step.
 func TestRunRestartsKilledBrokerAndClientsRepublish(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_sub")
 	port := testpeer.FreePort(t)
 	cfgPath, _ := writeConfig(t, port, `roles = ["broker"]`+"\n")
@@ -135,9 +137,7 @@ func TestRunRestartsKilledBrokerAndClientsRepublish(t *testing.T) {
 	}
 	// mosquitto_sub dies with the broker; a new one sees what the new broker
 	// holds: the restarted broker's state and the client's re-published one.
-	if err := waitNewBroker(port, bst.PID); err != nil {
-		t.Fatal(err)
-	}
+	waitNewBroker(t, port, bst.PID)
 	sub2 := testpeer.Sub(t, port, "-v", "-t", "tinyscada/svc/+/state")
 	seen := map[string]stateMsg{}
 	testpeer.Expect(t, sub2, 15*time.Second, "restarted broker and re-published client state", func(l string) bool {
@@ -168,15 +168,14 @@ func TestRunRestartsKilledBrokerAndClientsRepublish(t *testing.T) {
 
 // waitNewBroker waits until the port accepts connections again after the
 // broker with oldPID died.
-func waitNewBroker(port, oldPID int) error {
-	deadline := time.Now().Add(15 * time.Second)
-	for syscall.Kill(oldPID, 0) == nil {
-		if time.Now().After(deadline) {
-			return errors.New("killed broker still alive")
-		}
-		time.Sleep(10 * time.Millisecond)
+func waitNewBroker(t *testing.T, port, oldPID int) {
+	t.Helper()
+	testpeer.Eventually(t, 15*time.Second, fmt.Sprintf("the killed broker (pid %d) to be gone", oldPID), func() bool {
+		return syscall.Kill(oldPID, 0) != nil
+	})
+	if err := testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second); err != nil {
+		t.Fatal(err)
 	}
-	return testpeer.WaitPort(fmt.Sprintf("127.0.0.1:%d", port), 15*time.Second)
 }
 
 type writerFunc func([]byte) (int, error)
@@ -184,6 +183,7 @@ type writerFunc func([]byte) (int, error)
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 func TestConfigCheck(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.toml")
@@ -214,6 +214,7 @@ func TestConfigCheck(t *testing.T) {
 }
 
 func TestEveryCommandHasHelp(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	for _, c := range commands() {
 		out, err := exec.Command(bin, c.name, "-h").CombinedOutput()
@@ -256,6 +257,7 @@ func startRun(t *testing.T, cfgPath string) *exec.Cmd {
 // The README's promise: `tinyscada run` with the demo devices (a simulator
 // on a pseudo-terminal) and mosquitto_sub shows readings flowing.
 func TestRunDemoShowsReadings(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_sub")
 	port := testpeer.FreePort(t)
 	cfgPath, _ := writeConfig(t, port, `roles = ["broker", "poller"]`+"\n")

@@ -17,6 +17,7 @@ import (
 // over, and a stopped (hung) role's pings stop, so the supervisor aborts it
 // and starts it again.
 func TestRunHealthDrivesWatchdogs(t *testing.T) {
+	t.Parallel()
 	if !sdnotify.CanNotifyPID() {
 		testpeer.Missing(t, "health pings on behalf of other pids only with CAP_SYS_ADMIN (run as root)")
 	}
@@ -57,15 +58,11 @@ run_self_watchdog = "1s"
 	if err := p.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for !aborted(st.PID) {
-		if time.Now().After(deadline) {
-			_ = p.Signal(syscall.SIGCONT)
-			t.Fatalf("the stopped poller (pid %d) got no SIGABRT", st.PID)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	ok := testpeer.Until(15*time.Second, func() bool { return aborted(st.PID) })
 	_ = p.Signal(syscall.SIGCONT)
+	if !ok {
+		t.Fatalf("the stopped poller (pid %d) got no SIGABRT", st.PID)
+	}
 	testpeer.Expect(t, states, 20*time.Second, "a new poller ready", func(l string) bool {
 		_, s := parseState(t, l)
 		return s.State == "ready" && s.PID != st.PID

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"database/sql"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -99,20 +100,10 @@ func watch(t *testing.T, port int) *watcher {
 // waitFor polls cond (under the watcher's lock) until it holds.
 func (w *watcher) waitFor(t *testing.T, what string, within time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
+	if !testpeer.Until(within, func() bool { w.mu.Lock(); defer w.mu.Unlock(); return cond() }) {
 		w.mu.Lock()
-		ok := cond()
-		w.mu.Unlock()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			t.Fatalf("timed out waiting for %s; states %+v, poller %+v", what, w.states, w.poller)
-		}
-		time.Sleep(20 * time.Millisecond)
+		defer w.mu.Unlock()
+		t.Fatalf("timed out after %v waiting for %s; states %+v, poller %+v", within, what, w.states, w.poller)
 	}
 }
 
@@ -180,6 +171,7 @@ func (w *watcher) pids(roles ...string) []int {
 // the last data_seq its heartbeats showed are all accounted for, stored or
 // in a gap record of its end, never both, and the new run drains.
 func TestLoggerSurvivesKillNine(t *testing.T) {
+	t.Parallel()
 	cmd, w, stateDir, cfgPath := startWatched(t, fastPoller)
 	p := w.pids("logger", "broker", "poller")
 	loggerPID, brokerPID, pollerPID := p[0], p[1], p[2]
@@ -237,20 +229,7 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 	defer db.Close()
 	// The dead run is closed once gap_after (3 × ack_timeout here) has
 	// passed: its mark reaches what its heartbeats said it made.
-	var committed int64
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if err := db.QueryRow(`SELECT committed FROM run WHERE run = ?`, run).Scan(&committed); err != nil {
-			t.Fatal(err)
-		}
-		if committed >= int64(made) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the killed poller's run %s is committed to %d, its heartbeats said %d", run, committed, made)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	committed := waitCommitted(t, db, run, made)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -299,6 +278,21 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 	}
 }
 
+// waitCommitted waits until the logger closed the dead run up to seq
+// (gap_after after the run's end) and returns its committed mark.
+func waitCommitted(t *testing.T, db *sql.DB, run string, seq uint64) int64 {
+	t.Helper()
+	var committed int64
+	var err error
+	if !testpeer.Until(20*time.Second, func() bool {
+		err = db.QueryRow(`SELECT committed FROM run WHERE run = ?`, run).Scan(&committed)
+		return err != nil || committed >= int64(seq)
+	}) || err != nil {
+		t.Fatalf("the killed poller's run %s is committed to %d (%v), it said it made %d", run, committed, err, seq)
+	}
+	return committed
+}
+
 // A real loss: a technician's sqlite3 holds the database, so nothing is
 // acknowledged and the poller notes its run's progress in its run file;
 // then the logger and the poller are killed together (the logger's pending
@@ -307,6 +301,7 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 // records what the old run lost as gap records: every seq up to what the
 // run file said is stored or in a gap, never both.
 func TestKilledPollerLossIsRecorded(t *testing.T) {
+	t.Parallel()
 	cmd, w, stateDir, _ := startWatched(t, fastPoller)
 	p := w.pids("logger", "poller")
 	loggerPID, pollerPID := p[0], p[1]
@@ -320,20 +315,12 @@ func TestKilledPollerLossIsRecorded(t *testing.T) {
 	// ack_timeout is 1 s: within a few the poller notes its run.
 	runFile := filepath.Join(stateDir, poller.RunFileName)
 	var noted *poller.RunRecord
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		r, err := poller.ReadRunRecord(runFile)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r != nil && r.Run == run && r.DataSeq > 20 {
-			noted = r
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no run file for run %s: %+v", run, r)
-		}
-		time.Sleep(50 * time.Millisecond)
+	var readErr error
+	if !testpeer.Until(15*time.Second, func() bool {
+		noted, readErr = poller.ReadRunRecord(runFile)
+		return readErr != nil || noted != nil && noted.Run == run && noted.DataSeq > 20
+	}) || readErr != nil {
+		t.Fatalf("no run file for run %s: %+v %v", run, noted, readErr)
 	}
 	for _, pid := range []int{loggerPID, pollerPID} {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
@@ -351,20 +338,7 @@ func TestKilledPollerLossIsRecorded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	var committed int64
-	deadline = time.Now().Add(20 * time.Second)
-	for {
-		if err := db.QueryRow(`SELECT committed FROM run WHERE run = ?`, run).Scan(&committed); err != nil {
-			t.Fatal(err)
-		}
-		if committed >= int64(noted.DataSeq) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the killed run %s is committed to %d; its run file said %d", run, committed, noted.DataSeq)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	committed := waitCommitted(t, db, run, noted.DataSeq)
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}

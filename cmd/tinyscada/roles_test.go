@@ -17,6 +17,7 @@ import (
 // role unit ships; and each role but the uplink (not built yet) is a
 // command of this binary.
 func TestEveryRoleShips(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join("..", "..", "deploy", "units")
 	target, err := os.ReadFile(filepath.Join(dir, "tinyscada.target"))
 	if err != nil {

@@ -21,6 +21,8 @@ import (
 func startSimulate(t *testing.T, args ...string) (path string, cmd *exec.Cmd, logs func() string) {
 	t.Helper()
 	cmd = exec.Command(binary(t), append([]string{"simulate"}, args...)...)
+	// Without -config, no configuration file of the environment's.
+	cmd.Env = append(os.Environ(), "TINYSCADA_CONFIG=")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -63,13 +65,13 @@ func stopSimulate(t *testing.T, cmd *exec.Cmd, logs func() string) {
 // (role=simulate, at the configuration's level), and on SIGTERM exits 0
 // and removes its link.
 func TestSimulateCommand(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	mapPath := filepath.Join(dir, "map.toml")
 	if err := os.WriteFile(mapPath, []byte("[[unit]]\nid = 3\n[[unit.register]]\ntable = \"holding\"\naddress = 7\ntype = \"u16\"\nvalue = 4321\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	link := filepath.Join(dir, "ttySIM")
-	t.Setenv("TINYSCADA_CONFIG", "")
 	path, cmd, logs := startSimulate(t, "-map", mapPath, "-link", link, "-baud", "19200")
 	if path != link {
 		t.Fatalf("printed %q, want the link %q; stderr:\n%s", path, link, logs())
@@ -115,6 +117,7 @@ func TestSimulateCommand(t *testing.T) {
 // exit codes: usage (2) for flags, configuration (78) for a bad map or
 // configuration file.
 func TestSimulateCommandErrors(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	dir := t.TempDir()
 	badCfg := filepath.Join(dir, "bad.toml")

@@ -23,18 +23,11 @@ func SocatPair(t testing.TB) (a, b string) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = pair.Process.Kill(); _ = pair.Wait() })
-	deadline := time.Now().Add(5 * time.Second)
-	for _, p := range []string{a, b} {
-		for {
-			if _, err := os.Stat(p); err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("socat: %s did not appear", p)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}
+	Eventually(t, 5*time.Second, "socat's links "+a+" and "+b, func() bool {
+		_, errA := os.Stat(a)
+		_, errB := os.Stat(b)
+		return errA == nil && errB == nil
+	})
 	return a, b
 }
 

@@ -1,6 +1,11 @@
 // Package testpeer starts the outside programs that tests drive as real
 // peers (Debian's mosquitto broker and clients, socat, mbpoll, ...), and
-// makes a missing tool a skip locally but a failure in CI (CI=true).
+// makes a missing tool a skip locally but a failure in CI (CI=true). It
+// holds the helpers the packages' tests share: Config (a configuration of
+// the test's own: free port, temporary state directory), Eventually and
+// Until (wait for a condition, bounded, instead of a fixed sleep), Main
+// (more parallel tests where they mostly wait). Our broker in-process is
+// testpeer/testbroker.
 package testpeer
 
 import (

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
@@ -32,12 +33,12 @@ import (
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
+// testConfig is testpeer.Config with the broker on a port of the kernel's
+// choosing (the tests read it from the broker) and no $SYS topics.
 func testConfig(t testing.TB) *config.Config {
-	cfg := config.Default()
-	cfg.StateDir = t.TempDir()
+	cfg := testpeer.Config(t)
 	cfg.Broker.Listen = []string{"127.0.0.1:0"}
 	cfg.Broker.SysInterval = config.Duration{}
-	cfg.Bus.HeartbeatInterval = config.Duration{Duration: 100 * time.Millisecond}
 	return cfg
 }
 
@@ -231,6 +232,7 @@ func password(t testing.TB, cfg *config.Config, user string) string {
 }
 
 func TestMosquittoSubSeesStateAndHeartbeat(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_sub")
 	cfg := testConfig(t)
 	log, _ := newLogRecorder(t)
@@ -270,6 +272,7 @@ func TestMosquittoSubSeesStateAndHeartbeat(t *testing.T) {
 // TestHeartbeatProvesRouting checks that progress counts heartbeats that came
 // back through the router.
 func TestHeartbeatProvesRouting(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig(t)
 	log, _ := newLogRecorder(t)
 	b := startBroker(t, cfg, log)
@@ -314,6 +317,7 @@ func TestEveryRoleHasACredential(t *testing.T) {
 }
 
 func TestAccessControl(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_pub")
 	cfg := testConfig(t)
 	log, logs := newLogRecorder(t)
@@ -405,6 +409,7 @@ func TestAccessControl(t *testing.T) {
 // operator credential publishes nothing else, not even under
 // svc/operator/.
 func TestOperatorOptionsFile(t *testing.T) {
+	t.Parallel()
 	pub := testpeer.Need(t, "mosquitto_pub")
 	cfg := testConfig(t)
 	log, logs := newLogRecorder(t)
@@ -461,6 +466,7 @@ func nonLoopbackIPv4() string {
 }
 
 func TestAnonymousRefusedOnNonLoopbackListener(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_pub")
 	ip := nonLoopbackIPv4()
 	if ip == "" {
@@ -485,6 +491,7 @@ func TestAnonymousRefusedOnNonLoopbackListener(t *testing.T) {
 }
 
 func TestUnixSocket(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_sub")
 	cfg := testConfig(t)
 	sock := filepath.Join(t.TempDir(), "run", "broker.sock")
@@ -511,6 +518,7 @@ func TestUnixSocket(t *testing.T) {
 }
 
 func TestUnixSocketPath(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	log, _ := newLogRecorder(t)
 
@@ -661,7 +669,8 @@ func TestNotifyReadyAfterServing(t *testing.T) {
 // TestRetainedNeverExpires stores a retained message dated two days ago (the
 // index keeps the time a message was stored) in the broker as configured, and
 // in one with mochi's default maximum expiry of a day: the latter drops it
-// within a second or two, ours keeps it.
+// within a second or two, ours keeps it. A probe in ours, an MQTT 5 message
+// whose own expiry has passed, shows when ours has swept at least once since.
 func TestRetainedNeverExpires(t *testing.T) {
 	t.Parallel()
 	cfg := testConfig(t)
@@ -672,7 +681,18 @@ func TestRetainedNeverExpires(t *testing.T) {
 		Payload:     []byte(`{"state":"ready"}`),
 		Created:     time.Now().Add(-48 * time.Hour).Unix(),
 	}
-	serve := func(expiry int64) func() bool {
+	probe := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Retain: true, Qos: 1},
+		TopicName:       "tinyscada/svc/probe/state",
+		Payload:         []byte(`{}`),
+		ProtocolVersion: 5,
+		Created:         time.Now().Unix(),
+		Expiry:          time.Now().Add(-time.Second).Unix(),
+	}
+	retained := func(srv *mqtt.Server, pk packets.Packet) func() bool {
+		return func() bool { return len(srv.Topics.Messages(pk.TopicName)) == 1 }
+	}
+	serve := func(expiry int64, pks ...packets.Packet) *mqtt.Server {
 		srv, _, err := newServer(cfg, map[string]string{}, log)
 		if err != nil {
 			t.Fatal(err)
@@ -680,24 +700,22 @@ func TestRetainedNeverExpires(t *testing.T) {
 		if expiry >= 0 {
 			srv.Options.Capabilities.MaximumMessageExpiryInterval = expiry
 		}
-		srv.Topics.RetainMessage(old)
+		for _, pk := range pks { // in order: a sweep that takes the probe saw old too
+			srv.Topics.RetainMessage(pk)
+		}
 		if err := srv.Serve(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { _ = srv.Close() })
-		return func() bool { return len(srv.Topics.Messages(old.TopicName)) == 1 }
+		return srv
 	}
-	ours := serve(-1)
-	control := serve(24 * 60 * 60)
-	deadline := time.Now().Add(10 * time.Second)
-	for control() {
-		if time.Now().After(deadline) {
-			t.Fatal("control broker never expired the retained message; the test proves nothing")
-		}
-		time.Sleep(50 * time.Millisecond)
+	ours := serve(-1, old, probe)
+	control := serve(24*60*60, old)
+	if !testpeer.Until(10*time.Second, func() bool { return !retained(control, old)() }) {
+		t.Fatal("control broker never expired the retained message; the test proves nothing")
 	}
-	time.Sleep(1500 * time.Millisecond) // at least one more expiry sweep of ours
-	if !ours() {
+	testpeer.Eventually(t, 10*time.Second, "our broker's expiry sweep (the probe expired)", func() bool { return !retained(ours, probe)() })
+	if !retained(ours, old)() {
 		t.Error("retained message expired")
 	}
 }
@@ -760,6 +778,7 @@ func selfSigned(t *testing.T, dir, ip string) (certFile, keyFile string) {
 // non-loopback listener speaks TLS (mosquitto_pub with the certificate as CA
 // publishes with a role's credential) and the loopback one stays plain.
 func TestTLSOnNonLoopbackListener(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_pub")
 	ip := nonLoopbackIPv4()
 	if ip == "" {
@@ -801,6 +820,7 @@ func TestBadTLSFiles(t *testing.T) {
 // not keep Run from returning; mochi waits for every connection it handed a
 // goroutine to.
 func TestCloseWithUnfinishedConnection(t *testing.T) {
+	t.Parallel()
 	cfg := testConfig(t)
 	log, _ := newLogRecorder(t)
 	ctx, cancel := context.WithCancel(context.Background())

@@ -88,6 +88,9 @@ const refusedGrowth = 16 << 20
 // before the broker buffers it: the broker logs it, no subscriber gets it,
 // the broker's memory stays within budget, and a normal subscriber keeps
 // getting messages right after.
+//
+// Not in parallel: it measures the peak resident memory of the whole test
+// process, which the other tests, paused until it ends, leave alone.
 func TestOversizedPacketRefused(t *testing.T) {
 	testpeer.Need(t, "mosquitto_pub")
 	cfg := testConfig(t)
@@ -155,6 +158,7 @@ func TestOversizedPacketRefused(t *testing.T) {
 // mochi used to drop it before the access check without acknowledging it,
 // so that a QoS 1 publisher waited for good.
 func TestDeniedSysPublish(t *testing.T) {
+	t.Parallel()
 	pub := testpeer.Need(t, "mosquitto_pub")
 	cfg := testConfig(t)
 	log, logs := newLogRecorder(t)

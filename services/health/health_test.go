@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
-	"github.com/tinyscada/tinyscada/services/broker"
+	"github.com/tinyscada/tinyscada/internal/testpeer/testbroker"
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/credentials"
@@ -225,19 +225,16 @@ func (w *watcher) waitEvent(t *testing.T, what string, match func(event) bool) e
 
 func (w *watcher) waitReport(t *testing.T, what string, match func(Report) bool) Report {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	var r Report
+	if !testpeer.Until(15*time.Second, func() bool {
 		w.mu.Lock()
-		r := w.report
+		r = w.report
 		w.mu.Unlock()
-		if match(r) {
-			return r
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no report: %s; last %+v", what, r)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return match(r)
+	}) {
+		t.Fatalf("no report: %s; last %+v", what, r)
 	}
+	return r
 }
 
 func testConfig(t *testing.T, port int, extra string) *config.Config {
@@ -265,30 +262,11 @@ stall_after = "1s"
 	return c
 }
 
-// startBroker runs the real broker until the returned stop is called.
-func startBroker(t *testing.T, cfg *config.Config) (stop func()) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- broker.Run(ctx, cfg, slog.New(slog.DiscardHandler)) }()
-	if err := testpeer.WaitPort(cfg.Bus.Address, 10*time.Second); err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("broker: %v", err)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
-}
-
-func startHealth(t *testing.T, ctx context.Context, cfg *config.Config) {
+// startHealth runs health until the test ends, and returns a function
+// that waits until it has taken n more steps (each step advances its
+// progress once): the witness that time passed for it, where a test
+// checks that something does not happen.
+func startHealth(t *testing.T, ctx context.Context, cfg *config.Config) (steps func(n uint64)) {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	svc, err := service.Start(ctx, "health", cfg, log.With("role", "health"))
@@ -303,6 +281,15 @@ func startHealth(t *testing.T, ctx context.Context, cfg *config.Config) {
 	go func() { defer close(done); _ = h.Serve(ctx) }()
 	go func() { _ = svc.Run(ctx) }()
 	t.Cleanup(func() { <-done })
+	// Heartbeat advances the heartbeat's sequence number too; no test
+	// here looks at health's own.
+	return func(n uint64) {
+		t.Helper()
+		from := svc.Heartbeat().Progress
+		testpeer.Eventually(t, 10*time.Second, fmt.Sprintf("%d steps of health", n), func() bool {
+			return svc.Heartbeat().Progress >= from+n
+		})
+	}
 }
 
 // needRoot: pinging for another pid takes CAP_SYS_ADMIN.
@@ -322,14 +309,14 @@ func TestSupervision(t *testing.T) {
 	port := testpeer.FreePort(t)
 	cfg := testConfig(t, port, "failing_restart_after = \"300ms\"\nrestart_limit = 2\nrestart_window = \"1h\"\n")
 	sink := listenNotify(t)
-	startBroker(t, cfg)
+	testbroker.Start(t, cfg, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := watch(t, cfg)
 
 	p1 := child(t)
 	poller := startFake(t, ctx, cfg, "poller", p1.Process.Pid, 100*time.Millisecond)
-	startHealth(t, ctx, cfg)
+	steps := startHealth(t, ctx, cfg)
 
 	sink.waitPing(t, p1.Process.Pid, "a healthy service")
 	sink.waitPing(t, os.Getpid(), "health's own watchdog")
@@ -347,7 +334,7 @@ func TestSupervision(t *testing.T) {
 		t.Errorf("withheld event: %+v", e)
 	}
 	before := sink.count(p1.Process.Pid)
-	time.Sleep(5 * cfg.Health.Interval.Duration)
+	steps(5)
 	if after := sink.count(p1.Process.Pid); after != before {
 		t.Errorf("%d pings for a stalled service after the withheld event", after-before)
 	}
@@ -427,7 +414,7 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 	port := testpeer.FreePort(t)
 	cfg := testConfig(t, port, "broker_grace = \"1s\"\n")
 	sink := listenNotify(t)
-	stopBroker := startBroker(t, cfg)
+	stopBroker := testbroker.Start(t, cfg, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := watch(t, cfg)
@@ -436,7 +423,7 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 	// The uplink credential stands for a customer's service here: it may
 	// publish under svc/uplink/.
 	startFake(t, ctx, cfg, "uplink", p.Process.Pid, 100*time.Millisecond)
-	startHealth(t, ctx, cfg)
+	steps := startHealth(t, ctx, cfg)
 	sink.waitPing(t, p.Process.Pid, "an unexpected service")
 	w.waitReport(t, "uplink supervised", func(r Report) bool {
 		s := r.Services["uplink"]
@@ -451,10 +438,15 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 		sink.waitPing(t, p.Process.Pid, "on grace")
 	}
 	sink.waitPing(t, os.Getpid(), "health on grace")
-	// Then no more.
-	time.Sleep(cfg.Health.BrokerGrace.Duration)
-	before, self := sink.count(p.Process.Pid), sink.count(os.Getpid())
-	time.Sleep(5 * cfg.Health.Interval.Duration)
+	// Then no more: once the grace is over (two steps without a ping, at
+	// most a few seconds after it began), five more steps without one.
+	var before, self int
+	testpeer.Eventually(t, 10*time.Second, "the end of the grace (two steps without pings)", func() bool {
+		before, self = sink.count(p.Process.Pid), sink.count(os.Getpid())
+		steps(2)
+		return sink.count(p.Process.Pid) == before && sink.count(os.Getpid()) == self
+	})
+	steps(5)
 	if n := sink.count(p.Process.Pid) - before; n != 0 {
 		t.Errorf("%d pings for a service after the grace", n)
 	}
@@ -463,7 +455,7 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 	}
 
 	// The broker is back (same port, same credentials): all resumes.
-	startBroker(t, cfg)
+	testbroker.Start(t, cfg, nil)
 	sink.waitPing(t, p.Process.Pid, "after the broker came back")
 	sink.waitPing(t, os.Getpid(), "health after the broker came back")
 }

@@ -86,7 +86,8 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv(simHostEnv); spec != "" {
 		os.Exit(simHost(spec))
 	}
-	os.Exit(m.Run())
+	// Most tests wait for simulators, brokers and timers: more of them at once.
+	os.Exit(testpeer.Main(m, 8))
 }
 
 // simHost runs "dir ports units brokerport": simulators linked at

@@ -89,17 +89,6 @@ func (a *acker) snapshot() (maxSeq uint64, complete bool, dups int) {
 	return maxSeq, a.upTo == maxSeq, dups
 }
 
-func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after %v", what, timeout)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func busPoller(t testing.TB, port int, body string) (*Poller, string) {
 	dir := t.TempDir()
 	startSim(t, twoUnits, simLink(t, dir))
@@ -116,12 +105,13 @@ func busPoller(t testing.TB, port int, body string) (*Poller, string) {
 // TestAcknowledgedOutbox: with an acknowledger the outbox stays short and
 // every message arrives.
 func TestAcknowledgedOutbox(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	a := newAcker(t, port)
 	a.acking.Store(true)
 	p, dir := busPoller(t, port, twoDevices("100ms", "20ms", "50ms", "outbox = 16", `ack_timeout = "100ms"`))
-	eventually(t, 10*time.Second, "60 messages acknowledged", func() bool { return p.Outbox().Stats(time.Now()).Acked >= 60 })
+	testpeer.Eventually(t, 10*time.Second, "60 messages acknowledged", func() bool { return p.Outbox().Stats(time.Now()).Acked >= 60 })
 	maxSeq, complete, _ := a.snapshot()
 	st := p.Stats()
 	if !complete || st.Skipped != 0 || st.Outbox.Depth >= 16 {
@@ -137,12 +127,13 @@ func TestAcknowledgedOutbox(t *testing.T) {
 // stops taking samples and says so, re-sends after ack_timeout; once
 // acknowledgements come, it drains and goes on, and no seq is missing.
 func TestBackpressure(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	a := newAcker(t, port)
 	p, dir := busPoller(t, port, twoDevices("100ms", "20ms", "50ms", "outbox = 5", `ack_timeout = "300ms"`))
 
-	eventually(t, 10*time.Second, "back-pressure", func() bool {
+	testpeer.Eventually(t, 10*time.Second, "back-pressure", func() bool {
 		s := p.Stats()
 		return s.Skipped > 0 && s.Outbox.Depth == 5 && s.Backpressure
 	})
@@ -150,14 +141,14 @@ func TestBackpressure(t *testing.T) {
 	if hb["backpressure"] != true || hb["outbox"] != 5 || hb["outbox_oldest_s"].(float64) <= 0 {
 		t.Errorf("heartbeat fields %v", hb)
 	}
-	eventually(t, 10*time.Second, "re-sent after ack_timeout", func() bool { return p.Stats().Resent > 0 })
+	testpeer.Eventually(t, 10*time.Second, "re-sent after ack_timeout", func() bool { return p.Stats().Resent > 0 })
 	if m, _, _ := a.snapshot(); m != 5 {
 		t.Errorf("max seq %d while blocked, want 5", m)
 	}
 	// Unacknowledged past ack_timeout: the run's progress is noted, and
 	// the next run's heartbeats carry it.
 	runFile := filepath.Join(dir, RunFileName)
-	eventually(t, 5*time.Second, "the run file", func() bool {
+	testpeer.Eventually(t, 5*time.Second, "the run file", func() bool {
 		r, _ := ReadRunRecord(runFile)
 		return r != nil && r.Run == p.RunID() && r.DataSeq == 5
 	})
@@ -170,7 +161,7 @@ func TestBackpressure(t *testing.T) {
 	}
 
 	a.acking.Store(true)
-	eventually(t, 10*time.Second, "draining and sampling again", func() bool {
+	testpeer.Eventually(t, 10*time.Second, "draining and sampling again", func() bool {
 		m, complete, _ := a.snapshot()
 		return m > 20 && complete
 	})
@@ -182,16 +173,17 @@ func TestBackpressure(t *testing.T) {
 // TestRepublishAfterReconnect: a broker restart loses nothing that was not
 // acknowledged: the poller publishes its outbox again.
 func TestRepublishAfterReconnect(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	broker := testpeer.Mosquitto(t, port)
 	a := newAcker(t, port)
 	p, _ := busPoller(t, port, twoDevices("100ms", "50ms", "50ms", "outbox = 1000", `ack_timeout = "1h"`))
-	eventually(t, 10*time.Second, "10 messages", func() bool { m, _, _ := a.snapshot(); return m >= 10 })
+	testpeer.Eventually(t, 10*time.Second, "10 messages", func() bool { m, _, _ := a.snapshot(); return m >= 10 })
 
 	broker.Process.Kill()
 	broker.Wait()
 	testpeer.Mosquitto(t, port)
-	eventually(t, 15*time.Second, "messages of before the restart received again", func() bool {
+	testpeer.Eventually(t, 15*time.Second, "messages of before the restart received again", func() bool {
 		_, _, dups := a.snapshot()
 		return dups >= 5
 	})
@@ -200,13 +192,14 @@ func TestRepublishAfterReconnect(t *testing.T) {
 		t.Errorf("seqs up to %d not all received", m)
 	}
 	a.acking.Store(true)
-	eventually(t, 10*time.Second, "outbox drained", func() bool { return p.Outbox().Stats(time.Now()).Depth < 5 })
+	testpeer.Eventually(t, 10*time.Second, "outbox drained", func() bool { return p.Outbox().Stats(time.Now()).Depth < 5 })
 }
 
 // TestMosquittoSubShowsReadings runs the poller role as `tinyscada
 // poller` does, with the demo configuration, against the demo simulator
 // and a broker: `mosquitto_sub -t 'tinyscada/data/#' -v` shows readings.
 func TestMosquittoSubShowsReadings(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	data := testpeer.Sub(t, port, "-t", "tinyscada/data/#", "-v")

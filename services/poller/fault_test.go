@@ -170,6 +170,7 @@ func TestFaults(t *testing.T) {
 // TestPortVanishes removes the simulator and its pseudo-terminal under
 // the poller, then makes a new one at the same path.
 func TestPortVanishes(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	link := simLink(t, dir)
 	_, stop := startSim(t, twoUnits, link)
@@ -240,6 +241,7 @@ func TestIsolation(t *testing.T) {
 // TestTwoPollersOnePort: the second poller cannot open the port, says who
 // holds it, and the first carries on.
 func TestTwoPollersOnePort(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	startSim(t, twoUnits, simLink(t, dir))
 	cfg := testConfig(t, dir, twoDevices("100ms", "50ms", "50ms"))
@@ -275,6 +277,7 @@ func TestTwoPollersOnePort(t *testing.T) {
 // poller and lock a restarted one (not root) out with EBUSY. The poller
 // clears it there and relies on its flock.
 func TestPTYNotLeftExclusive(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	startSim(t, twoUnits, simLink(t, dir))
 	cfg := testConfig(t, dir, twoDevices("100ms", "50ms", "50ms"))

@@ -122,6 +122,7 @@ func FuzzLineRecord(f *testing.F) {
 // TestLinePort reads records from a pseudo-terminal as a scale would send
 // them, good and bad, and goes offline when the records stop.
 func TestLinePort(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pt, err := pty.Open()
 	if err != nil {
@@ -199,6 +200,7 @@ type = "bool"
 // TestLinePortAllFields: a line device without points publishes every
 // field as a number.
 func TestLinePortAllFields(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pt, err := pty.Open()
 	if err != nil {

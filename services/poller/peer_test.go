@@ -10,6 +10,7 @@ import (
 // The poller reads a slave it did not write: Debian's pymodbus RTU server
 // on a socat pseudo-terminal pair, every table, a float over two registers.
 func TestPollerReadsPymodbus(t *testing.T) {
+	t.Parallel()
 	path := testpeer.Pymodbus(t, `ModbusSlaveContext(
     di=ModbusSequentialDataBlock(0, [0, 1, 1, 0, 1]),
     co=ModbusSequentialDataBlock(0, [1, 0, 1, 1]),

@@ -65,6 +65,7 @@ value = 17
 // TestMbpollReadsSimulator has Debian's mbpoll, a Modbus master we did not
 // write, read and write the simulator (with byte timing on).
 func TestMbpollReadsSimulator(t *testing.T) {
+	t.Parallel()
 	mbpoll := testpeer.Need(t, "mbpoll")
 	ctx, cancel := context.WithCancel(context.Background())
 	sim, err := Start(ctx, mustParse(t, peerMap), "", nil)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/modbus"
 	"github.com/tinyscada/tinyscada/shared/modbus/value"
 	"golang.org/x/sys/unix"
@@ -97,6 +98,7 @@ value = 5
 `
 
 func TestEveryFunctionCode(t *testing.T) {
+	t.Parallel()
 	sim, m := startSim(t, mustParse(t, basicMap), modbus.Options{Timeout: 500 * time.Millisecond})
 	ctx := context.Background()
 	dev := sim.Device
@@ -161,6 +163,7 @@ func TestEveryFunctionCode(t *testing.T) {
 }
 
 func TestValueTypesAndOrders(t *testing.T) {
+	t.Parallel()
 	type point struct {
 		typ    value.Type
 		wo, bo value.Order
@@ -219,6 +222,7 @@ func TestValueTypesAndOrders(t *testing.T) {
 }
 
 func TestGenerators(t *testing.T) {
+	t.Parallel()
 	m := mustParse(t, `
 [[unit]]
 id = 1
@@ -282,6 +286,8 @@ gen = "counter"
 	}
 }
 
+// Not in parallel, nor TestLateReplyIsNotMistaken: their replies are timed
+// against a master's timeout of a few tens of milliseconds.
 func TestFaults(t *testing.T) {
 	const timeout = 80 * time.Millisecond
 	sim, m := startSim(t, mustParse(t, basicMap), modbus.Options{Timeout: timeout, Retries: 2})
@@ -364,6 +370,7 @@ func TestLateReplyIsNotMistaken(t *testing.T) {
 }
 
 func TestResyncAfterJunk(t *testing.T) {
+	t.Parallel()
 	sim, m := startSim(t, mustParse(t, basicMap), modbus.Options{Timeout: 300 * time.Millisecond})
 	// Another writer on the line leaves half a frame, then a frame with a
 	// bad CRC, then an unknown function code.
@@ -372,12 +379,18 @@ func TestResyncAfterJunk(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer peer.Close()
-	for _, junk := range [][]byte{
-		{0x01, 0x03, 0x00},
-		{0x01, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00},
+	// Each is dropped after the silence that follows it: the simulator
+	// counts it then.
+	for _, junk := range []struct {
+		b    []byte
+		what string
+		seen func(Stats) bool
+	}{
+		{[]byte{0x01, 0x03, 0x00}, "the half frame dropped", func(s Stats) bool { return s.Resyncs >= 1 }},
+		{[]byte{0x01, 0x03, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00}, "the bad CRC dropped", func(s Stats) bool { return s.CRCErrors >= 1 }},
 	} {
-		peer.Write(junk)
-		time.Sleep(50 * time.Millisecond)
+		peer.Write(junk.b)
+		testpeer.Eventually(t, 10*time.Second, junk.what, func() bool { return junk.seen(sim.Device.Stats()) })
 	}
 	if regs, err := m.ReadHoldingRegisters(context.Background(), 1, 0, 1); err != nil || regs[0] != 1234 {
 		t.Fatalf("after junk: %v, %v", regs, err)
@@ -407,6 +420,7 @@ func TestResyncAfterJunk(t *testing.T) {
 }
 
 func TestParseMapErrors(t *testing.T) {
+	t.Parallel()
 	head := "[[unit]]\nid = 1\n[[unit.register]]\n"
 	for _, c := range []struct{ toml, want string }{
 		{"colour = 1\n[[unit]]\nid = 1\n", "test.toml:1:1: unknown key colour"},
@@ -439,6 +453,7 @@ func TestParseMapErrors(t *testing.T) {
 }
 
 func TestDemo(t *testing.T) {
+	t.Parallel()
 	d := Demo()
 	if d.Baud != 9600 || !d.ByteTiming || len(d.Units) != 2 {
 		t.Fatalf("demo map: baud %d, timing %v, %d units", d.Baud, d.ByteTiming, len(d.Units))
@@ -531,6 +546,7 @@ func TestServe(t *testing.T) {
 // TestLineVanishesAndComesBack: when the simulator stops, a master on its
 // link gets ErrPort; a new simulator on the same link serves a reopened port.
 func TestLineVanishesAndComesBack(t *testing.T) {
+	t.Parallel()
 	link := filepath.Join(t.TempDir(), "ttySIM")
 	m := mustParse(t, basicMap)
 	ctx, cancel := context.WithCancel(context.Background())

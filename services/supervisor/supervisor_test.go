@@ -1,8 +1,10 @@
 package supervisor
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 )
 
 // TestMain lets the test binary act as a child role: with SUPERVISOR_CHILD
@@ -20,7 +24,8 @@ func TestMain(m *testing.M) {
 		actAsChild(mode)
 		return
 	}
-	os.Exit(m.Run())
+	// The tests wait for their children: more of them at once.
+	os.Exit(testpeer.Main(m, 8))
 }
 
 func actAsChild(mode string) {
@@ -48,7 +53,9 @@ func actAsChild(mode string) {
 	}
 }
 
-func newTestSupervisor(t *testing.T, roles ...Role) (*Supervisor, context.CancelFunc, chan error) {
+// newTestSupervisor runs roles of the test binary acting as children in
+// mode until the test ends, and returns once all are ready.
+func newTestSupervisor(t *testing.T, mode string, roles ...Role) (*Supervisor, context.CancelFunc, chan error) {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -62,6 +69,7 @@ func newTestSupervisor(t *testing.T, roles ...Role) (*Supervisor, context.Cancel
 	s := New(Options{
 		Exe:            exe,
 		Roles:          roles,
+		Env:            childEnv(mode),
 		ReadyTimeout:   5 * time.Second,
 		RestartBackoff: 50 * time.Millisecond,
 		StopTimeout:    2 * time.Second,
@@ -84,24 +92,19 @@ func newTestSupervisor(t *testing.T, roles ...Role) (*Supervisor, context.Cancel
 	return s, cancel, done
 }
 
-// childEnv gives each child its mode through the environment, which the
-// supervisor passes on.
-func setModes(t *testing.T, mode string) { t.Setenv("SUPERVISOR_CHILD", mode) }
+// childEnv gives each child its mode through the environment the
+// supervisor adds to its children's (Options.Env), not the test process's
+// own: the tests run in parallel.
+func childEnv(mode string) []string { return []string{"SUPERVISOR_CHILD=" + mode} }
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testpeer.Eventually(t, 10*time.Second, what, cond)
 }
 
 func TestStartsInOrderAndReadsReady(t *testing.T) {
-	setModes(t, "slow")
-	s, _, _ := newTestSupervisor(t, Role{Name: "a"}, Role{Name: "b"})
+	t.Parallel()
+	s, _, _ := newTestSupervisor(t, "slow", Role{Name: "a"}, Role{Name: "b"})
 	st := s.Status()
 	if len(st) != 2 {
 		t.Fatalf("status has %d children, want 2", len(st))
@@ -115,8 +118,8 @@ func TestStartsInOrderAndReadsReady(t *testing.T) {
 }
 
 func TestRestartsKilledChild(t *testing.T) {
-	setModes(t, "ok")
-	s, _, _ := newTestSupervisor(t, Role{Name: "a"})
+	t.Parallel()
+	s, _, _ := newTestSupervisor(t, "ok", Role{Name: "a"})
 	old := s.Status()[0].PID
 	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -127,13 +130,24 @@ func TestRestartsKilledChild(t *testing.T) {
 	})
 }
 
+// The supervisor logs that it gives up on the child before it leaves it
+// for good: after that log line no restart can come.
 func TestNoRestartOnConfigExit(t *testing.T) {
-	setModes(t, "badconfig")
+	t.Parallel()
 	exe, _ := os.Executable()
-	s := New(Options{Exe: exe, Roles: []Role{{Name: "a", Args: []string{"-test.run=^$"}}}, ReadyTimeout: 300 * time.Millisecond, RestartBackoff: 10 * time.Millisecond})
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	var logs syncBuffer
+	s := New(Options{Exe: exe, Roles: []Role{{Name: "a", Args: []string{"-test.run=^$"}}}, Env: childEnv("badconfig"),
+		ReadyTimeout: 300 * time.Millisecond, RestartBackoff: 10 * time.Millisecond,
+		Log: slog.New(slog.NewTextHandler(&logs, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := s.Run(ctx); err != nil {
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitFor(t, "the supervisor giving up on the child", func() bool {
+		return strings.Contains(logs.String(), "exited with 'do not restart' status")
+	})
+	cancel()
+	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
 	if c := s.Status()[0]; c.Restarts != 0 {
@@ -142,8 +156,8 @@ func TestNoRestartOnConfigExit(t *testing.T) {
 }
 
 func TestWatchdogAbortsHungChild(t *testing.T) {
-	setModes(t, "hang")
-	s, _, _ := newTestSupervisor(t, Role{Name: "a", Watchdog: 300 * time.Millisecond})
+	t.Parallel()
+	s, _, _ := newTestSupervisor(t, "hang", Role{Name: "a", Watchdog: 300 * time.Millisecond})
 	old := s.Status()[0].PID
 	waitFor(t, "watchdog restart", func() bool {
 		c := s.Status()[0]
@@ -152,8 +166,8 @@ func TestWatchdogAbortsHungChild(t *testing.T) {
 }
 
 func TestStopTerminatesChildren(t *testing.T) {
-	setModes(t, "ok")
-	s, cancel, done := newTestSupervisor(t, Role{Name: "a"}, Role{Name: "b"})
+	t.Parallel()
+	s, cancel, done := newTestSupervisor(t, "ok", Role{Name: "a"}, Role{Name: "b"})
 	var pids []int
 	for _, c := range s.Status() {
 		pids = append(pids, c.PID)
@@ -174,7 +188,7 @@ func TestStopTerminatesChildren(t *testing.T) {
 // restarted at once: SIGABRT is followed by SIGCONT, as systemd does, instead
 // of waiting for the stop timeout's SIGKILL.
 func TestWatchdogRestartsStoppedChild(t *testing.T) {
-	setModes(t, "ok")
+	t.Parallel()
 	exe, _ := os.Executable()
 	runDir := t.TempDir()
 	// A stale socket from a killed supervisor is replaced.
@@ -185,6 +199,7 @@ func TestWatchdogRestartsStoppedChild(t *testing.T) {
 	s := New(Options{
 		Exe:            exe,
 		Roles:          []Role{{Name: "a", Args: []string{"-test.run=^$"}, Watchdog: 300 * time.Millisecond}},
+		Env:            childEnv("ok"),
 		RunDir:         runDir,
 		ReadyTimeout:   5 * time.Second,
 		RestartBackoff: 50 * time.Millisecond,
@@ -210,4 +225,23 @@ func TestWatchdogRestartsStoppedChild(t *testing.T) {
 		c := s.Status()[0]
 		return c.PID != old && c.Ready
 	})
+}
+
+// syncBuffer is a bytes.Buffer for a logger writing from several
+// goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

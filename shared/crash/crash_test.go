@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 )
 
 // TestMain doubles as the helper program: with CRASH_HELPER set, the test
@@ -270,21 +272,20 @@ func TestCaptureBadRole(t *testing.T) {
 // waitStacks waits until dir holds n .stacks files and returns them.
 func waitStacks(t *testing.T, dir string, n int, exited <-chan struct{}) []string {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second) // only against a hang
-	for {
-		files, _ := filepath.Glob(filepath.Join(dir, "*.stacks"))
-		if len(files) >= n {
-			return files
-		}
+	var files []string
+	gone := false
+	if !testpeer.Until(10*time.Second, func() bool { // the bound only against a hang
+		files, _ = filepath.Glob(filepath.Join(dir, "*.stacks"))
 		select {
 		case <-exited:
-			t.Fatalf("helper exited; %d .stacks files, want %d", len(files), n)
-		case <-time.After(10 * time.Millisecond):
+			gone = true
+		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d .stacks files, want %d", len(files), n)
-		}
+		return len(files) >= n || gone
+	}) || len(files) < n {
+		t.Fatalf("%d .stacks files, want %d (helper exited: %v)", len(files), n, gone)
 	}
+	return files
 }
 
 func TestDumpOnSignal(t *testing.T) {

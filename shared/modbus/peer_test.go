@@ -13,6 +13,7 @@ import (
 // TestAgainstPymodbus runs our master against pymodbus's RTU server on a
 // socat pseudo-terminal pair.
 func TestAgainstPymodbus(t *testing.T) {
+	t.Parallel()
 	b := testpeer.Pymodbus(t, `ModbusSlaveContext(
     di=ModbusSequentialDataBlock(0, [0, 1, 1, 0, 1]),
     co=ModbusSequentialDataBlock(0, [1, 0, 1, 1] + [0] * 20),

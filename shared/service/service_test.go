@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"strings"
@@ -16,12 +15,11 @@ import (
 	"github.com/tinyscada/tinyscada/shared/credentials"
 )
 
-func testConfig(t *testing.T, port int) *config.Config {
-	cfg := config.Default()
-	cfg.StateDir = t.TempDir()
-	cfg.Bus.Address = fmt.Sprintf("127.0.0.1:%d", port)
-	cfg.Bus.HeartbeatInterval = config.Duration{Duration: 100 * time.Millisecond}
-	cfg.Bus.RetryMax = config.Duration{Duration: 200 * time.Millisecond}
+// testConfig is testpeer.Config with the poller's credential made, as the
+// broker would.
+func testConfig(t *testing.T) *config.Config {
+	t.Helper()
+	cfg := testpeer.Config(t)
 	if _, err := credentials.Ensure(cfg.StateDir, []string{"poller"}); err != nil {
 		t.Fatal(err)
 	}
@@ -43,9 +41,10 @@ func stateOf(t *testing.T, line string) State {
 // again by itself. Debian's mosquitto is the broker here, so this also
 // checks the runtime against a broker we did not write.
 func TestStartBeforeBrokerAndRepublishAfterRestart(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto")
-	port := testpeer.FreePort(t)
-	cfg := testConfig(t, port)
+	cfg := testConfig(t)
+	port := testpeer.Port(t, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -136,8 +135,9 @@ func TestHeartbeatJSONIsFlat(t *testing.T) {
 // RunWith returns the role loop's error and stops the heartbeats with it,
 // also when the loop returns nil; when ctx ends first, it returns nil.
 func TestRunWith(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
-	s, err := New(ctx, "poller", testConfig(t, 1), slog.New(slog.DiscardHandler))
+	s, err := New(ctx, "poller", testConfig(t), slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
