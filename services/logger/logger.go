@@ -379,6 +379,7 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 	stop := func() error {
 		sctx, cancel := stopContext(ctx)
 		defer cancel()
+		l.beatsOnStop(sctx)
 		for left := len(l.in); len(batch) > 0 || left > 0; {
 			for ; left > 0 && readings < l.lc.BatchReadings; left-- {
 				add(<-l.in)

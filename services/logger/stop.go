@@ -20,9 +20,19 @@ func stopContext(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 }
 
+// beatsOnStop hands the store what the producer's heartbeats said since
+// the last tick (its last data_seq, its "stopping", a previous run's end
+// from its run file) when the logger is stopping, so that it is saved even
+// when nothing is left to commit: a run known only from heartbeats gets
+// its row, and the next start records its lost end as a gap.
+func (l *Logger) beatsOnStop(ctx context.Context) {
+	if err := l.handBeats(ctx); err != nil {
+		l.log.Warn("stopping: recording the producer's runs failed", "err", err)
+	}
+}
+
 // flushOnStop commits batch (the open batch, or what was queued) when the
-// logger is stopping, with what the producer's heartbeats said (its last
-// data_seq, its "stopping"), and reports whether it committed. A stop is
+// logger is stopping, and reports whether it committed. A stop is
 // clean and the producer stops first (`tinyscada run` and the units stop
 // the poller before the logger), so what the logger holds is the poller's
 // last messages: committing them here, rather than letting the poller's
@@ -32,9 +42,6 @@ func stopContext(ctx context.Context) (context.Context, context.CancelFunc) {
 func (l *Logger) flushOnStop(ctx context.Context, batch []store.Item) bool {
 	if len(batch) == 0 {
 		return false
-	}
-	if err := l.handBeats(ctx); err != nil {
-		l.log.Warn("stopping: recording the producer's runs failed", "err", err)
 	}
 	if err := l.commit(ctx, batch); err != nil {
 		l.log.Warn("stopping: the last batch did not commit; it stays unacknowledged", "messages", len(batch), "err", err)
