@@ -13,8 +13,10 @@ import (
 
 // TestEveryRoleShips ties topics.Roles() to what ships: each role has its
 // unit in deploy/units, which runs `tinyscada <role>`, is wanted by the
-// target and orders itself only after roles that start before it; no other
-// role unit ships; and each role but the uplink (not built yet) is a
+// target and orders itself only after roles that start before it, and
+// after those it needs (mustFollow: systemd stops in the reverse order, so
+// the poller stops before the logger, and both before the broker); no
+// other role unit ships; and each role but the uplink (not built yet) is a
 // command of this binary.
 func TestEveryRoleShips(t *testing.T) {
 	t.Parallel()
@@ -39,10 +41,16 @@ func TestEveryRoleShips(t *testing.T) {
 		if !strings.Contains(wantedBy(string(target)), " "+name+" ") {
 			t.Errorf("tinyscada.target does not want %s", name)
 		}
-		for _, after := range unitList(u, "After=") {
+		afters := unitList(u, "After=")
+		for _, after := range afters {
 			j := slices.IndexFunc(roles, func(o topics.Role) bool { return h.Unit(string(o)) == after })
 			if j < 0 || j >= i {
 				t.Errorf("%s starts after %s, which is not a role that starts before it (%v)", name, after, roles)
+			}
+		}
+		for _, before := range mustFollow(r) {
+			if !slices.Contains(afters, h.Unit(string(before))) {
+				t.Errorf("%s is not After= %s: stopping the target would not stop %s first", name, h.Unit(string(before)), r)
 			}
 		}
 		built := slices.ContainsFunc(commands(), func(c command) bool { return c.name == string(r) })
@@ -60,6 +68,21 @@ func TestEveryRoleShips(t *testing.T) {
 		if !strings.HasSuffix(role, "@") && !topics.IsRole(role) {
 			t.Errorf("deploy/units/%s is the unit of no role of topics.Roles()", base)
 		}
+	}
+}
+
+// mustFollow is what role r must start after, and so stop before: the
+// broker for every other role, and the logger for the poller (the consumer
+// of its data, which commits and acknowledges its last messages while the
+// poller stops).
+func mustFollow(r topics.Role) []topics.Role {
+	switch r {
+	case topics.Broker:
+		return nil
+	case topics.Poller:
+		return []topics.Role{topics.Broker, topics.Logger}
+	default:
+		return []topics.Role{topics.Broker}
 	}
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -10,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/tinyscada/tinyscada/services/supervisor"
-	"github.com/tinyscada/tinyscada/shared/atomicfile"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/flock"
 	"github.com/tinyscada/tinyscada/shared/logging"
@@ -34,21 +34,30 @@ func runStack(ctx context.Context, args []string) error {
 		return err
 	}
 	lock, err := flock.Lock(filepath.Join(runDir, "lock"))
-	if err != nil {
+	if errors.Is(err, flock.ErrLocked) {
 		return fmt.Errorf("another `tinyscada run` uses %s: %w", cfg.StateDir, err)
+	}
+	if err != nil {
+		return err
 	}
 	defer lock.Close()
 
 	// Every child reads the very configuration checked here, with the state
-	// directory made absolute, whatever its working directory.
+	// directory made absolute, whatever its working directory; without
+	// writing to the disk, which may be full (see childConfig).
 	effective, err := cfg.Encode()
 	if err != nil {
 		return err
 	}
-	effPath := filepath.Join(runDir, "tinyscada.toml")
-	if err := atomicfile.WriteFile(effPath, effective, 0o600); err != nil {
+	effPath, files, err := childConfig(effective, runDir)
+	if err != nil {
 		return err
 	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
 	exe, err := os.Executable()
 	if err != nil {
 		return err
@@ -64,6 +73,7 @@ func runStack(ctx context.Context, args []string) error {
 		Roles:             roles,
 		RunDir:            runDir,
 		Env:               []string{supervisorEnv + "=run"},
+		ExtraFiles:        files,
 		ReadyTimeout:      cfg.Run.ReadyTimeout.Duration,
 		RestartBackoff:    cfg.Run.RestartBackoff.Duration,
 		RestartBackoffMax: cfg.Run.RestartBackoffMax.Duration,

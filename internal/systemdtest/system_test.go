@@ -638,6 +638,10 @@ func TestSystem(t *testing.T) {
 		}
 	})
 
+	s.run(t, "clean stops", func(t *testing.T) {
+		s.cleanStops(t)
+	})
+
 	s.run(t, "nothing lost", func(t *testing.T) {
 		time.Sleep(3 * time.Second) // let the logger commit what is in flight
 		s.checkNothingLost()

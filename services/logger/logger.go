@@ -321,9 +321,11 @@ func (l *Logger) handleCursor(payload []byte) {
 
 // Run ingests until ctx ends. It returns nil when ctx ended, or the error
 // of a broken database. pub receives the acknowledgements and commit
-// announcements.
+// announcements. When ctx ends it commits what it holds and acknowledges
+// it before it returns (see flushOnStop).
 func (l *Logger) Run(ctx context.Context, pub bus.Conn) error {
 	defer close(l.done)
+	outer := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -332,7 +334,8 @@ func (l *Logger) Run(ctx context.Context, pub bus.Conn) error {
 	err := l.writeLoop(ctx)
 	cancel()
 	wg.Wait()
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+	if errors.Is(err, context.Canceled) && outer.Err() != nil {
+		l.publishOnStop(outer, pub)
 		return nil
 	}
 	return err
@@ -385,11 +388,28 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 	// delay or when Handle says a batch's worth is queued, not for every
 	// message.
 	in := l.in
+	// stop commits the open batch and what is queued now, on the way out.
+	stop := func() error {
+		sctx, cancel := stopContext(ctx)
+		defer cancel()
+		l.beatsOnStop(sctx)
+		for left := len(l.in); len(batch) > 0 || left > 0; {
+			for ; left > 0 && readings < l.lc.BatchReadings; left-- {
+				add(<-l.in)
+			}
+			if !l.flushOnStop(sctx, batch) {
+				break
+			}
+			l.pending.Add(-int64(len(batch)))
+			batch, readings = batch[:0], 0
+		}
+		return ctx.Err()
+	}
 	for {
 		flush := false
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return stop()
 		case it := <-in:
 			add(it)
 			drain()
@@ -432,6 +452,9 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 			return err
 		}
 		if err := l.commit(ctx, batch); err != nil {
+			if ctx.Err() != nil {
+				return stop()
+			}
 			return err
 		}
 		// Wake early next time once a batch's worth of messages like
@@ -675,41 +698,49 @@ func (l *Logger) publishLoop(ctx context.Context, pub bus.Conn) {
 		if !up {
 			continue
 		}
-		l.mu.Lock()
-		var acks []store.Ack
-		for k := range l.ackDirty {
-			acks = append(acks, l.acks[k])
-			delete(l.ackDirty, k)
-		}
-		row := l.committed
-		l.mu.Unlock()
-		for i, a := range acks {
-			b, _ := json.Marshal(struct {
-				Run string `json:"run"`
-				Seq uint64 `json:"seq"`
-			}{a.Run, a.Seq})
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := pub.Publish(pctx, bus.Message{Topic: l.topics.Ack(a.Producer), QoS: 1, Payload: b})
-			cancel()
-			if err != nil {
-				l.mu.Lock()
-				for _, a := range acks[i:] {
-					l.ackDirty[a.Producer+"\x00"+a.Run] = true
-				}
-				l.mu.Unlock()
-				break
+		announced = l.publishAcks(ctx, pub, announced)
+	}
+}
+
+// publishAcks publishes the acknowledgements not yet published (those that
+// fail stay to publish) and the committed row unless it is announced; it
+// returns the row announced now.
+func (l *Logger) publishAcks(ctx context.Context, pub bus.Conn, announced int64) int64 {
+	l.mu.Lock()
+	var acks []store.Ack
+	for k := range l.ackDirty {
+		acks = append(acks, l.acks[k])
+		delete(l.ackDirty, k)
+	}
+	row := l.committed
+	l.mu.Unlock()
+	for i, a := range acks {
+		b, _ := json.Marshal(struct {
+			Run string `json:"run"`
+			Seq uint64 `json:"seq"`
+		}{a.Run, a.Seq})
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := pub.Publish(pctx, bus.Message{Topic: l.topics.Ack(a.Producer), QoS: 1, Payload: b})
+		cancel()
+		if err != nil {
+			l.mu.Lock()
+			for _, a := range acks[i:] {
+				l.ackDirty[a.Producer+"\x00"+a.Run] = true
 			}
-		}
-		if row >= 0 && row != announced {
-			b := []byte(`{"gen":"` + l.store.Generation() + `","row":` + strconv.FormatInt(row, 10) + `}`)
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := pub.Publish(pctx, bus.Message{Topic: l.topics.Committed(), QoS: 1, Retain: true, Payload: b})
-			cancel()
-			if err == nil {
-				announced = row
-			}
+			l.mu.Unlock()
+			break
 		}
 	}
+	if row >= 0 && row != announced {
+		b := []byte(`{"gen":"` + l.store.Generation() + `","row":` + strconv.FormatInt(row, 10) + `}`)
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := pub.Publish(pctx, bus.Message{Topic: l.topics.Committed(), QoS: 1, Retain: true, Payload: b})
+		cancel()
+		if err == nil {
+			announced = row
+		}
+	}
+	return announced
 }
 
 func (l *Logger) updateStats(ctx context.Context) {

@@ -160,7 +160,8 @@ func (p *Poller) portTried() {
 // Whenever pub's connection comes back up, the whole outbox, the device
 // states and the values are published again: the broker kept nothing.
 // A port that cannot be opened or vanishes is retried with backoff while
-// the other ports carry on; nothing a device does ends Run.
+// the other ports carry on; nothing a device does ends Run. What is still
+// unacknowledged when it returns is noted in the run file (RunFileName).
 func (p *Poller) Run(ctx context.Context, pub bus.Conn) error {
 	g, ctx := errgroup.WithContext(ctx)
 	for _, pr := range p.ports {
@@ -175,7 +176,9 @@ func (p *Poller) Run(ctx context.Context, pub bus.Conn) error {
 	}
 	g.Go(func() error { p.send(ctx, pub); return nil })
 	g.Go(func() error { p.noteRun(ctx); return nil })
-	return g.Wait()
+	err := g.Wait()
+	p.noteRunAtExit()
+	return err
 }
 
 // ack is the payload of <prefix>/ack/poller.

@@ -22,7 +22,10 @@ import (
 // data_seq moved; the next run reads it and its heartbeats carry it as
 // prev_run and prev_data_seq, from which the logger records the dead run's
 // lost end as a gap. When the logger keeps up nothing is written; a full
-// outbox stops data_seq, and the writes with it.
+// outbox stops data_seq, and the writes with it. A clean stop (SIGTERM)
+// writes it once more at exit if anything is still unacknowledged
+// (noteRunAtExit): what the logger did not commit before it stopped too is
+// then recorded as a gap at the next start, never lost silently.
 
 // RunFileName is the poller's state file in state_dir.
 const RunFileName = "poller-run.json"
@@ -70,12 +73,7 @@ func (p *Poller) noteRun(ctx context.Context) {
 		if st.Depth == 0 || st.Oldest <= p.cfg.AckTimeout.Duration || st.Seq == written {
 			continue
 		}
-		b, _ := json.Marshal(RunRecord{Run: p.run, DataSeq: st.Seq, At: now.UnixMilli()})
-		err := os.MkdirAll(filepath.Dir(p.runFile), 0o700)
-		if err == nil {
-			err = atomicfile.WriteFile(p.runFile, b, 0o600)
-		}
-		if err != nil {
+		if err := p.writeRunFile(st.Seq, now); err != nil {
 			if ok, n := p.limiter.Check("run file", now); ok {
 				p.log.Warn("cannot note the run's progress: a kill now would lose the outbox without a gap record",
 					"file", p.runFile, "err", err, "suppressed", n)
@@ -88,4 +86,32 @@ func (p *Poller) noteRun(ctx context.Context) {
 		}
 		written = st.Seq
 	}
+}
+
+// noteRunAtExit writes the run file when the poller stops with messages
+// still unacknowledged in its outbox (they go with the process): after
+// every port and the sender stopped, so data_seq is the run's last. An
+// empty outbox writes nothing: the logger has everything.
+func (p *Poller) noteRunAtExit() {
+	now := time.Now()
+	st := p.out.Stats(now)
+	if st.Depth == 0 {
+		return
+	}
+	if err := p.writeRunFile(st.Seq, now); err != nil {
+		p.log.Error("stopping with messages unacknowledged, and the run file cannot be written: the logger will not know they are lost",
+			"file", p.runFile, "outbox", st.Depth, "data_seq", st.Seq, "err", err)
+		return
+	}
+	p.log.Info("stopping with messages unacknowledged: noted in the run file, the next start records what the logger did not commit as a gap",
+		"file", p.runFile, "outbox", st.Depth, "data_seq", st.Seq)
+}
+
+// writeRunFile writes the run file: this run made seqs up to seq.
+func (p *Poller) writeRunFile(seq uint64, now time.Time) error {
+	b, _ := json.Marshal(RunRecord{Run: p.run, DataSeq: seq, At: now.UnixMilli()})
+	if err := os.MkdirAll(filepath.Dir(p.runFile), 0o700); err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(p.runFile, b, 0o600)
 }

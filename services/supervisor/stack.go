@@ -17,7 +17,11 @@ const simulatorPrefix = "simulate-"
 // Stack returns the children of `tinyscada run` for cfg, in start order,
 // each reading the configuration file cfgPath: the roles of run.roles that
 // have(role) says this binary implements (the others are returned in
-// skipped and not started), and before the poller one simulator per RTU
+// skipped and not started), in the order of topics.Roles() whatever order
+// run.roles lists them in (so the supervisor, which stops in reverse,
+// stops the poller before the logger and the logger before the broker:
+// the producer first, its consumer while it can still commit and
+// acknowledge), and before the poller one simulator per RTU
 // port of the poller marked simulate = true (the demo),
 // `simulate -config cfgPath -link <device> -baud <baud>`, so that the port
 // exists when the poller opens it.
@@ -33,7 +37,12 @@ func Stack(cfg *config.Config, cfgPath string, have func(role string) bool, log 
 }
 
 func stack(cfg *config.Config, cfgPath string, have func(string) bool, canPing bool, log *slog.Logger) (roles []Role, skipped []string) {
-	for _, name := range cfg.Run.Roles {
+	names := slices.Clone(cfg.Run.Roles)
+	order := topics.Names(topics.Roles())
+	slices.SortStableFunc(names, func(a, b string) int {
+		return slices.Index(order, a) - slices.Index(order, b)
+	})
+	for _, name := range names {
 		if !have(name) {
 			skipped = append(skipped, name)
 			continue

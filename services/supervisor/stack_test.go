@@ -46,12 +46,17 @@ func TestStack(t *testing.T) {
 		log     string // in the log; "" for none
 	}{
 		{"demo with watchdogs", nil, noUplink, true, []Role{
-			role("broker", 30*time.Second), sim, sim2, role("poller", 30*time.Second),
-			role("logger", 30*time.Second), role("health", 10*time.Second),
+			role("broker", 30*time.Second), role("logger", 30*time.Second), sim, sim2,
+			role("poller", 30*time.Second), role("health", 10*time.Second),
 		}, []string{"uplink"}, ""},
 		{"without CAP_SYS_ADMIN", nil, noUplink, false, []Role{
-			role("broker", 0), sim, sim2, role("poller", 0), role("logger", 0), role("health", 0),
+			role("broker", 0), role("logger", 0), sim, sim2, role("poller", 0), role("health", 0),
 		}, []string{"uplink"}, "no watchdogs: health needs CAP_SYS_ADMIN"},
+		// The stack's order, whatever the order of run.roles: the
+		// supervisor stops in reverse, the producer first.
+		{"listed out of order", []string{"health", "poller", "logger", "broker"}, all, false, []Role{
+			role("broker", 0), role("logger", 0), sim, sim2, role("poller", 0), role("health", 0),
+		}, nil, "no watchdogs"},
 		{"without health nothing pings", []string{"broker", "poller"}, all, true, []Role{
 			role("broker", 0), sim, sim2, role("poller", 0),
 		}, nil, ""},

@@ -51,7 +51,12 @@ type Options struct {
 	// does.
 	RunDir string
 	// Env is added to the children's environment.
-	Env    []string
+	Env []string
+	// ExtraFiles are given to every child as file descriptors 3, 4, …
+	// (exec.Cmd.ExtraFiles), e.g. the effective configuration in a memfd.
+	// They stay open, and are the caller's to close, after Run.
+	ExtraFiles []*os.File
+
 	Stderr io.Writer
 	Log    *slog.Logger
 	// OnStarted is called once every role was started and either said
@@ -85,6 +90,7 @@ type child struct {
 	pid      int
 	ready    bool
 	readyCh  chan struct{} // closed on the first READY=1 of the current process
+	exited   chan struct{} // closed when the current process has exited
 	status   string
 	restarts int
 	lastPing time.Time // monotonic
@@ -196,6 +202,7 @@ func (s *Supervisor) start(c *child) error {
 	cmd.Stderr = s.opts.Stderr
 	cmd.Env = append(os.Environ(), s.opts.Env...)
 	cmd.Env = append(cmd.Env, "NOTIFY_SOCKET="+s.notify.path)
+	cmd.ExtraFiles = s.opts.ExtraFiles
 	if c.role.Watchdog > 0 {
 		cmd.Env = append(cmd.Env, fmt.Sprintf("WATCHDOG_USEC=%d", c.role.Watchdog.Microseconds()))
 	}
@@ -210,6 +217,7 @@ func (s *Supervisor) start(c *child) error {
 	c.pid = cmd.Process.Pid
 	c.ready = false
 	c.readyCh = make(chan struct{})
+	c.exited = make(chan struct{})
 	c.status = ""
 	c.lastPing = time.Now()
 	s.byPID[c.pid] = c
@@ -218,14 +226,20 @@ func (s *Supervisor) start(c *child) error {
 	return nil
 }
 
+// awaitReady waits until c says READY=1, dies, or ReadyTimeout passes. A
+// role that dies before it is ready (a logger that cannot open its
+// database on a full disk) does not hold back the next ones for
+// ReadyTimeout: it is restarted in the background.
 func (s *Supervisor) awaitReady(ctx context.Context, c *child) {
 	s.mu.Lock()
-	ch := c.readyCh
+	ch, exited := c.readyCh, c.exited
 	s.mu.Unlock()
 	t := time.NewTimer(s.opts.ReadyTimeout)
 	defer t.Stop()
 	select {
 	case <-ch:
+	case <-exited:
+		s.log.Warn("exited before READY=1; starting the next role, this one is restarted", "child", c.role.Name)
 	case <-t.C:
 		s.log.Warn("no READY=1 in time; starting the next role anyway", "child", c.role.Name, "timeout", s.opts.ReadyTimeout)
 	case <-ctx.Done():
@@ -238,11 +252,12 @@ func (s *Supervisor) manage(ctx context.Context, c *child) {
 	backoff := s.opts.RestartBackoff
 	for {
 		s.mu.Lock()
-		cmd := c.cmd
+		cmd, exited := c.cmd, c.exited
 		s.mu.Unlock()
 		startedAt := time.Now()
 		stopWD := s.watchdog(c, cmd)
 		err := cmd.Wait()
+		close(exited)
 		stopWD()
 		s.mu.Lock()
 		delete(s.byPID, c.pid)

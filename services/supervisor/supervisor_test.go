@@ -29,6 +29,15 @@ func TestMain(m *testing.M) {
 }
 
 func actAsChild(mode string) {
+	// A role's own mode, in its Args, overrides the environment's.
+	for _, a := range os.Args[1:] {
+		if m, ok := strings.CutPrefix(a, "-child-mode="); ok {
+			mode = m
+		}
+	}
+	if mode == "die" {
+		os.Exit(1)
+	}
 	send := func(s string) {
 		c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: os.Getenv("NOTIFY_SOCKET"), Net: "unixgram"})
 		if err != nil {

@@ -32,7 +32,7 @@ func TestRolesAreTopicsRoles(t *testing.T) {
 		t.Errorf("run.roles = %q, want %q", c.Run.Roles, want)
 	}
 	_, err = Parse("roles.toml", []byte("version = 1\n[run]\nroles = [\"operator\"]\n"))
-	if err == nil || !strings.Contains(err.Error(), `unknown role "operator" (want one of broker, poller, logger, uplink, health)`) {
+	if err == nil || !strings.Contains(err.Error(), `unknown role "operator" (want one of broker, logger, poller, uplink, health)`) {
 		t.Errorf("run.roles = [\"operator\"]: err = %v, want an unknown role listing the roles", err)
 	}
 }

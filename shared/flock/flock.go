@@ -48,8 +48,9 @@ type Held struct {
 
 // Lock opens or creates (mode 0644) the file at path and takes an exclusive
 // lock on it without waiting. On success it writes our pid into the file if
-// it is a regular file (a device node is never written to) and returns the
-// held lock. If another open file holds the lock, in this process or
+// it is a regular file (a device node is never written to; a pid that
+// cannot be written, on a full disk, is left out) and returns the held
+// lock. If another open file holds the lock, in this process or
 // another, it returns a *LockedError with the holder's pid: read from the
 // file, else from /proc/locks, else 0. Other failures (open, flock) are
 // returned wrapped.
@@ -70,10 +71,11 @@ func Lock(path string) (*Held, error) {
 		return nil, err
 	}
 	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
-		if err := writePID(f); err != nil {
-			f.Close()
-			return nil, fmt.Errorf("flock: write pid to %s: %w", path, err)
-		}
+		// The pid only names the holder to whoever finds the lock taken;
+		// on a full disk it cannot be written (the file is then empty,
+		// and the holder is found in /proc/locks), and the lock holds
+		// all the same.
+		_ = writePID(f)
 	}
 	return l, nil
 }

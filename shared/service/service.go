@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/clock"
 	"github.com/tinyscada/tinyscada/shared/config"
@@ -309,17 +307,21 @@ func (s *Service) Heartbeat() Heartbeat {
 }
 
 // RunWith runs the role's main loop serve and Run (the heartbeats) side by
-// side until ctx ends or either returns, with or without an error; the other
-// is then stopped (its context is cancelled) and waited for. So a loop that
-// ends leaves no heartbeats behind claiming it lives. It returns serve's
-// error: nil when it returned nil, as after ctx ended.
+// side until serve returns, with or without an error, which it must do once
+// ctx ends; the heartbeats are then stopped (the last one, "stopping", the
+// bus closed) and waited for. So a loop that ends leaves no heartbeats
+// behind claiming it lives, and a loop that finishes its work when ctx ends
+// still has the bus meanwhile: the logger acknowledges what it commits on
+// the way out, and the poller's last heartbeat carries its final data_seq.
+// It returns serve's error: nil when it returned nil, as after ctx ended.
 func (s *Service) RunWith(ctx context.Context, serve func(context.Context) error) error {
-	g, ctx := errgroup.WithContext(ctx)
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	g.Go(func() error { defer cancel(); return serve(ctx) })
-	g.Go(func() error { defer cancel(); return s.Run(ctx) })
-	return g.Wait()
+	beats, stop := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.Run(beats) }()
+	err := serve(ctx)
+	stop()
+	<-done
+	return err
 }
 
 // Run publishes a heartbeat every heartbeat_interval until ctx ends, then

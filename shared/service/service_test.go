@@ -179,4 +179,43 @@ func TestRunWith(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("RunWith after ctx ended = %v, want nil", err)
 	}
+
+	// When ctx ends, the loop finishes its work before the heartbeats
+	// stop: until it returns the service is not "stopping" (and its bus
+	// is not closed), however long it takes.
+	s.Ready("again")
+	cctx, cancel = context.WithCancel(ctx)
+	states := make(chan string, 1)
+	go func() {
+		done <- s.RunWith(cctx, func(ctx context.Context) error {
+			<-ctx.Done()
+			deadline := time.Now().Add(300 * time.Millisecond)
+			for time.Now().Before(deadline) {
+				s.mu.Lock()
+				st := s.state.State
+				s.mu.Unlock()
+				if st == Stopping {
+					break
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+			s.mu.Lock()
+			states <- s.state.State
+			s.mu.Unlock()
+			return nil
+		})
+	}()
+	cancel()
+	if st := <-states; st != Ready {
+		t.Errorf("state while the loop was still finishing = %q, want %q", st, Ready)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("RunWith = %v", err)
+	}
+	s.mu.Lock()
+	st = s.state.State
+	s.mu.Unlock()
+	if st != Stopping {
+		t.Errorf("state after the loop finished = %q, want %q", st, Stopping)
+	}
 }

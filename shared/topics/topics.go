@@ -13,18 +13,21 @@ import (
 // command and its unit tinyscada-<role>.service.
 type Role string
 
-// The built-in roles. The uplink has its broker user, credential and unit,
-// but is not built into the binary yet.
+// The built-in roles, in start order (see roles). The uplink has its broker
+// user, credential and unit, but is not built into the binary yet.
 const (
 	Broker Role = "broker"
-	Poller Role = "poller"
 	Logger Role = "logger"
+	Poller Role = "poller"
 	Uplink Role = "uplink"
 	Health Role = "health"
 )
 
 // roles is the one list of the built-in roles, in start order: the broker
-// first (everyone talks through it), health last (it watches the others).
+// first (everyone talks through it), the logger before the poller (the
+// consumer of the data before its producer), health last (it watches the
+// others). Stopping goes in reverse: the producer stops first, so that the
+// logger is still there to commit and acknowledge its last messages.
 // core marks the roles the gateway cannot do without: health expects them
 // by default (health.expect).
 var roles = []struct {
@@ -32,8 +35,8 @@ var roles = []struct {
 	core bool
 }{
 	{Broker, true},
-	{Poller, true},
 	{Logger, true},
+	{Poller, true},
 	{Uplink, false},
 	{Health, false},
 }

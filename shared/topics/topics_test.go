@@ -179,7 +179,7 @@ func TestRoles(t *testing.T) {
 			t.Errorf("health is core: it would expect itself")
 		}
 	}
-	if got, want := strings.Join(Names(Core()), " "), "broker poller logger"; got != want {
+	if got, want := strings.Join(Names(Core()), " "), "broker logger poller"; got != want {
 		t.Errorf("Core() = %q, want %q (health.expect's default in docs)", got, want)
 	}
 	for _, s := range []string{"", "operator", "Broker", "poller ", "simulate"} {
