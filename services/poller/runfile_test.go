@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 )
 
 // The run file is optional; a damaged one is an error that names it (New
@@ -52,7 +54,7 @@ func TestRunFileAtStop(t *testing.T) {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- p.Run(ctx, newRecorder()) }()
-	eventually(t, 10*time.Second, "5 messages", func() bool { return p.Outbox().Stats(time.Now()).Seq >= 5 })
+	testpeer.Eventually(t, 10*time.Second, "5 messages", func() bool { return p.Outbox().Stats(time.Now()).Seq >= 5 })
 	runFile := filepath.Join(dir, RunFileName)
 	if r, err := ReadRunRecord(runFile); r != nil || err != nil {
 		t.Fatalf("run file before the stop: %+v %v", r, err)

@@ -11,7 +11,6 @@ import (
 // does not hold back the next role (the poller) for ReadyTimeout: the next
 // one starts at once, the dead one is restarted in the background.
 func TestDeadRoleDoesNotHoldBackTheNext(t *testing.T) {
-	setModes(t, "ok")
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -23,6 +22,7 @@ func TestDeadRoleDoesNotHoldBackTheNext(t *testing.T) {
 			{Name: "dies", Args: []string{"-test.run=^$", "-child-mode=die"}},
 			{Name: "next", Args: []string{"-test.run=^$"}},
 		},
+		Env:            childEnv("ok"),
 		ReadyTimeout:   time.Hour,
 		RestartBackoff: 50 * time.Millisecond,
 		StopTimeout:    2 * time.Second,
