@@ -12,18 +12,18 @@ import (
 )
 
 // The children of `tinyscada run` read the very configuration run checked,
-// with the state directory made absolute. It reaches them in a sealed
-// memfd that every child inherits as file descriptor childConfigFD and
-// reads as /proc/self/fd/3, not in a file on disk: run must come up on a
+// with the state directory made absolute: <state_dir>/run/tinyscada.toml,
+// written atomically at start. That file is what a remote configuration
+// (the uplink) replaces before it restarts the roles, as it replaces
+// /etc/tinyscada/tinyscada.toml under systemd. run must also come up on a
 // full disk, the one moment the stack is most needed to hold data (the
-// file's write failed there with ENOSPC and run exited). A memfd takes no
-// disk and no tmpfs that could be full, cannot be changed under the
-// children once sealed, leaves nothing behind after a kill -9, and has no
-// size limit (unlike an environment variable). The original file would do
-// only when there is one and nobody edits it meanwhile. Where memfd_create
-// or /proc is missing (very old kernels, a seccomp filter), run falls back
-// to writing <state_dir>/run/tinyscada.toml, and if that fails too it says
-// what it needs.
+// write failed there with ENOSPC and run exited): then the configuration
+// reaches the children in a sealed memfd that each inherits as file
+// descriptor childConfigFD and reads as /proc/self/fd/3. A memfd takes no
+// disk and no tmpfs that could be full, and has no size limit (unlike an
+// environment variable); but nothing can replace it, so a remote
+// configuration is refused until the next start of run. Only when both
+// fail does run refuse to start, saying what it needs.
 
 // childConfigFD is the descriptor of the effective configuration in a
 // child: the first of exec.Cmd.ExtraFiles.
@@ -36,7 +36,11 @@ const effectiveFile = "tinyscada.toml"
 // it returns the -config argument they get and the files they inherit
 // (ExtraFiles), which the caller closes once the children are gone.
 func childConfig(effective []byte, runDir string) (path string, files []*os.File, err error) {
-	fallback := filepath.Join(runDir, effectiveFile)
+	file := filepath.Join(runDir, effectiveFile)
+	werr := atomicfile.WriteFile(file, effective, 0o600)
+	if werr == nil {
+		return file, nil, nil
+	}
 	f, merr := sealedMemfd("tinyscada.toml", effective)
 	if merr == nil {
 		if _, serr := os.Stat("/proc/self/fd/" + strconv.Itoa(int(f.Fd()))); serr != nil {
@@ -44,17 +48,13 @@ func childConfig(effective []byte, runDir string) (path string, files []*os.File
 			merr = fmt.Errorf("/proc is needed to read it: %w", serr)
 		}
 	}
-	if merr == nil {
-		// A file of an older run would only mislead; removing takes no
-		// space.
-		_ = os.Remove(fallback)
-		return "/proc/self/fd/" + strconv.Itoa(childConfigFD), []*os.File{f}, nil
+	if merr != nil {
+		return "", nil, fmt.Errorf("cannot hand the configuration to the roles: in %s: %v; in a memfd: %w "+
+			"(tinyscada run needs room for %d bytes there, or memfd_create(2) and /proc)", file, werr, merr, len(effective))
 	}
-	if werr := atomicfile.WriteFile(fallback, effective, 0o600); werr != nil {
-		return "", nil, fmt.Errorf("cannot hand the configuration to the roles: in a memfd: %v; in %s: %w "+
-			"(tinyscada run needs memfd_create(2) and /proc, or room for %d bytes there)", merr, fallback, werr, len(effective))
-	}
-	return fallback, nil, nil
+	// A file of an older run would only mislead; removing takes no space.
+	_ = os.Remove(file)
+	return "/proc/self/fd/" + strconv.Itoa(childConfigFD), []*os.File{f}, nil
 }
 
 // sealedMemfd returns a memfd named name holding b, sealed: nobody can
