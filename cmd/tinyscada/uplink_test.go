@@ -230,7 +230,6 @@ retry_max = "200ms"
 [uplink]
 address = "127.0.0.1:%d"
 retry_max = "1s"
-batch_readings = 2000
 batch_delay = "50ms"
 poll_interval = "500ms"
 %s`, r.stateDir, lp, upPort, extra)
@@ -411,7 +410,7 @@ func (r *rig) drained(timeout time.Duration) {
 // rows the uplink had not sent while the upstream was away.
 func TestUplinkDeliversAcrossFaults(t *testing.T) {
 	testpeer.Need(t, "mosquitto")
-	r := newRig(t, 4<<20, "batch_bytes = \"32KiB\"\nwindow = 4\n")
+	r := newRig(t, 4<<20, "batch_readings = 2000\nbatch_bytes = \"32KiB\"\nwindow = 4\n")
 	// The fleet's session first, then the upstream goes away.
 	r.upstream.Start()
 	r.connectFleet()
@@ -624,5 +623,3 @@ func procStats(t *testing.T, pid int) (time.Duration, int64) {
 	}
 	return cpu, rss
 }
-
-

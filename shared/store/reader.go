@@ -149,6 +149,21 @@ func (r *Reader) Samples(ctx context.Context, after, upTo int64, maxEntries int)
 // samples reads up to limit entries (-1: all) of the samples in (after,
 // upTo]; complete is false when the limit stopped it.
 func (r *Reader) samples(ctx context.Context, after, upTo int64, limit int) (out []Sample, complete bool, err error) {
+	if limit > 0 {
+		// Bound the range first, by the sample of the limit-th reading
+		// (the primary key's order): the query below sorts what is in
+		// its range, which must not be the whole backlog.
+		var bound sql.NullInt64
+		err := r.db.QueryRowContext(ctx, `SELECT sample FROM reading WHERE sample > ? AND sample <= ? ORDER BY sample, point LIMIT 1 OFFSET ?`,
+			after, upTo, limit-1).Scan(&bound)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return nil, false, fmt.Errorf("read samples after row %d: %w", after, err)
+		case bound.Valid:
+			upTo = min(upTo, bound.Int64)
+		}
+	}
 	q := `SELECT row, tm, wall, clock, device, point, kind, v, reason FROM (
 		SELECT s.id AS row, coalesce(s.tc, s.t) AS tm, s.t AS wall, s.clock AS clock, d.name AS device, p.name AS point, p.kind AS kind, r.v AS v, NULL AS reason, r.point AS pid
 		FROM reading r JOIN sample s ON s.id = r.sample JOIN point p ON p.id = r.point JOIN device d ON d.id = p.device
