@@ -324,6 +324,8 @@ func (r *rig) write(n int) {
 func (r *rig) startUplink() {
 	r.t.Helper()
 	cmd := exec.Command(binary(r.t), "uplink", "-config", r.cfgPath)
+	// As deploy/units/tinyscada-uplink.service runs it.
+	cmd.Env = append(os.Environ(), "GOMEMLIMIT=16MiB")
 	out := &strings.Builder{}
 	var mu sync.Mutex
 	cmd.Stderr = writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
