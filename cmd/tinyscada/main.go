@@ -29,6 +29,9 @@ const (
 	exitConfig  = 78 // EX_CONFIG
 )
 
+// errNoUpstream: the uplink role without an upstream broker.
+var errNoUpstream = errors.New("uplink.address is not set: there is no upstream broker to send to (tinyscada run leaves the uplink out then)")
+
 // errUsage marks a command-line mistake; its message was printed already.
 var errUsage = errors.New("usage")
 
@@ -44,6 +47,7 @@ func commands() []command {
 		{string(topics.Health), "turn heartbeats into watchdog pings; restart failing units", roleCmd(topics.Health, runHealth)},
 		{string(topics.Poller), "poll the serial devices and publish readings", pollerCmd},
 		{string(topics.Logger), "store readings in SQLite and acknowledge them", roleCmd(topics.Logger, runLogger)},
+		{string(topics.Uplink), "send stored readings upstream", roleCmd(topics.Uplink, runUplink)},
 		{"export", "write stored readings as CSV or JSON lines", exportCmd},
 		{"run", "run the whole stack without systemd", runStack},
 		{"simulate", "a Modbus RTU device simulator on a pseudo-terminal", simulateCmd},

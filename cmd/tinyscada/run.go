@@ -14,6 +14,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/flock"
 	"github.com/tinyscada/tinyscada/shared/logging"
+	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
 // runStack is `tinyscada run`: every configured role that this binary
@@ -63,10 +64,13 @@ func runStack(ctx context.Context, args []string) error {
 		return err
 	}
 	roles, skipped := supervisor.Stack(cfg, effPath, func(role string) bool {
+		if role == string(topics.Uplink) && !cfg.Uplink.Configured() {
+			return false // nowhere to send: see errNoUpstream
+		}
 		return slices.ContainsFunc(commands(), func(c command) bool { return c.name == role })
 	}, log)
 	if len(skipped) > 0 {
-		log.Info("roles not built into this binary yet, not started", "roles", strings.Join(skipped, ","))
+		log.Info("roles not started (not built into this binary, or the uplink without uplink.address)", "roles", strings.Join(skipped, ","))
 	}
 	sup := supervisor.New(supervisor.Options{
 		Exe:               exe,

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"math/rand/v2"
 	"net/url"
 	"strings"
 	"sync"
@@ -68,6 +69,16 @@ type Options struct {
 	// RetryMax caps the reconnect backoff (5 s when zero).
 	KeepAlive time.Duration
 	RetryMax  time.Duration
+	// Jitter randomises the backoff between connection attempts (Dial's
+	// and the reconnects'), so that many clients that lost one broker do
+	// not all come back at the same moment: Dial waits a random time
+	// between half the backoff and all of it; before each reconnect
+	// attempt up to half the current backoff is added to paho's.
+	Jitter bool
+	// OnConnectError, when set, is called with the error of every
+	// connection attempt that failed (Dial's and the reconnects'), e.g. a
+	// certificate that does not verify, so a role can show it.
+	OnConnectError func(error)
 	// OnConnect runs after every successful (re)connect, after the
 	// subscriptions are restored, in its own goroutine.
 	OnConnect func(*Client)
@@ -124,6 +135,7 @@ type Client struct {
 	subs    map[string]*subscription
 	flights map[*flight]struct{} // QoS 1 and 2 messages sent, not yet waited for
 	lastErr error                // of the last connection attempt
+	lossN   int                  // reconnect attempts since the last connect (Jitter)
 }
 
 const (
@@ -273,6 +285,9 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 				cl.mu.Lock()
 				cl.lastErr = f.Reason
 				cl.mu.Unlock()
+				if opts.OnConnectError != nil {
+					opts.OnConnectError(f.Reason)
+				}
 			}
 		})
 	if opts.Credentials != nil {
@@ -312,7 +327,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		if attempt == 1 || attempt%10 == 0 {
 			cl.log.Info("broker not reachable yet, retrying", "address", opts.Address, "attempt", attempt, "err", err)
 		}
-		t := time.NewTimer(backoff)
+		t := time.NewTimer(cl.jittered(backoff, false))
 		select {
 		case <-t.C:
 		case <-ctx.Done():
@@ -360,6 +375,23 @@ func connectError(tok mqtt.Token) error {
 	return err
 }
 
+// jittered returns the wait before the next attempt for a backoff of d:
+// d itself without Jitter; with it, a random time in [d/2, d], or with
+// extra (a reconnect, on top of paho's own wait) in [0, d/2].
+func (cl *Client) jittered(d time.Duration, extra bool) time.Duration {
+	if !cl.opts.Jitter || d < 2 {
+		if extra {
+			return 0
+		}
+		return d
+	}
+	r := time.Duration(rand.Int64N(int64(d / 2)))
+	if extra {
+		return r
+	}
+	return d/2 + r
+}
+
 func (cl *Client) lastError() error {
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
@@ -373,6 +405,7 @@ func (cl *Client) lastError() error {
 // Send may go on, the subscriptions are restored, then the role's hook.
 func (cl *Client) onConnect() {
 	cl.mu.Lock()
+	cl.lossN = 0
 	if cl.closed {
 		cl.mu.Unlock()
 		return
@@ -423,6 +456,21 @@ func (cl *Client) onLoss() {
 			f.lost = true
 		}
 	}
+	if !cl.opts.Jitter {
+		return
+	}
+	// paho waits 1s, 2s, 4s … up to RetryMax between attempts, the same
+	// for every client; a random part of that on top spreads them.
+	cl.lossN++
+	d := min(time.Second<<min(cl.lossN, 20), cl.opts.RetryMax)
+	cl.mu.Unlock()
+	t := time.NewTimer(cl.jittered(d, true))
+	select {
+	case <-t.C:
+	case <-cl.ctx.Done():
+		t.Stop()
+	}
+	cl.mu.Lock()
 }
 
 // store is paho's memory store, which tells the connection when paho read

@@ -31,6 +31,7 @@ type Config struct {
 	Run    Run    `toml:"run"`
 	Poller Poller `toml:"poller"`
 	Logger Logger `toml:"logger"`
+	Uplink Uplink `toml:"uplink"`
 	Health Health `toml:"health"`
 }
 
@@ -124,6 +125,7 @@ func Default() *Config {
 		},
 		Poller: defaultPoller(),
 		Logger: defaultLogger(),
+		Uplink: defaultUplink(),
 		Health: defaultHealth(),
 	}
 }

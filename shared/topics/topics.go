@@ -13,8 +13,7 @@ import (
 // command and its unit tinyscada-<role>.service.
 type Role string
 
-// The built-in roles, in start order (see roles). The uplink has its broker
-// user, credential and unit, but is not built into the binary yet.
+// The built-in roles, in start order (see roles).
 const (
 	Broker Role = "broker"
 	Logger Role = "logger"
@@ -159,6 +158,11 @@ func (t Tree) Committed() string { return t.join(string(Logger), "committed") }
 // UplinkCursor is the retained topic where the uplink publishes the last row
 // id it has delivered upstream; the logger deletes those rows first.
 func (t Tree) UplinkCursor() string { return t.join(string(Uplink), "cursor") }
+
+// UplinkState is the retained topic where the uplink publishes its
+// upstream connection and its backlog (rows not yet delivered, the age of
+// the oldest).
+func (t Tree) UplinkState() string { return t.join(string(Uplink), "state") }
 
 // Sub returns a subscription filter for a subtree, e.g. Sub("data") = "<prefix>/data/#".
 func (t Tree) Sub(parts ...string) string { return t.join(append(parts, "#")...) }
