@@ -318,6 +318,21 @@ type = "u16"
 	}
 	setRequest(t, up, "bad-port", bad)
 	nextResult(t, res, "bad-port", statusApplying)
+	// The uplink stops mid-apply (its context ends: it leaves everything
+	// as a kill would, the marker on disk); a new one finishes the check
+	// and the rollback.
+	cancel()
+	if err := <-rcDone; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if _, err := os.Stat(rc.marker); err != nil {
+		t.Fatalf("no marker mid-apply: %v", err)
+	}
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	rc = &remoteConfig{local: lc, tree: rc.tree, upPrefix: rc.upPrefix, path: path, marker: rc.marker, deadline: rc.deadline, log: rc.log}
+	go func() { rcDone <- rc.run(ctx) }()
+	rc.setUpstream(up)
 	r = nextResult(t, res, "bad-port", statusRolledBack)
 	if !strings.Contains(r.Reason, "not healthy") || !strings.Contains(r.Reason, "poller") || r.Healthy == nil || !*r.Healthy {
 		t.Errorf("rolled back: %+v", r)
