@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"maps"
 	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -685,6 +686,9 @@ func (rc *remoteConfig) saveMarker(m *applyMarker) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("remote config: encode marker: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(rc.marker), 0o700); err != nil {
+		return fmt.Errorf("remote config: marker directory: %w", err)
 	}
 	if err := atomicfile.WriteFile(rc.marker, b, 0o600); err != nil {
 		return fmt.Errorf("remote config: %w", err)
