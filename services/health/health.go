@@ -78,6 +78,8 @@ type Health struct {
 	brokerUp   bool
 	graceUntil time.Time
 
+	selfRestart bool // a restart command for health came
+
 	lastReport  time.Time
 	lastShape   string
 	loggedShape string
@@ -85,6 +87,11 @@ type Health struct {
 	selfPingErr string
 	pingErrs    map[string]string
 }
+
+// ErrRestartRequested is what Serve returns after a restart command for
+// health itself (<prefix>/cmd/restart/health): the process exits and its
+// supervisor starts it again. Test with errors.Is.
+var ErrRestartRequested = errors.New("health: restart requested by command")
 
 // Check returns an error when the health thresholds do not fit the bus
 // heartbeat interval (a configuration error), and nil otherwise.
@@ -133,8 +140,9 @@ func New(svc *service.Service, opts Options) (*Health, error) {
 }
 
 // Serve subscribes to the service topics and the restart commands and runs
-// the loop until ctx ends. It returns nil when ctx ends, or the subscription
-// error when health could not subscribe at start.
+// the loop until ctx ends. It returns nil when ctx ends, the subscription
+// error when health could not subscribe at start, or ErrRestartRequested
+// after a restart command for health itself.
 func (h *Health) Serve(ctx context.Context) error {
 	put := func(topic string, payload []byte) {
 		select {
@@ -159,6 +167,14 @@ func (h *Health) Serve(ctx context.Context) error {
 			return nil
 		case m := <-h.in:
 			h.handle(ctx, m)
+			if h.selfRestart {
+				h.log.Warn("restart of health by command: exiting, to be started again")
+				pctx, cancel := context.WithTimeout(ctx, time.Second)
+				b, _ := json.Marshal(event{T: time.Now().UnixMilli(), Event: "restart", Service: h.svc.Name, Reason: "command", Result: "exiting"})
+				_ = h.svc.Bus.Publish(pctx, bus.Message{Topic: h.svc.Topics.HealthEvent(), QoS: 1, Payload: b})
+				cancel()
+				return ErrRestartRequested
+			}
 		case d := <-h.restarts:
 			h.restarted(ctx, d)
 		case <-tick.C:
@@ -179,7 +195,12 @@ func (h *Health) handle(ctx context.Context, m message) {
 	now := h.now()
 	if m.topic == t.HealthEcho() {
 		h.lastEcho = now
-	} else if name, ok := t.ParseRestart(m.topic); ok {
+	} else if name, ok := t.ParseRestart(m.topic); ok && name == h.svc.Name {
+		// Health cannot wait for its own restart: crash-only, it exits
+		// and its supervisor (systemd's Restart=, or `tinyscada run`)
+		// starts it again.
+		h.selfRestart = true
+	} else if ok {
 		h.restart(ctx, name, "command")
 	} else if name, ok := t.ParseSvcHeartbeat(m.topic); ok && name != h.svc.Name {
 		h.heartbeat(name, m.payload, now)

@@ -3,6 +3,7 @@ package health
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -458,4 +459,44 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 	testbroker.Start(t, cfg, nil)
 	sink.waitPing(t, p.Process.Pid, "after the broker came back")
 	sink.waitPing(t, os.Getpid(), "health after the broker came back")
+}
+
+// A restart command for health itself: it says so and Serve returns
+// ErrRestartRequested, so the process exits and its supervisor starts it
+// again.
+func TestRestartCommandForHealthItself(t *testing.T) {
+	port := testpeer.FreePort(t)
+	cfg := testConfig(t, port, "")
+	startBroker(t, cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	w := watch(t, cfg)
+	svc, err := service.Start(ctx, "health", cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := New(svc, Options{Supervisor: RunSupervisor{Parent: os.Getpid()}, SelfPing: func() error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- h.Serve(ctx) }()
+	w.waitReport(t, "health running", func(r Report) bool { return r.T != 0 })
+
+	op := dialAs(t, cfg, credentials.Operator)
+	if err := op.Publish(ctx, bus.Message{Topic: cfg.TopicPrefix + "/cmd/restart/health", QoS: 1, Payload: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	e := w.waitEvent(t, "health's own restart", func(e event) bool { return e.Event == "restart" && e.Service == "health" })
+	if e.Result != "exiting" || e.Reason != "command" {
+		t.Errorf("event %+v", e)
+	}
+	select {
+	case err := <-served:
+		if !errors.Is(err, ErrRestartRequested) {
+			t.Errorf("Serve returned %v, want ErrRestartRequested", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after a restart command for health")
+	}
 }
