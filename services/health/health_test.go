@@ -467,7 +467,7 @@ func TestBrokerGraceAndCustomService(t *testing.T) {
 func TestRestartCommandForHealthItself(t *testing.T) {
 	port := testpeer.FreePort(t)
 	cfg := testConfig(t, port, "")
-	startBroker(t, cfg)
+	testbroker.Start(t, cfg, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	w := watch(t, cfg)

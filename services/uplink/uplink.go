@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,6 +25,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/lograte"
 	"github.com/tinyscada/tinyscada/shared/service"
+	"github.com/tinyscada/tinyscada/shared/topics"
 	"github.com/tinyscada/tinyscada/shared/version"
 )
 
@@ -64,9 +66,14 @@ type Uplink struct {
 
 	cursorPath string
 	dbPath     string
+	// ConfigPath is the configuration file every role reads, the one a
+	// remote configuration replaces; "" (the built-in demo, or one that
+	// came through a memfd) rejects remote configurations.
+	ConfigPath string
 
-	wake   chan struct{}
-	dialed chan *bus.Client
+	wake       chan struct{}
+	dialed     chan *bus.Client
+	upstreamCh chan *bus.Client // the same client, for the crash and config loops
 
 	// Shown in heartbeats and the retained uplink state; written by the
 	// loops, read by the heartbeat goroutine.
@@ -107,9 +114,20 @@ func New(cfg *config.Config, svc *service.Service) (*Uplink, error) {
 		dbPath:     cfg.Logger.Path(cfg.StateDir),
 		wake:       make(chan struct{}, 1),
 		dialed:     make(chan *bus.Client, 1),
+		upstreamCh: make(chan *bus.Client, 1),
 	}
 	u.status = Status{Upstream: "connecting", Address: cfg.Uplink.Address}
 	return u, nil
+}
+
+// configFile is the file a remote configuration may replace: ConfigPath,
+// unless it is a descriptor (`tinyscada run` on a full disk hands the
+// configuration over in a memfd, which nothing can replace).
+func (u *Uplink) configFile() string {
+	if strings.HasPrefix(u.ConfigPath, "/proc/self/fd/") {
+		return ""
+	}
+	return u.ConfigPath
 }
 
 // Topics returns the upstream topics of this node.
@@ -161,11 +179,36 @@ func (u *Uplink) Run(ctx context.Context) error {
 		}
 		upstream.Store(c)
 		u.dialed <- c
+		u.upstreamCh <- c
 		return nil
 	})
 	g.Go(func() error { return u.dataLoop(ctx, cur) })
-	// crash reports and remote configuration: crash.go, remoteconfig.go
-	// (started here with the upstream client once it is dialled).
+	// Remote configuration starts before the upstream is there: it
+	// finishes (or rolls back) an apply a killed uplink left, with the
+	// local bus alone, even if the new [uplink] made the upstream
+	// unreachable. errRestartSelf ends Run with an error: the uplink exits
+	// and is started again on the new configuration.
+	rc := &remoteConfig{
+		local:    u.svc.Bus,
+		tree:     u.svc.Topics,
+		upPrefix: u.up.Prefix + "/" + u.up.Node,
+		path:     u.configFile(),
+		marker:   filepath.Join(u.cfg.StateDir, "uplink", "config-apply.json"),
+		deadline: u.u.ConfigDeadline.Duration,
+		self:     string(topics.Uplink),
+		log:      u.log.With("component", "remote-config"),
+	}
+	g.Go(func() error { return rc.run(ctx) })
+	g.Go(func() error {
+		select {
+		case c := <-u.upstreamCh:
+			rc.setUpstream(c)
+			crashLoop(ctx, c, u.up.Crash(), u.up.Node, filepath.Join(u.cfg.StateDir, "crash"),
+				u.u.CrashInterval.Duration, u.log.With("component", "crash"))
+		case <-ctx.Done():
+		}
+		return nil
+	})
 	err = g.Wait()
 	if c := upstream.Load(); c != nil {
 		// A clean stop says so; the will ("lost") is for anything else.
