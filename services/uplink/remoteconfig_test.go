@@ -376,7 +376,7 @@ func TestAffectedRoles(t *testing.T) {
 		{"", "", nil},
 		{"", "[run]\nrestart_backoff = \"1s\"\n", nil},
 		{"", "[logger]\nbatch_delay = \"2s\"\n", []string{"logger"}},
-		{"", "[poller]\nack_timeout = \"20s\"\n", []string{"poller", "logger"}},
+		{"", "[poller]\nack_timeout = \"20s\"\n", []string{"logger", "poller"}}, // in start order
 		{"", "[health]\nrestart_limit = 5\n", []string{"health"}},
 		{"", "[broker]\nmax_pending = 10\n", []string{"broker"}},
 		{"", "[bus]\nretry_max = \"1s\"\n", all},
