@@ -21,7 +21,9 @@ func TestReader(t *testing.T) {
 	if _, err := OpenReader(filepath.Join(t.TempDir(), "none.db")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("OpenReader of a missing file: %v, want fs.ErrNotExist", err)
 	}
-	at := clock.Stamp{Wall: time.Now(), Mono: time.Second, Boot: "b1"}
+	// Stamped in the past: a reading stamped ahead of the store's own
+	// clock would be flagged clock_implausible.
+	at := clock.Stamp{Wall: time.Now().Add(-time.Minute), Mono: time.Second, Boot: "b1"}
 	var items []Item
 	for i := 1; i <= 6; i++ {
 		m := msg{dev: "d1", run: "r1", seq: uint64(i), at: at, vals: `"a":1,"b":2.5,"c":true`}
