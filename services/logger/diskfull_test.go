@@ -236,10 +236,14 @@ func TestStrangerFillsTmpfs(t *testing.T) {
 	t.Logf("degraded: %s", degraded())
 	acknowledgedStored("degraded")
 	// While the disk stays full, acknowledgements stop; whatever was
-	// acknowledged stays stored.
+	// acknowledged stays stored. Three rounds, each until the logger has
+	// met the full disk four more times (its heartbeat's disk_full count:
+	// each a commit it tried and kept for the next try).
+	diskFulls := func() int64 { return st.logger.HeartbeatFields()["disk_full"].(int64) }
 	stuck := st.ack("run1")
 	for range 3 {
-		drive(n, func() bool { return st.ack("run1") >= n }, 2*time.Second, "")
+		from := diskFulls()
+		drive(n, func() bool { return st.ack("run1") >= n || diskFulls() >= from+4 }, 30*time.Second, "four more commits that met the full disk")
 		acknowledgedStored("while full")
 	}
 	if st.ack("run1") >= n {
