@@ -14,6 +14,7 @@ import (
 // FILE`. Both forms at once, or two files, are a usage error. The
 // effective configuration shows the values in force.
 func TestConfigCheckFlagForm(t *testing.T) {
+	t.Parallel()
 	bin := binary(t)
 	dir := t.TempDir()
 	file := filepath.Join(dir, "t.toml")

@@ -67,6 +67,7 @@ func errorsIsENOSPC(err error) bool {
 // poller polls into its outbox. (What the logger does on a full disk is
 // its own matter, tested in services/logger.)
 func TestRunStartsOnFullDisk(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_sub")
 	stateDir := filepath.Join(tmpfsDir(t, "16m"), "state")
 	port := testpeer.FreePort(t)

@@ -22,6 +22,7 @@ import (
 // first is never knocked off the broker (no "lost", no second "starting"
 // on its retained state).
 func TestSecondPollerRefusesToStart(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	line, err := pty.Open()

@@ -11,6 +11,7 @@ import (
 // `tinyscada simulate -h` documents the register-map format, not only the
 // flags.
 func TestSimulateHelpShowsMapFormat(t *testing.T) {
+	t.Parallel()
 	out, err := exec.Command(binary(t), "simulate", "-h").CombinedOutput()
 	if err != nil {
 		t.Fatalf("tinyscada simulate -h: %v\n%s", err, out)

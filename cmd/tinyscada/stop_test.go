@@ -68,6 +68,7 @@ const stopTries = 20
 // unacknowledged when the poller exits is in its run file, from which the
 // next start records the gap. It takes 20-30 s: skipped with -short.
 func TestCleanStopLosesNothingSilently(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("20 starts and stops of the stack: not with -short")
 	}

@@ -411,6 +411,7 @@ func (r *rig) drained(timeout time.Duration) {
 // for a while; the uplink killed (-9) mid-batch; and the logger pruning
 // rows the uplink had not sent while the upstream was away.
 func TestUplinkDeliversAcrossFaults(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto")
 	r := newRig(t, 4<<20, "batch_readings = 2000\nbatch_bytes = \"32KiB\"\nwindow = 4\n")
 	// The fleet's session first, then the upstream goes away.
@@ -515,6 +516,7 @@ func TestUplinkDeliversAcrossFaults(t *testing.T) {
 // and a wrong server name are refused, the reason in the uplink's log and
 // its retained state, and nothing is sent.
 func TestUplinkTLS(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto")
 	dir := t.TempDir()
 	ca := testpeer.NewCA(t, dir, "fleet-ca")
@@ -528,6 +530,7 @@ func TestUplinkTLS(t *testing.T) {
 		{"wrong server name", fmt.Sprintf("tls = true\nca_file = %q\nserver_name = \"fleet.example\"\n", ca.File), "not fleet.example"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			r := newRig(t, 64<<20, tc.extra)
 			r.upstream = testpeer.NewBroker(t, r.upstream.Port, fmt.Sprintf("listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\nallow_anonymous true\npersistence false\n",
 				r.upstream.Port, ca.File, cert, key))

@@ -136,6 +136,7 @@ func integrityCheck(ctx context.Context, db *sql.DB) error {
 // way: it keeps acknowledging, every acknowledged message is stored or
 // named by a gap record, and the database is intact.
 func TestLoggerOnFullTmpfs(t *testing.T) {
+	t.Parallel()
 	dir := tmpfs(t, "4m")
 	st := newStack(t, func(cfg *config.Config) {
 		cfg.Logger.DB = filepath.Join(dir, "readings.db")
@@ -176,6 +177,7 @@ func TestLoggerOnFullTmpfs(t *testing.T) {
 // resumes by itself and stores every message the outbox held, once. The
 // database is intact at every step.
 func TestStrangerFillsTmpfs(t *testing.T) {
+	t.Parallel()
 	dir := tmpfs(t, "3m")
 	st := newStack(t, func(cfg *config.Config) {
 		cfg.Logger.DB = filepath.Join(dir, "state", "readings.db")
@@ -234,10 +236,14 @@ func TestStrangerFillsTmpfs(t *testing.T) {
 	t.Logf("degraded: %s", degraded())
 	acknowledgedStored("degraded")
 	// While the disk stays full, acknowledgements stop; whatever was
-	// acknowledged stays stored.
+	// acknowledged stays stored. Three rounds, each until the logger has
+	// met the full disk four more times (its heartbeat's disk_full count:
+	// each a commit it tried and kept for the next try).
+	diskFulls := func() int64 { return st.logger.HeartbeatFields()["disk_full"].(int64) }
 	stuck := st.ack("run1")
 	for range 3 {
-		drive(n, func() bool { return st.ack("run1") >= n }, 2*time.Second, "")
+		from := diskFulls()
+		drive(n, func() bool { return st.ack("run1") >= n || diskFulls() >= from+4 }, 30*time.Second, "four more commits that met the full disk")
 		acknowledgedStored("while full")
 	}
 	if st.ack("run1") >= n {
@@ -251,16 +257,5 @@ func TestStrangerFillsTmpfs(t *testing.T) {
 	drive(n, func() bool { return st.ack("run1") >= n }, 60*time.Second, "after the stranger's file went")
 	acknowledgedStored("after")
 	st.exactlyOnce("run1", n)
-	waitFor(t, 30*time.Second, "degraded cleared", func() bool { return !strings.Contains(degraded(), "disk full") })
-}
-
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, within)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testpeer.Eventually(t, 30*time.Second, "degraded cleared", func() bool { return !strings.Contains(degraded(), "disk full") })
 }

@@ -5,14 +5,20 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
 
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/clock"
 	"github.com/tinyscada/tinyscada/shared/store"
 )
+
+// TestMain runs up to 8 tests at once: most of them wait on a broker, a
+// lock or a full disk rather than compute.
+func TestMain(m *testing.M) { os.Exit(testpeer.Main(m, 8)) }
 
 // testLog returns a logger that writes to the test log when -v.
 func testLog(t testing.TB) *slog.Logger {

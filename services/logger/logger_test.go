@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
-	"github.com/tinyscada/tinyscada/services/broker"
+	"github.com/tinyscada/tinyscada/internal/testpeer/testbroker"
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
@@ -41,13 +41,7 @@ func newStack(t testing.TB, mod func(*config.Config)) *stack {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	port := testpeer.FreePort(t)
-	cfg := config.Default()
-	cfg.StateDir = t.TempDir()
-	cfg.Bus.Address = fmt.Sprintf("127.0.0.1:%d", port)
-	cfg.Bus.HeartbeatInterval.Duration = 200 * time.Millisecond
-	cfg.Bus.RetryMax.Duration = 200 * time.Millisecond
-	cfg.Broker.Listen = []string{cfg.Bus.Address}
+	cfg := testpeer.Config(t)
 	cfg.Logger.BatchDelay.Duration = 20 * time.Millisecond
 	cfg.Logger.Synchronous = "normal"
 	cfg.Logger.ClockSync = false
@@ -55,13 +49,7 @@ func newStack(t testing.TB, mod func(*config.Config)) *stack {
 	if mod != nil {
 		mod(cfg)
 	}
-	bctx, bcancel := context.WithCancel(ctx)
-	bdone := make(chan struct{})
-	go func() { defer close(bdone); _ = broker.Run(bctx, cfg, testLog(t).With("role", "broker")) }()
-	t.Cleanup(func() { bcancel(); <-bdone })
-	if err := testpeer.WaitPort(cfg.Bus.Address, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	testbroker.Start(t, cfg, testLog(t).With("role", "broker"))
 	st := &stack{t: t, cfg: cfg, ctx: ctx, acked: map[string]uint64{}}
 	p, err := service.Start(ctx, "poller", cfg, testLog(t).With("role", "poller"))
 	if err != nil {
@@ -155,12 +143,8 @@ func (st *stack) ack(run string) uint64 {
 // waitAck waits until run is acknowledged up to seq.
 func (st *stack) waitAck(run string, seq uint64, within time.Duration) {
 	st.t.Helper()
-	deadline := time.Now().Add(within)
-	for st.ack(run) < seq {
-		if time.Now().After(deadline) {
-			st.t.Fatalf("run %s acknowledged up to %d, want %d", run, st.ack(run), seq)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testpeer.Until(within, func() bool { return st.ack(run) >= seq }) {
+		st.t.Fatalf("run %s acknowledged up to %d after %v, want %d", run, st.ack(run), within, seq)
 	}
 }
 
@@ -185,6 +169,7 @@ func (st *stack) exactlyOnce(run string, n int) {
 }
 
 func TestThroughBroker(t *testing.T) {
+	t.Parallel()
 	st := newStack(t, nil)
 	for _, m := range series("run1", 1, 300) {
 		st.publish(m)
@@ -217,6 +202,7 @@ func TestThroughBroker(t *testing.T) {
 // Malformed payloads of every kind, between good ones, never stop
 // ingestion; those with a run and seq are acknowledged past.
 func TestMalformedThroughBroker(t *testing.T) {
+	t.Parallel()
 	st := newStack(t, nil)
 	good := series("run1", 1, 20)
 	for i, m := range good {
@@ -248,6 +234,7 @@ func TestMalformedThroughBroker(t *testing.T) {
 // are queued by the broker and stored when it comes back, without the
 // poller publishing anything again.
 func TestPersistentSessionKeepsMessages(t *testing.T) {
+	t.Parallel()
 	st := newStack(t, nil)
 	all := series("run1", 1, 60)
 	for _, m := range all[:10] {
@@ -263,9 +250,10 @@ func TestPersistentSessionKeepsMessages(t *testing.T) {
 	st.exactlyOnce("run1", 60)
 }
 
-// A technician's sqlite3 shell holds a write transaction for 10 s: the
-// logger waits and retries, acknowledges nothing meanwhile, shows it in its
-// heartbeat, and catches up without loss afterwards.
+// A technician's sqlite3 shell holds a write transaction: the logger waits
+// and retries, acknowledges nothing meanwhile, shows it in its heartbeat,
+// and catches up without loss afterwards. The lock is held until the
+// logger has waited out its busy timeout and retried several times.
 func TestSqlite3ShellHoldsLock(t *testing.T) {
 	t.Parallel()
 	st := newStack(t, nil)
@@ -275,23 +263,22 @@ func TestSqlite3ShellHoldsLock(t *testing.T) {
 	}
 	st.waitAck("run1", 50, 10*time.Second)
 
+	lockWaits := func() int64 { return st.logger.HeartbeatFields()["lock_waits"].(int64) }
+	before := lockWaits()
 	release := testpeer.LockSQLite(t, st.dbPath(), "INSERT INTO meta VALUES ('technician', 1);")
-	held := time.Now()
 	for _, m := range all[50:] {
 		st.publish(m)
 	}
-	const hold = 10 * time.Second
-	time.Sleep(hold / 2)
-	if a := st.ack("run1"); a != 50 {
-		t.Errorf("acknowledged up to %d while the database was locked (before: 50)", a)
-	}
-	hb := st.logger.HeartbeatFields()
-	if hb["lock_waits"].(int64) == 0 || hb["waiting"] == nil {
-		t.Errorf("heartbeat does not show the wait: %v", hb)
-	}
-	time.Sleep(hold - time.Since(held))
-	if a := st.ack("run1"); a != 50 {
-		t.Errorf("acknowledged up to %d while the database was locked (before: 50)", a)
+	for _, waits := range []int64{2, 6} {
+		testpeer.Eventually(t, 30*time.Second, fmt.Sprintf("%d attempts that met the lock", waits), func() bool {
+			return lockWaits()-before >= waits
+		})
+		if a := st.ack("run1"); a != 50 {
+			t.Errorf("acknowledged up to %d while the database was locked (before: 50)", a)
+		}
+		if hb := st.logger.HeartbeatFields(); hb["waiting"] == nil {
+			t.Errorf("heartbeat does not show the wait: %v", hb)
+		}
 	}
 	release()
 	st.waitAck("run1", 200, 15*time.Second)
@@ -304,6 +291,7 @@ func TestSqlite3ShellHoldsLock(t *testing.T) {
 // The database directory is created, and a second logger on the same
 // file fails cleanly rather than corrupting anything.
 func TestNewCreatesDirectory(t *testing.T) {
+	t.Parallel()
 	cfg := config.Default()
 	cfg.StateDir = t.TempDir()
 	cfg.Logger.DB = filepath.Join("sub", "dir", "r.db")
@@ -320,6 +308,7 @@ func TestNewCreatesDirectory(t *testing.T) {
 // The last message of a burst is committed and acknowledged without any
 // further traffic, whatever the size of the burst relative to a batch.
 func TestLastMessageOfBurstAcknowledged(t *testing.T) {
+	t.Parallel()
 	st := newStack(t, func(cfg *config.Config) { cfg.Logger.BatchReadings = 30 })
 	seq := uint64(0)
 	for burst := range 40 {
@@ -340,6 +329,7 @@ func TestLastMessageOfBurstAcknowledged(t *testing.T) {
 // next run's heartbeats say the previous one made (prev_run, from the
 // poller's run file).
 func TestDeadRunTailThroughBroker(t *testing.T) {
+	t.Parallel()
 	st := newStack(t, func(cfg *config.Config) {
 		cfg.Poller.AckTimeout.Duration = 50 * time.Millisecond
 		cfg.Logger.GapAfter.Duration = 150 * time.Millisecond
@@ -399,6 +389,7 @@ func TestDeadRunTailThroughBroker(t *testing.T) {
 // run and seq are readable, counted otherwise); the logger stays connected
 // and stores everything else.
 func TestPoisonMessagesThroughBroker(t *testing.T) {
+	t.Parallel()
 	// The broker refuses packets over max_packet_size at the door; let this
 	// one through so that the logger's own limit is what is tried.
 	st := newStack(t, func(c *config.Config) { c.Broker.MaxPacketSize = 1 << 20 })
@@ -477,6 +468,7 @@ func TestPoisonMessagesThroughBroker(t *testing.T) {
 // The poller's first heartbeat (published before the poller added its
 // fields) is not warned about; one with a run but no data_seq is.
 func TestFirstProducerHeartbeatQuiet(t *testing.T) {
+	t.Parallel()
 	cfg := config.Default()
 	cfg.StateDir = t.TempDir()
 	var rec levelRecorder

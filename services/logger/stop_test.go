@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
 )
@@ -14,6 +15,7 @@ import (
 // returns, as `tinyscada logger` runs it (service.RunWith), however long
 // the batch delay.
 func TestStopCommitsAndAcknowledges(t *testing.T) {
+	t.Parallel()
 	st := newStack(t, func(c *config.Config) { c.Logger.BatchDelay.Duration = time.Minute })
 	st.stopLogger() // newStack's logger runs without RunWith; this one with
 
@@ -36,12 +38,8 @@ func TestStopCommitsAndAcknowledges(t *testing.T) {
 	for _, m := range series("r1", 1, n) {
 		st.publish(m)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for l.pending.Load() < n {
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d messages reached the logger", l.pending.Load(), n)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if !testpeer.Until(10*time.Second, func() bool { return l.pending.Load() >= n }) {
+		t.Fatalf("%d of %d messages reached the logger", l.pending.Load(), n)
 	}
 	if got := st.ack("r1"); got != 0 {
 		t.Fatalf("acknowledged up to %d before the batch delay; the test needs an open batch", got)

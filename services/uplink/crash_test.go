@@ -138,6 +138,7 @@ func listDir(t *testing.T, dir string) []string {
 // A role panics; its next start makes the report; the uplink sends it
 // upstream once and removes it.
 func TestCrashReportReachesUpstreamOnce(t *testing.T) {
+	t.Parallel()
 	port, up := upstream(t)
 	const topic = "fleet/n1/crash"
 	sub := testpeer.Sub(t, port, "-v", "-q", "1", "-t", topic)
@@ -211,6 +212,7 @@ func waitSubscribed(t *testing.T, up *bus.Client, sub <-chan string, topic strin
 
 // Several uplinks on one crash directory: every report goes up exactly once.
 func TestConcurrentSendersSendEachOnce(t *testing.T) {
+	t.Parallel()
 	port, up := upstream(t)
 	const topic = "fleet/n1/crash"
 	sub := testpeer.Sub(t, port, "-v", "-q", "1", "-t", topic)
@@ -269,6 +271,7 @@ func TestConcurrentSendersSendEachOnce(t *testing.T) {
 // Claims of dead senders are taken over; a live sender's claim, pending
 // crash output, dumps and strangers are left alone.
 func TestStaleClaimsAreReclaimed(t *testing.T) {
+	t.Parallel()
 	port, up := upstream(t)
 	const topic = "fleet/n1/crash"
 	sub := testpeer.Sub(t, port, "-v", "-q", "1", "-t", topic)

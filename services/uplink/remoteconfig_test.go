@@ -136,6 +136,7 @@ func setRequest(t *testing.T, up *bus.Client, id, doc string) {
 // polls the new point); one whose port does not exist makes the poller fail
 // and is rolled back; config/get returns the file in force.
 func TestRemoteConfigThroughRun(t *testing.T) {
+	t.Parallel()
 	testpeer.Need(t, "mosquitto_sub")
 	bin := buildBinary(t)
 	upPort := testpeer.FreePort(t)
@@ -330,7 +331,11 @@ type = "u16"
 	}
 	ctx, cancel = context.WithCancel(context.Background())
 	defer cancel()
-	rc = &remoteConfig{local: lc, tree: rc.tree, upPrefix: rc.upPrefix, path: path, marker: rc.marker, deadline: rc.deadline, log: rc.log}
+	// This one waits out its deadline (the failing poller never becomes
+	// healthy) before it rolls back: a shorter one than the apply's, which
+	// must succeed, still long enough for the poller's restart and the
+	// rollback's return to health on a loaded machine.
+	rc = &remoteConfig{local: lc, tree: rc.tree, upPrefix: rc.upPrefix, path: path, marker: rc.marker, deadline: 6 * time.Second, log: rc.log}
 	go func() { rcDone <- rc.run(ctx) }()
 	rc.setUpstream(up)
 	r = nextResult(t, res, "bad-port", statusRolledBack)

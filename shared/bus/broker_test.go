@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
+	"github.com/tinyscada/tinyscada/internal/testpeer/testbroker"
 	"github.com/tinyscada/tinyscada/services/broker"
 	"github.com/tinyscada/tinyscada/shared/bus"
 	"github.com/tinyscada/tinyscada/shared/config"
@@ -21,18 +22,8 @@ import (
 // ourBroker runs services/broker in-process until the test ends.
 func ourBroker(t *testing.T) *config.Config {
 	t.Helper()
-	cfg := config.Default()
-	cfg.StateDir = t.TempDir()
-	cfg.Bus.Address = fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
-	cfg.Bus.RetryMax.Duration = 200 * time.Millisecond
-	cfg.Broker.Listen = []string{cfg.Bus.Address}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = broker.Run(ctx, cfg, slog.New(slog.DiscardHandler)) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if err := testpeer.WaitPort(cfg.Bus.Address, 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
+	cfg := testpeer.Config(t)
+	testbroker.Start(t, cfg, nil)
 	return cfg
 }
 
@@ -50,6 +41,7 @@ func role(cfg *config.Config, name, pass string) bus.Options {
 // and the logger's acknowledgement the poller's, both QoS 1, as the roles
 // do it; the roles' service runtime connects with its will and state.
 func TestOurBroker(t *testing.T) {
+	t.Parallel()
 	cfg := ourBroker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -137,6 +129,7 @@ func next[T any](t *testing.T, ch <-chan T) T {
 
 // Our broker refuses a wrong password; Dial names the refusal.
 func TestOurBrokerRefuses(t *testing.T) {
+	t.Parallel()
 	cfg := ourBroker(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
@@ -150,6 +143,7 @@ func TestOurBrokerRefuses(t *testing.T) {
 // Over a unix socket to our broker: Dial waits for the socket, and data
 // goes both ways.
 func TestOurBrokerUnixSocket(t *testing.T) {
+	t.Parallel()
 	cfg := config.Default()
 	cfg.StateDir = t.TempDir()
 	sock := filepath.Join(t.TempDir(), "bus.sock")

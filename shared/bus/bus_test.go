@@ -4,9 +4,16 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 )
+
+// TestMain runs up to 8 tests at once: they wait on brokers, keep-alive
+// intervals and retries much more than they compute.
+func TestMain(m *testing.M) { os.Exit(testpeer.Main(m, 8)) }
 
 func TestBrokerURL(t *testing.T) {
 	for _, tc := range []struct {
@@ -29,6 +36,7 @@ func TestBrokerURL(t *testing.T) {
 // With nothing listening, Dial keeps retrying until its context ends and
 // then says it gave up, with the last connection error.
 func TestDialGivesUpWhenContextEnds(t *testing.T) {
+	t.Parallel()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

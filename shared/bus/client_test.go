@@ -122,6 +122,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 func TestPubSub(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	c := dial(t, port, Options{CleanSession: true})
@@ -175,6 +176,7 @@ func TestPubSub(t *testing.T) {
 // A retained message reaches a later subscriber; $-topics are not matched
 // by a leading wildcard.
 func TestRetainedAndDollarTopics(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	c := dial(t, port, Options{CleanSession: true})
@@ -223,6 +225,7 @@ func TestRetainedAndDollarTopics(t *testing.T) {
 // The will is published when the connection ends without DISCONNECT, not
 // after Close.
 func TestWill(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	watch := dial(t, port, Options{CleanSession: true})
@@ -253,6 +256,7 @@ func TestWill(t *testing.T) {
 // When the broker dies and comes back, the client reconnects by itself,
 // subscribes again and runs OnConnect again.
 func TestReconnect(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	broker := testpeer.Mosquitto(t, port)
 	connects := make(chan struct{}, 10)
@@ -314,6 +318,7 @@ func TestReconnect(t *testing.T) {
 // With a stable id and CleanSession false, what the broker queued while
 // the client was away reaches DefaultHandler, before Subscribe.
 func TestPersistentSession(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	o := Options{ClientID: "persistent", CleanSession: false}
@@ -398,6 +403,7 @@ func (sf *slowFast) end(t *testing.T, want ...string) {
 // in-flight window of 20 is used up: the acknowledgements wait in order
 // behind the blocked one; TestPubacksInOrder.)
 func TestBlockingHandler(t *testing.T) {
+	t.Parallel()
 	sf := newSlowFast(t, 1, 0)
 	publish(t, sf.c, "slow/1", 1, "a")
 	publish(t, sf.c, "slow/1", 1, "b")
@@ -417,9 +423,16 @@ func TestBlockingHandler(t *testing.T) {
 // intervals (the client keeps pinging, and its own timeout does not fire
 // while the reader is held), and nothing is lost or reordered.
 func TestFullQueueHoldsReader(t *testing.T) {
-	defer func(n int) { queueLimit = n }(queueLimit)
-	queueLimit = 2
+	t.Parallel()
 	sf := newSlowFast(t, 0, 0)
+	for _, f := range []string{"slow/#", "fast/#"} {
+		sf.c.mu.Lock()
+		q := &sf.c.subs[f].q
+		sf.c.mu.Unlock()
+		q.mu.Lock()
+		q.limit = 2
+		q.mu.Unlock()
+	}
 	pub := dial(t, sf.port, Options{CleanSession: true})
 	var want []string
 	for i := range 10 {
@@ -438,6 +451,7 @@ func TestFullQueueHoldsReader(t *testing.T) {
 
 // A message that matches several subscriptions reaches each handler.
 func TestOverlappingSubscriptions(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	c := dial(t, port, Options{CleanSession: true})
@@ -465,6 +479,7 @@ func TestOverlappingSubscriptions(t *testing.T) {
 // Dial with credentials mosquitto refuses gives up when its context ends,
 // naming the refusal.
 func TestRefusedByMosquitto(t *testing.T) {
+	t.Parallel()
 	bin := testpeer.Need(t, "mosquitto")
 	passwd := testpeer.Need(t, "mosquitto_passwd")
 	dir := t.TempDir()
@@ -502,7 +517,8 @@ func TestRefusedByMosquitto(t *testing.T) {
 	publish(t, c, "ok", 1, "in")
 }
 
-// Close leaves no goroutine behind.
+// Close leaves no goroutine behind. Not parallel: it counts the process's
+// goroutines, and go test runs the parallel tests after this one.
 func TestCloseLeavesNoGoroutines(t *testing.T) {
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
@@ -543,6 +559,7 @@ func TestCloseLeavesNoGoroutines(t *testing.T) {
 // Send keeps many QoS 1 messages in flight on one connection: they arrive
 // in the order sent, and every Wait sees its acknowledgement.
 func TestSendPipelines(t *testing.T) {
+	t.Parallel()
 	port := testpeer.FreePort(t)
 	testpeer.Mosquitto(t, port)
 	c := dial(t, port, Options{CleanSession: true})

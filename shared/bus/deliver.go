@@ -13,8 +13,9 @@ import (
 // handler. It matches the broker's default max_inflight (1024): with the
 // acknowledgement sent after the handler, the broker stops sending QoS 1
 // messages before a queue fills, so a blocked handler holds up paho's
-// reader only when QoS 0 messages pile up. A variable for the tests.
-var queueLimit = 1024
+// reader only when QoS 0 messages pile up. Each queue has its copy, which
+// a test lowers on one subscription.
+const queueLimit = 1024
 
 // item is one message on its way to a handler.
 type item struct {
@@ -202,13 +203,14 @@ type queue struct {
 	items []item
 	spare []item
 	n     int  // items waiting or being handled
+	limit int  // queueLimit
 	full  bool // the producer waits for room
 	wake  chan struct{}
 	room  chan struct{}
 }
 
 func newQueue() queue {
-	return queue{wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
+	return queue{limit: queueLimit, wake: make(chan struct{}, 1), room: make(chan struct{}, 1)}
 }
 
 // put appends it, waiting while the queue is full; l is then marked held
@@ -216,7 +218,7 @@ func newQueue() queue {
 // It returns false when l or the client ended meanwhile.
 func (q *queue) put(it item, l *link, quit <-chan struct{}) bool {
 	q.mu.Lock()
-	for q.n >= queueLimit {
+	for q.n >= q.limit {
 		q.full = true
 		q.mu.Unlock()
 		l.hold(true)

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -215,6 +216,7 @@ func fakeDial(t *testing.T, fb *fakeBroker, o Options) (*Client, *fakeConn) {
 // error (paho's token would complete without one, upstream #563), and paho
 // sends the message again, marked DUP, on the next connection.
 func TestPublishFailsWhenConnectionDrops(t *testing.T) {
+	t.Parallel()
 	fb := newFakeBroker(t)
 	c, fc := fakeDial(t, fb, Options{CleanSession: true})
 	errc := make(chan error, 1)
@@ -264,6 +266,7 @@ func TestPublishFailsWhenConnectionDrops(t *testing.T) {
 // Close sends DISCONNECT before closing the socket, after the pending
 // acknowledgement came.
 func TestCloseSendsDisconnect(t *testing.T) {
+	t.Parallel()
 	fb := newFakeBroker(t)
 	c, fc := fakeDial(t, fb, Options{CleanSession: true})
 	errc := make(chan error, 1)
@@ -287,6 +290,7 @@ func TestCloseSendsDisconnect(t *testing.T) {
 // A pending QoS 1 Publish returns an error at Close when its
 // acknowledgement does not come.
 func TestCloseFailsPendingPublish(t *testing.T) {
+	t.Parallel()
 	fb := newFakeBroker(t)
 	c, fc := fakeDial(t, fb, Options{CleanSession: true})
 	errc := make(chan error, 1)
@@ -301,6 +305,7 @@ func TestCloseFailsPendingPublish(t *testing.T) {
 // A broker that goes silent (nothing, not even PINGRESP) is given up after
 // 1.5 keep-alive intervals, and the client connects again.
 func TestKeepAliveTimeout(t *testing.T) {
+	t.Parallel()
 	fb := newFakeBroker(t)
 	log := &logRecorder{}
 	c, fc := fakeDial(t, fb, Options{CleanSession: true, KeepAlive: time.Second, Log: slog.New(log)})
@@ -317,6 +322,7 @@ func TestKeepAliveTimeout(t *testing.T) {
 // A QoS 1 message is acknowledged after its handler returned; a re-sent
 // one (DUP) is delivered as any other.
 func TestPubackAfterHandler(t *testing.T) {
+	t.Parallel()
 	fb := newFakeBroker(t)
 	c, fc := fakeDial(t, fb, Options{CleanSession: true})
 	var handled atomic.Int32
@@ -358,6 +364,7 @@ func TestPubackAfterHandler(t *testing.T) {
 
 // A SUBACK failure code is Subscribe's error.
 func TestSubscribeRefused(t *testing.T) {
+	t.Parallel()
 	fb := newFakeBroker(t)
 	c, fc := fakeDial(t, fb, Options{CleanSession: true})
 	errc := make(chan error, 1)
@@ -371,31 +378,36 @@ func TestSubscribeRefused(t *testing.T) {
 
 // Each CONNACK refusal code is named in Dial's error.
 func TestConnackRefusal(t *testing.T) {
+	t.Parallel()
 	for code, reason := range connackReasons {
 		if reason == "" {
 			continue
 		}
-		fb := newFakeBroker(t)
-		go func() {
-			for c := range fb.conns {
-				h, _ := c.nextRaw()
-				if h>>4 == typeConnect {
-					_, _ = c.Write([]byte{0x20, 2, 0, byte(code)})
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			t.Parallel()
+			fb := newFakeBroker(t)
+			go func() {
+				for c := range fb.conns {
+					h, _ := c.nextRaw()
+					if h>>4 == typeConnect {
+						_, _ = c.Write([]byte{0x20, 2, 0, byte(code)})
+					}
+					c.Close()
 				}
-				c.Close()
+			}()
+			ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			_, err := Dial(ctx, Options{Address: fb.addr(), ClientID: "x", RetryMax: 100 * time.Millisecond})
+			cancel()
+			if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), reason) {
+				t.Errorf("Dial refused with code %d: %v; want ErrClosed and %q", code, err, reason)
 			}
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-		_, err := Dial(ctx, Options{Address: fb.addr(), ClientID: "x", RetryMax: 100 * time.Millisecond})
-		cancel()
-		if !errors.Is(err, ErrClosed) || !strings.Contains(err.Error(), reason) {
-			t.Errorf("Dial refused with code %d: %v; want ErrClosed and %q", code, err, reason)
-		}
+		})
 	}
 }
 
 // The credentials are asked for before every connection attempt.
 func TestCredentialsEveryAttempt(t *testing.T) {
+	t.Parallel()
 	fb := newFakeBroker(t)
 	var calls atomic.Int32
 	c, fc := fakeDial(t, fb, Options{CleanSession: true, Credentials: func() (string, string, error) {
@@ -432,6 +444,7 @@ func subscribeFake(t *testing.T, c *Client, fc *fakeConn, filter string, h Handl
 // [MQTT-4.6.0-2], although two subscriptions' handlers finish them in the
 // other order.
 func TestPubacksInOrder(t *testing.T) {
+	t.Parallel()
 	fb := newFakeBroker(t)
 	c, fc := fakeDial(t, fb, Options{CleanSession: true})
 	release := make(chan struct{})

@@ -43,6 +43,7 @@ func mosquittoWith(t *testing.T, port int, body string) {
 // server name are refused, the error naming why; a CA file that cannot be
 // used is Dial's error at once.
 func TestTLS(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	ca := testpeer.NewCA(t, dir, "tinyscada-test-ca")
 	other := testpeer.NewCA(t, dir, "other-ca")

@@ -119,6 +119,7 @@ func BenchmarkRawInsert(b *testing.B) {
 // prints the bytes each takes on disk (behind TINYSCADA_BYTES=1: it takes
 // some seconds). It fails above 24 bytes per reading.
 func TestBytesPerReading(t *testing.T) {
+	t.Parallel()
 	if os.Getenv("TINYSCADA_BYTES") == "" {
 		t.Skip("set TINYSCADA_BYTES=1 to store a million readings and measure bytes per reading")
 	}

@@ -141,6 +141,7 @@ var may2024 = time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
 // synchronised. Every earlier reading of the boot gets the true time, and
 // one that arrives late (re-sent) after the step is corrected at once.
 func TestClockBootAt1970ThenSync(t *testing.T) {
+	t.Parallel()
 	c := newClockScenario(t, clock.Stamp{Wall: time.Unix(30, 0), Mono: 30 * time.Second, Boot: "A"}, may2024)
 	early := c.sample(5)
 	c.write(early[0], early[1], early[3], early[4]) // 3 comes late
@@ -172,6 +173,7 @@ func TestClockBootAt1970ThenSync(t *testing.T) {
 // A trusted clock steps forward, then back: both are recorded; readings
 // keep their own times since both clocks were believed.
 func TestClockStepsWhileTrusted(t *testing.T) {
+	t.Parallel()
 	c := newClockScenario(t, clock.Stamp{Wall: may2024, Mono: time.Minute, Boot: "A"}, may2024)
 	c.synced.Store(true)
 	c.write(c.sample(3)...)
@@ -193,6 +195,7 @@ func TestClockStepsWhileTrusted(t *testing.T) {
 // Someone sets a wrong date (the kernel then says unsynchronised): the
 // readings after the step get the time the good clock would have shown.
 func TestClockStepToUntrusted(t *testing.T) {
+	t.Parallel()
 	c := newClockScenario(t, clock.Stamp{Wall: may2024, Mono: time.Minute, Boot: "A"}, may2024)
 	c.synced.Store(true)
 	c.write(c.sample(3)...)
@@ -213,6 +216,7 @@ func TestClockStepToUntrusted(t *testing.T) {
 // RTC) is untrusted even though the kernel says synchronised; when NTP
 // steps it, the boot's readings are corrected.
 func TestClockRebootEarlierThanLastReading(t *testing.T) {
+	t.Parallel()
 	c := newClockScenario(t, clock.Stamp{Wall: may2024, Mono: time.Minute, Boot: "A"}, may2024)
 	c.synced.Store(true)
 	c.write(c.sample(5)...)
@@ -248,6 +252,7 @@ func TestClockRebootEarlierThanLastReading(t *testing.T) {
 // An unsynchronised kernel clock that turns out right is confirmed
 // without a step once the kernel says synchronised ('sync').
 func TestClockSyncWithoutStep(t *testing.T) {
+	t.Parallel()
 	c := newClockScenario(t, clock.Stamp{Wall: may2024, Mono: time.Minute, Boot: "A"}, may2024)
 	c.write(c.sample(3)...)
 	c.synced.Store(true)
@@ -263,6 +268,7 @@ func TestClockSyncWithoutStep(t *testing.T) {
 
 // The clock state survives a restart of the logger.
 func TestClockStateReloaded(t *testing.T) {
+	t.Parallel()
 	c := newClockScenario(t, clock.Stamp{Wall: time.Unix(30, 0), Mono: 30 * time.Second, Boot: "A"}, may2024)
 	c.write(c.sample(2)...)
 	path := c.s.opts.Path

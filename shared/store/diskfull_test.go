@@ -58,6 +58,7 @@ func fillDisk(t *testing.T, dir string) string {
 // is not uploaded (ErrNoRoom): the batches wait (the poller's outbox) and
 // commit once the other file goes. The database is intact after every step.
 func TestDiskFullOnTmpfs(t *testing.T) {
+	t.Parallel()
 	dir := tmpfs(t, "4m")
 	ctx := context.Background()
 	s := openTest(t, func(o *Options) {

@@ -13,9 +13,10 @@ import (
 )
 
 func TestExport(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	c := newClockScenario(t, clock.Stamp{Wall: time.Unix(30, 0), Mono: 30 * time.Second, Boot: "A"}, may2024)
-	c.s.opts.GapAfter = time.Millisecond
+	c.s.opts.GapAfter = testGapAfter
 	ms := c.sample(4)
 	ms[0].vals = `"v":1,"on":true`
 	ms[1].bad = `"x":"timeout"`
@@ -25,8 +26,7 @@ func TestExport(t *testing.T) {
 	late := c.sample(1)
 	late[0].dev = "other"
 	c.write(late...)
-	time.Sleep(2 * time.Millisecond)
-	if _, err := c.s.CloseGaps(ctx, time.Now()); err != nil {
+	if _, err := c.s.CloseGaps(ctx, after()); err != nil {
 		t.Fatal(err)
 	}
 	db, err := OpenReadOnly(c.s.opts.Path)

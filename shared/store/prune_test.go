@@ -80,6 +80,7 @@ func missingCovered(t *testing.T, db *sql.DB, last, uploaded int64) (dropped int
 }
 
 func TestMaxSizeDropsOldestWithGaps(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	const limit = 1 << 20
 	s := openTest(t, func(o *Options) { o.MaxSize = limit; o.Reserve = 0 })
@@ -141,6 +142,7 @@ func queryText(t *testing.T, db *sql.DB, q string) string {
 }
 
 func TestRetention(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	s := openTest(t, func(o *Options) { o.Retention = time.Hour })
 	// Three hours of samples, one a minute.
@@ -171,6 +173,7 @@ func TestRetention(t *testing.T) {
 }
 
 func TestOneGapRecordPerShrink(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	s := openTest(t, func(o *Options) { o.MaxSize = 4 << 20; o.Reserve = 0 })
 	write(t, s, bigSeries("r", 1, 6000, perSecond)...)
@@ -200,6 +203,7 @@ func TestOneGapRecordPerShrink(t *testing.T) {
 // With the logger's clock untrusted (so the stamp itself is believed), the
 // monotonic age within the boot still keeps every young reading.
 func TestFutureStampDoesNotMoveRetention(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	y2038 := time.Date(2038, 1, 19, 3, 14, 7, 0, time.UTC)
 	for _, tc := range []struct {

@@ -17,6 +17,7 @@ import (
 // alone), by row id, with bad points and gap records, and notices a
 // replaced file.
 func TestReader(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, nil)
 	if _, err := OpenReader(filepath.Join(t.TempDir(), "none.db")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("OpenReader of a missing file: %v, want fs.ErrNotExist", err)

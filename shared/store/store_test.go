@@ -18,6 +18,7 @@ import (
 )
 
 func TestWriteIdempotentAndAcks(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, nil)
 	all := series("r1", 1, 10)
 	res := write(t, s, all[:6]...)
@@ -56,8 +57,18 @@ func TestWriteIdempotentAndAcks(t *testing.T) {
 	}
 }
 
+// The gap tests judge holes by the time they give CloseGaps: a GapAfter
+// of an hour, and CloseGaps told now (nothing is due: the test does not
+// take an hour) or after (hours later than any hole opened, which is
+// timed by the real clock).
+const testGapAfter = time.Hour
+
+// after is a time at which a hole opened by now is older than GapAfter.
+func after() time.Time { return time.Now().Add(testGapAfter + time.Minute) }
+
 func TestHolesFillOrBecomeGaps(t *testing.T) {
-	s := openTest(t, func(o *Options) { o.GapAfter = 50 * time.Millisecond })
+	t.Parallel()
+	s := openTest(t, func(o *Options) { o.GapAfter = testGapAfter })
 	all := series("r1", 1, 8)
 	res := write(t, s, all[0], all[1], all[3], all[4])
 	if ackOf(res, "r1") != 2 {
@@ -72,14 +83,18 @@ func TestHolesFillOrBecomeGaps(t *testing.T) {
 	if acks, err := s.CloseGaps(context.Background(), time.Now()); err != nil || len(acks) != 0 {
 		t.Fatalf("gap closed too early: %v %v", acks, err)
 	}
-	// A stall (locked database) restarts the clock of the hole.
-	time.Sleep(60 * time.Millisecond)
-	s.Stalled(time.Now())
-	if acks, _ := s.CloseGaps(context.Background(), time.Now()); len(acks) != 0 {
+	// A stall (locked database) restarts the clock of the hole: at its
+	// end the hole is older than GapAfter, yet not due until GapAfter
+	// after it.
+	stall := after()
+	s.Stalled(stall)
+	if acks, _ := s.CloseGaps(context.Background(), stall); len(acks) != 0 {
 		t.Fatalf("gap closed right after a stall: %v", acks)
 	}
-	time.Sleep(60 * time.Millisecond)
-	acks, err := s.CloseGaps(context.Background(), time.Now())
+	if acks, _ := s.CloseGaps(context.Background(), stall.Add(testGapAfter-time.Second)); len(acks) != 0 {
+		t.Fatalf("gap closed within GapAfter of a stall's end: %v", acks)
+	}
+	acks, err := s.CloseGaps(context.Background(), stall.Add(testGapAfter))
 	if err != nil || len(acks) != 1 || acks[0].Seq != 8 {
 		t.Fatalf("CloseGaps = %v, %v", acks, err)
 	}
@@ -108,14 +123,14 @@ func TestHolesFillOrBecomeGaps(t *testing.T) {
 // logger. A run known only from heartbeats gets its row and its gap; a run
 // whose tail still arrives, or that ended with everything stored, gets none.
 func TestEndOfDeadRunBecomesGap(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
-	s := openTest(t, func(o *Options) { o.GapAfter = 50 * time.Millisecond })
+	s := openTest(t, func(o *Options) { o.GapAfter = testGapAfter })
 	s.Produced(producer, "a", 4)
 	write(t, s, series("a", 1, 4)...)
 	s.Produced(producer, "a", 10) // 5..10 made, then the poller died
 	write(t, s, series("a", 5, 6)...)
-	time.Sleep(60 * time.Millisecond)
-	if acks, err := s.CloseGaps(ctx, time.Now()); err != nil || len(acks) != 0 {
+	if acks, err := s.CloseGaps(ctx, after()); err != nil || len(acks) != 0 {
 		t.Fatalf("a live run's unsent messages became a gap: %v %v", acks, err)
 	}
 	path := s.opts.Path
@@ -124,7 +139,7 @@ func TestEndOfDeadRunBecomesGap(t *testing.T) {
 		t.Fatalf("run a saved with produced %d, want 10", n)
 	}
 
-	s = openTest(t, func(o *Options) { o.Path = path; o.GapAfter = 50 * time.Millisecond })
+	s = openTest(t, func(o *Options) { o.Path = path; o.GapAfter = testGapAfter })
 	s.Produced(producer, "f", 5) // ends with its tail still on the way
 	write(t, s, series("f", 1, 3)...)
 	s.Produced(producer, "d", 2) // ends with everything stored
@@ -137,8 +152,7 @@ func TestEndOfDeadRunBecomesGap(t *testing.T) {
 	if acks, _ := s.CloseGaps(ctx, time.Now()); len(acks) != 0 {
 		t.Fatalf("gap closed before GapAfter: %v", acks)
 	}
-	time.Sleep(60 * time.Millisecond)
-	acks, err := s.CloseGaps(ctx, time.Now())
+	acks, err := s.CloseGaps(ctx, after())
 	if err != nil || len(acks) != 1 || acks[0].Run != "a" || acks[0].Seq != 10 {
 		t.Fatalf("CloseGaps = %v, %v; want run a acknowledged to 10", acks, err)
 	}
@@ -147,8 +161,10 @@ func TestEndOfDeadRunBecomesGap(t *testing.T) {
 	if err := s.EndRuns(ctx, producer, "c"); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(60 * time.Millisecond)
-	if acks, err := s.CloseGaps(ctx, time.Now()); err != nil || len(acks) != 1 || acks[0].Run != "b" || acks[0].Seq != 3 {
+	if acks, _ := s.CloseGaps(ctx, time.Now()); len(acks) != 0 {
+		t.Fatalf("b's gap closed before GapAfter: %v", acks)
+	}
+	if acks, err := s.CloseGaps(ctx, after()); err != nil || len(acks) != 1 || acks[0].Run != "b" || acks[0].Seq != 3 {
 		t.Fatalf("CloseGaps = %v, %v; want run b acknowledged to 3", acks, err)
 	}
 	db := roDB(t, path)
@@ -175,6 +191,7 @@ func TestEndOfDeadRunBecomesGap(t *testing.T) {
 }
 
 func TestReopenKeepsHoles(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, nil)
 	all := series("r1", 1, 5)
 	write(t, s, all[0], all[2], all[4])
@@ -192,6 +209,7 @@ func TestReopenKeepsHoles(t *testing.T) {
 }
 
 func TestMalformedNeverPoisonsABatch(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, nil)
 	all := series("r1", 1, 5)
 	// As the logger's decoder leaves them: one with its run and seq read,
@@ -227,6 +245,7 @@ func TestMalformedNeverPoisonsABatch(t *testing.T) {
 }
 
 func TestBadPointsStored(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, nil)
 	m := msg{dev: "climate", run: "r", seq: 1, at: good(0), vals: `"t":21.5`, bad: `"h":"timeout","p":"exception 2"`}
 	m2 := m
@@ -245,6 +264,7 @@ func TestBadPointsStored(t *testing.T) {
 }
 
 func TestValueTypes(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, nil)
 	write(t, s, msg{dev: "d", run: "r", seq: 1, at: good(0), vals: `"b":true,"i":-42,"f":0.5,"u":18446744073709551615,"z":0`})
 	db := roDB(t, s.opts.Path)
@@ -276,6 +296,7 @@ func fmtAny(v any) string {
 }
 
 func TestMigrations(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	dir := t.TempDir()
 
@@ -400,6 +421,7 @@ func rawConn(t testing.TB, path string) *sql.Conn {
 }
 
 func TestLockedDatabase(t *testing.T) {
+	t.Parallel()
 	s := openTest(t, nil)
 	write(t, s, series("r", 1, 1)...)
 	// Another connection (as another process would) holds the write lock.
@@ -423,6 +445,7 @@ func TestLockedDatabase(t *testing.T) {
 // Row ids only grow within a generation: not after everything was pruned,
 // not after a restart (the uplink's cursor and dedup key rely on it).
 func TestRowIDsNeverReused(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	s := openTest(t, nil)
 	path := s.opts.Path
@@ -488,6 +511,7 @@ func TestRowIDsNeverReused(t *testing.T) {
 // Integers and floats are both numbers. A point first seen failing takes
 // the kind of its first value.
 func TestPointKindFixed(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	s := openTest(t, nil)
 	at := func(i int) clock.Stamp { return good(time.Duration(i) * time.Second) }
@@ -543,8 +567,9 @@ func TestPointKindFixed(t *testing.T) {
 // ahead; a run nothing is known of is deferred (not stored, not
 // acknowledged) until its heartbeat says how far it got.
 func TestAbsurdSeqRejected(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
-	s := openTest(t, func(o *Options) { o.GapAfter = time.Millisecond; o.MaxAhead = 100 })
+	s := openTest(t, func(o *Options) { o.GapAfter = testGapAfter; o.MaxAhead = 100 })
 	write(t, s, series("r", 1, 3)...)
 	absurd := series("r", 4, 4)[0]
 	absurd.seq = 1<<63 - 1
@@ -576,8 +601,7 @@ func TestAbsurdSeqRejected(t *testing.T) {
 	if res := write(t, s, late...); res.Samples != 1 {
 		t.Errorf("seq 500000 after its heartbeat: %+v", res)
 	}
-	time.Sleep(5 * time.Millisecond)
-	if _, err := s.CloseGaps(ctx, time.Now()); err != nil {
+	if _, err := s.CloseGaps(ctx, after()); err != nil {
 		t.Fatal(err)
 	}
 	db := roDB(t, s.opts.Path)
@@ -591,9 +615,8 @@ func TestAbsurdSeqRejected(t *testing.T) {
 	// The rejection survives a restart: no hole is reloaded from it.
 	path := s.opts.Path
 	s.Close()
-	s = openTest(t, func(o *Options) { o.Path = path; o.GapAfter = time.Millisecond; o.MaxAhead = 100 })
-	time.Sleep(5 * time.Millisecond)
-	acks, err := s.CloseGaps(ctx, time.Now())
+	s = openTest(t, func(o *Options) { o.Path = path; o.GapAfter = testGapAfter; o.MaxAhead = 100 })
+	acks, err := s.CloseGaps(ctx, after())
 	if err != nil {
 		t.Fatal(err)
 	}
