@@ -297,6 +297,9 @@ func (h *Health) judgeAndPing(ctx context.Context, t *tracked, now time.Time) {
 		}
 	}
 	switch {
+	case t.pinged && !v.ping && t.restartPID == t.pid && t.restartPID != 0:
+		// Its own restart: no alarm, no event.
+		h.log.Info("watchdog pings end: restarting", "service", t.name, "pid", t.pid)
 	case t.pinged && !v.ping:
 		h.log.Warn("watchdog pings withheld", "service", t.name, "pid", t.pid, "reason", v.reason)
 		h.event(ctx, event{Event: "watchdog-withheld", Service: t.name, Unit: t.unit, PID: t.pid, Reason: v.reason})
@@ -337,6 +340,15 @@ func (h *Health) logPingErr(name string, err error) {
 // limit allows, publishing an event either way.
 func (h *Health) restart(ctx context.Context, name, reason string) {
 	now := h.now()
+	if name == h.svc.Name {
+		// Health is not among the services it watches (its own watchdog
+		// watches it), and a restart from its own loop would end that loop
+		// before the restart is done or its event published.
+		const why = "health does not restart itself: its own watchdog restarts it when it hangs; use systemctl restart " + "tinyscada-health.service"
+		h.log.Warn("restart refused", "service", name, "reason", reason, "err", why)
+		h.event(ctx, event{Event: "restart", Service: name, Reason: reason, Result: "refused", Error: why})
+		return
+	}
 	t := h.services[name]
 	if t == nil || t.pid == 0 {
 		h.log.Warn("restart refused: unknown service", "service", name, "reason", reason)
@@ -356,6 +368,9 @@ func (h *Health) restart(ctx context.Context, name, reason string) {
 	}
 	h.log.Warn("restarting", "service", name, "unit", t.unit, "pid", t.pid, "reason", reason)
 	unit, pid := t.unit, t.pid
+	// Until the restart is done (and a while after, for the new instance
+	// to speak), the old pid failing its MainPID check is no alarm.
+	t.restartPID, t.restartUntil = pid, now.Add(2*time.Minute)
 	go func() {
 		rctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
@@ -368,6 +383,13 @@ func (h *Health) restart(ctx context.Context, name, reason string) {
 }
 
 func (h *Health) restarted(ctx context.Context, d restartDone) {
+	if t := h.services[d.svc]; t != nil && t.restartPID == d.pid {
+		if d.err != nil {
+			t.restartPID, t.restartUntil = 0, time.Time{}
+		} else {
+			t.restartUntil = h.now().Add(h.r.stale)
+		}
+	}
 	e := event{Event: "restart", Service: d.svc, Unit: d.unit, PID: d.pid, Reason: d.reason, Result: "done"}
 	if d.err != nil {
 		e.Result, e.Error = "failed", d.err.Error()
