@@ -86,22 +86,13 @@ type Health struct {
 	pingErrs    map[string]string
 }
 
-// Check returns an error when the health thresholds do not fit the bus
-// heartbeat interval (a configuration error), and nil otherwise.
-func Check(cfg *config.Config) error {
-	if hb, st := cfg.Bus.HeartbeatInterval.Duration, cfg.Health.StaleAfter.Duration; hb >= st {
-		return fmt.Errorf("health.stale_after (%s) must be longer than bus.heartbeat_interval (%s), or every service looks stale", st, hb)
-	}
-	return nil
-}
-
-// New prepares health on a started service runtime. It returns the error of
-// Check, or an error when no supervisor is given.
+// New prepares health on a started service runtime. Its configuration was
+// validated when it was loaded (config.Load: every rule health relies on,
+// bus.heartbeat_interval below health.stale_after among them, is checked
+// there, so `tinyscada config check` refuses what health would). It returns
+// an error only when no supervisor is given.
 func New(svc *service.Service, opts Options) (*Health, error) {
 	cfg := svc.Config.Health
-	if err := Check(svc.Config); err != nil {
-		return nil, err
-	}
 	if opts.Supervisor == nil {
 		return nil, errors.New("health: no supervisor")
 	}
