@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/tinyscada/tinyscada/shared/config"
@@ -18,13 +19,25 @@ import (
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
-// Exit codes. exitConfig pairs with RestartPreventExitStatus= in the units:
-// a bad configuration is not fixed by restarting.
+// Exit codes. exitUsage and exitConfig pair with RestartPreventExitStatus=
+// in the units: a bad command line or configuration is not fixed by
+// restarting. exitUsage is not 2, which is what the Go runtime exits with
+// after an unhandled panic (and, without GOTRACEBACK=crash, after SIGABRT):
+// a crash must be restarted. A role dies by SIGABRT itself after a watchdog
+// timeout (see crashTraceback).
 const (
 	exitFailure = 1
-	exitUsage   = 2
+	exitUsage   = 64 // EX_USAGE
 	exitConfig  = 78 // EX_CONFIG
 )
+
+// crashTraceback makes a fatal signal (SIGABRT from a watchdog timeout) or
+// an unhandled panic print every goroutine's stack and then end the process
+// by that signal, with its default action, instead of exit status 2: so
+// systemd reports "signal=ABRT" (or "SEGV", ...) for a crash, never a code
+// that reads as a bad command line. The units set LimitCORE=0, so no core
+// file is written.
+func crashTraceback() { debug.SetTraceback("crash") }
 
 // errUsage marks a command-line mistake; its message was printed already.
 var errUsage = errors.New("usage")
@@ -146,6 +159,7 @@ func roleCmd(role topics.Role, fn roleFunc) func(context.Context, []string) erro
 		if err != nil {
 			return err
 		}
+		crashTraceback()
 		log := logging.New(os.Stderr, cfg.Log.Level).With("role", name)
 		return fn(ctx, cfg, log)
 	}

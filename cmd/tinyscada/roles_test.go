@@ -11,11 +11,13 @@ import (
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
-// TestEveryRoleShips ties topics.Roles() to what ships: each role has its
-// unit in deploy/units, which runs `tinyscada <role>`, is wanted by the
-// target and orders itself only after roles that start before it; no other
-// role unit ships; and each role but the uplink (not built yet) is a
-// command of this binary.
+// TestEveryRoleShips ties topics.Roles() to what ships: each role that is a
+// command of this binary has its unit in deploy/units, which runs
+// `tinyscada <role>`, is wanted by the target and orders itself only after
+// roles that start before it; a role the binary lacks (the uplink, not
+// built yet) has no unit and is not wanted, since systemd would restart its
+// unknown command forever; no other role unit ships; and every role but the
+// uplink is built.
 func TestEveryRoleShips(t *testing.T) {
 	dir := filepath.Join("..", "..", "deploy", "units")
 	target, err := os.ReadFile(filepath.Join(dir, "tinyscada.target"))
@@ -26,7 +28,20 @@ func TestEveryRoleShips(t *testing.T) {
 	roles := topics.Roles()
 	for i, r := range roles {
 		name := h.Unit(string(r))
+		built := slices.ContainsFunc(commands(), func(c command) bool { return c.name == string(r) })
+		if !built && r != topics.Uplink {
+			t.Errorf("role %s is not a command of the binary", r)
+		}
 		body, err := os.ReadFile(filepath.Join(dir, name))
+		if !built {
+			if err == nil {
+				t.Errorf("%s ships, but the binary has no %s command", name, r)
+			}
+			if strings.Contains(wantedBy(string(target)), " "+name+" ") || strings.Contains(string(target), name) {
+				t.Errorf("tinyscada.target names %s, a role the binary lacks", name)
+			}
+			continue
+		}
 		if err != nil {
 			t.Errorf("role %s: %v", r, err)
 			continue
@@ -34,6 +49,9 @@ func TestEveryRoleShips(t *testing.T) {
 		u := string(body)
 		if want := "ExecStart=@BINDIR@/tinyscada " + string(r) + " "; !strings.Contains(u, "\n"+want) {
 			t.Errorf("%s: no %q line", name, want)
+		}
+		if want := "SyslogIdentifier=tinyscada-" + string(r) + "\n"; !strings.Contains(u, "\n"+want) {
+			t.Errorf("%s: no %q line (the journal would name every role tinyscada)", name, strings.TrimSpace(want))
 		}
 		if !strings.Contains(wantedBy(string(target)), " "+name+" ") {
 			t.Errorf("tinyscada.target does not want %s", name)
@@ -43,10 +61,6 @@ func TestEveryRoleShips(t *testing.T) {
 			if j < 0 || j >= i {
 				t.Errorf("%s starts after %s, which is not a role that starts before it (%v)", name, after, roles)
 			}
-		}
-		built := slices.ContainsFunc(commands(), func(c command) bool { return c.name == string(r) })
-		if want := r != topics.Uplink; built != want {
-			t.Errorf("role %s: a command of the binary: %v, want %v", r, built, want)
 		}
 	}
 	units, err := filepath.Glob(filepath.Join(dir, "tinyscada-*.service"))
