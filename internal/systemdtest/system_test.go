@@ -142,7 +142,7 @@ func installAndBoot(t *testing.T) *stack {
 	}
 	copyFile(t, self, filepath.Join(s.root, "usr/local/bin/systemdtest-fake-role"), 0o755)
 	if !s.hasRole[topics.Uplink] {
-		dropIn(t, s.root, topics.Uplink, "fake", "[Service]\nEnvironment="+fakeRoleEnv+"="+string(topics.Uplink)+"\nExecStart=\nExecStart=/usr/local/bin/systemdtest-fake-role /usr/local/etc/tinyscada/tinyscada.toml\n")
+		standInUplink(t, s.root)
 	}
 	for _, r := range topics.Roles() {
 		if r != topics.Uplink && !s.hasRole[r] {
@@ -261,7 +261,8 @@ func (s *stack) watch() {
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {
-			cmd := exec.CommandContext(ctx, bin, "-h", "127.0.0.1", "-p", strconv.Itoa(s.port), "-v", "-t", "tinyscada/health", "-t", "tinyscada/health/event")
+			// The stack's loopback is in the system's own network.
+			cmd := s.sys.NetCommand(ctx, bin, "-h", "127.0.0.1", "-p", strconv.Itoa(s.port), "-v", "-t", "tinyscada/health", "-t", "tinyscada/health/event")
 			out, err := cmd.StdoutPipe()
 			if err == nil && cmd.Start() == nil {
 				sc := bufio.NewScanner(out)

@@ -152,7 +152,10 @@ func (t *tracked) observeHeartbeat(h heartbeat, now time.Time) {
 		// Far behind: a new process that got the same pid.
 		t.newInstance(h.PID, now)
 	}
-	if t.lastHB.IsZero() || h.Progress != t.progress {
+	// Time spent idle is no stall: the stall clock starts again from the
+	// last idle heartbeat (a logger that gets a reading after a quiet
+	// minute is not "without progress for a minute" until it commits).
+	if t.lastHB.IsZero() || h.Progress != t.progress || t.idle {
 		t.progressAt = now
 	}
 	t.lastHB, t.seq, t.progress, t.idle, t.hung = now, h.Seq, h.Progress, h.Idle, h.Hung

@@ -122,3 +122,22 @@ func TestOwnRestartNoAlarm(t *testing.T) {
 		t.Errorf("false alarm during health's own restart: %+v", e)
 	}
 }
+
+// Time spent idle is no stall: a service idle for longer than stall_after
+// that gets work again (not idle, progress not moved yet, as a logger
+// between a reading and its commit) is not "without progress".
+func TestIdleIsNoStall(t *testing.T) {
+	r := rules{stale: 3 * s, stall: 10 * s}
+	tr := newTracked("logger", true, t0)
+	for i := 0; i <= 30; i++ {
+		tr.observeHeartbeat(heartbeat{PID: 10, Seq: uint64(i + 1), Progress: 5, Idle: true}, at(time.Duration(i)*s))
+	}
+	tr.observeHeartbeat(heartbeat{PID: 10, Seq: 40, Progress: 5}, at(31*s))
+	if v := tr.judge(at(31*s), r, true, time.Time{}); !v.ping || v.level != OK {
+		t.Errorf("busy again after 30s idle: %+v", v)
+	}
+	tr.observeHeartbeat(heartbeat{PID: 10, Seq: 41, Progress: 5}, at(42*s))
+	if v := tr.judge(at(42*s), r, true, time.Time{}); v.ping || !strings.Contains(v.reason, "no progress for 11s") {
+		t.Errorf("busy without progress for 11s after idle: %+v", v)
+	}
+}

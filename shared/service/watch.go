@@ -236,7 +236,7 @@ func (s *Service) feedSelf(h Heartbeat) {
 	hc := s.Config.Health
 	w := &s.self
 	w.mu.Lock()
-	if w.progressAt.IsZero() || h.Progress != w.progress {
+	if w.progressAt.IsZero() || h.Progress != w.progress || h.Idle {
 		w.progress, w.progressAt = h.Progress, now
 	}
 	present := w.healthPresent(now, hc.StaleAfter.Duration)
