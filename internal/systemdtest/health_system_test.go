@@ -221,13 +221,14 @@ func TestSystemHealth(t *testing.T) {
 		}
 	}()
 	start := time.Now()
-	// The target alone: it wants the demo's simulator (item 6).
+	// The target alone: it wants the demo's simulator.
 	sys.MustExec("systemctl", "start", "tinyscada.target")
+	if st := sys.Show("tinyscada-simulate@sim.service", "ActiveState"); st != "active" {
+		t.Errorf("the target did not start the demo's simulator: %s", st)
+		sys.MustExec("systemctl", "start", "tinyscada-simulate@sim.service") // to test the rest
+	}
 	s.watch()
 	s.waitOK(start, time.Minute, "after start")
-	if st := sys.Show("tinyscada-simulate@sim.service", "ActiveState"); st != "active" {
-		t.Fatalf("the target did not start the demo's simulator: %s", st)
-	}
 
 	s.run(t, "status follows", func(t *testing.T) {
 		// READY comes once the port was tried, before any round: the
