@@ -193,7 +193,13 @@ func (s *stack) withheldFor(from int, service string) []map[string]any {
 func (s *stack) sigstopRestarted(t *testing.T, role topics.Role) time.Duration {
 	t.Helper()
 	before := s.watchdogResults(role)
-	pid := s.sys.MainPID(unit(role))
+	// Never "kill -STOP 0" (the caller's own process group): wait for a
+	// main process that is up.
+	pid := 0
+	s.sys.WaitFor(time.Minute, string(role)+" has no running main process", func() bool {
+		pid = s.sys.MainPID(unit(role))
+		return pid != 0 && s.activeAgain(role, 0)
+	})
 	s.sys.MustExec("kill", "-STOP", strconv.Itoa(pid))
 	d := s.sys.WaitFor(time.Minute, string(role)+" not restarted by its watchdog after SIGSTOP", func() bool { return s.activeAgain(role, pid) })
 	if s.watchdogResults(role) <= before {
