@@ -22,9 +22,6 @@ const supervisorEnv = "TINYSCADA_SUPERVISOR"
 // SIGTERM); otherwise systemd over D-Bus, and it fails (so that systemd
 // restarts it) when D-Bus cannot be reached.
 func runHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
-	if err := health.Check(cfg); err != nil {
-		return &configError{err}
-	}
 	var sup health.Supervisor
 	if os.Getenv(supervisorEnv) == "run" {
 		sup = health.RunSupervisor{Parent: os.Getppid()}

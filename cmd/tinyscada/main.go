@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/tinyscada/tinyscada/shared/config"
@@ -19,19 +20,31 @@ import (
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
-// Exit codes. exitConfig pairs with RestartPreventExitStatus= in the units:
-// a bad configuration is not fixed by restarting.
-// exitLocked likewise: another process holds what the role must own (a
-// second poller on the same ports); restarting would only repeat it.
+// Exit codes. exitUsage, exitLocked and exitConfig pair with
+// RestartPreventExitStatus= in the units: a bad command line or
+// configuration is not fixed by restarting, nor is another process holding
+// what the role must own (a second poller on the same ports). exitUsage is
+// not 2, which is what the Go runtime exits with after an unhandled panic
+// (and, without GOTRACEBACK=crash, after SIGABRT): a crash must be
+// restarted. A role dies by SIGABRT itself after a watchdog timeout (see
+// crashTraceback).
 const (
 	exitFailure = 1
-	exitUsage   = 2
+	exitUsage   = 64 // EX_USAGE
 	exitLocked  = 69 // EX_UNAVAILABLE
 	exitConfig  = 78 // EX_CONFIG
 )
 
 // errNoUpstream: the uplink role without an upstream broker.
 var errNoUpstream = errors.New("uplink.address is not set: there is no upstream broker to send to (tinyscada run leaves the uplink out then)")
+
+// crashTraceback makes a fatal signal (SIGABRT from a watchdog timeout) or
+// an unhandled panic print every goroutine's stack and then end the process
+// by that signal, with its default action, instead of exit status 2: so
+// systemd reports "signal=ABRT" (or "SEGV", ...) for a crash, never a code
+// that reads as a bad command line. The units set LimitCORE=0, so no core
+// file is written.
+func crashTraceback() { debug.SetTraceback("crash") }
 
 // errUsage marks a command-line mistake; its message was printed already.
 var errUsage = errors.New("usage")
@@ -184,6 +197,7 @@ func roleCmd(role topics.Role, fn roleFunc) func(context.Context, []string) erro
 		if err != nil {
 			return err
 		}
+		crashTraceback()
 		log := logging.New(os.Stderr, cfg.Log.Level).With("role", name)
 		return fn(ctx, cfg, log)
 	}

@@ -32,6 +32,7 @@ func pollerCmd(ctx context.Context, args []string) error {
 		}
 		return pl.Write(os.Stdout)
 	}
+	crashTraceback()
 	log := logging.New(os.Stderr, cfg.Log.Level).With("role", string(topics.Poller))
 	return runPoller(ctx, cfg, log)
 }

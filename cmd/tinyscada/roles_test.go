@@ -38,6 +38,9 @@ func TestEveryRoleShips(t *testing.T) {
 		if want := "ExecStart=@BINDIR@/tinyscada " + string(r) + " "; !strings.Contains(u, "\n"+want) {
 			t.Errorf("%s: no %q line", name, want)
 		}
+		if want := "SyslogIdentifier=tinyscada-" + string(r) + "\n"; !strings.Contains(u, "\n"+want) {
+			t.Errorf("%s: no %q line (the journal would name every role tinyscada)", name, strings.TrimSpace(want))
+		}
 		if !strings.Contains(wantedBy(string(target)), " "+name+" ") {
 			t.Errorf("tinyscada.target does not want %s", name)
 		}

@@ -6,10 +6,30 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/tinyscada/tinyscada/services/simulate"
+	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/logging"
 )
+
+// simulatorWanted returns nil when cfg has a Modbus RTU port with simulate =
+// true whose device is link (what `tinyscada run` starts a simulator for),
+// and an error saying so otherwise: the unit of the demo's simulator runs
+// it as its ExecCondition=, so that the target starts the simulator only
+// where the configuration polls it.
+func simulatorWanted(cfg *config.Config, link string) error {
+	if link == "" {
+		fmt.Fprintln(os.Stderr, "tinyscada simulate: -wanted needs -link PATH")
+		return errUsage
+	}
+	for _, p := range cfg.Poller.Port {
+		if p.Simulate && p.Mode == config.ModeRTU && filepath.Clean(p.Path(cfg.StateDir)) == filepath.Clean(link) {
+			return nil
+		}
+	}
+	return fmt.Errorf("no port with simulate = true on %s in the configuration: no simulator needed", link)
+}
 
 // simulateCmd is `tinyscada simulate`: the map of -map (or the built-in
 // demo map) served on a new pseudo-terminal, whose path (the -link if
@@ -27,6 +47,7 @@ func simulateCmd(ctx context.Context, args []string) error {
 	baud := fs.Int("baud", 0, "line speed for the timing (overrides the map)")
 	timing := fs.Bool("byte-timing", false, "take as long as a real line at the baud rate (overrides the map)")
 	printDemo := fs.Bool("print-demo", false, "print the built-in map and exit")
+	wanted := fs.Bool("wanted", false, "only check whether the configuration polls a simulated port (simulate = true) at -link: exit 0 if so, 1 if not (for systemd's ExecCondition=)")
 	flagsUsage := fs.Usage
 	fs.Usage = func() {
 		flagsUsage()
@@ -49,6 +70,9 @@ func simulateCmd(ctx context.Context, args []string) error {
 	cfg, err := loadConfig(*cfgPath)
 	if err != nil {
 		return err
+	}
+	if *wanted {
+		return simulatorWanted(cfg, *link)
 	}
 	m := simulate.Demo()
 	if *mapFile != "" {

@@ -15,10 +15,12 @@ import (
 // the configuration file, which a remote configuration replaces. Without
 // an upstream broker (uplink.address) it is a configuration error:
 // restarting does not fix it, and `tinyscada run` does not start the role
-// then.
+// then; under systemd the unit skips itself (ExecCondition= with -wanted),
+// so a device without an upstream shows no failed unit.
 func uplinkCmd(ctx context.Context, args []string) error {
 	name := string(topics.Uplink)
-	fs, cfgFlag := commandFlags(name, "usage: tinyscada "+name+" [-config FILE]")
+	fs, cfgFlag := commandFlags(name, "usage: tinyscada "+name+" [-config FILE] [-wanted]")
+	wanted := fs.Bool("wanted", false, "only check whether the configuration names an upstream broker (uplink.address): exit 0 if so, 1 if not (for systemd's ExecCondition=)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -27,9 +29,16 @@ func uplinkCmd(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	if *wanted {
+		if !cfg.Uplink.Configured() {
+			return errNoUpstream
+		}
+		return nil
+	}
 	if !cfg.Uplink.Configured() {
 		return &configError{errNoUpstream}
 	}
+	crashTraceback()
 	log := logging.New(os.Stderr, cfg.Log.Level).With("role", name)
 	svc, err := service.Start(ctx, topics.Uplink, cfg, log)
 	if err != nil {

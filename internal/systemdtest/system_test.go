@@ -142,7 +142,7 @@ func installAndBoot(t *testing.T) *stack {
 	}
 	copyFile(t, self, filepath.Join(s.root, "usr/local/bin/systemdtest-fake-role"), 0o755)
 	if !s.hasRole[topics.Uplink] {
-		dropIn(t, s.root, topics.Uplink, "fake", "[Service]\nEnvironment="+fakeRoleEnv+"="+string(topics.Uplink)+"\nExecStart=\nExecStart=/usr/local/bin/systemdtest-fake-role /usr/local/etc/tinyscada/tinyscada.toml\n")
+		standInUplink(t, s.root)
 	}
 	for _, r := range topics.Roles() {
 		if r != topics.Uplink && !s.hasRole[r] {
@@ -261,7 +261,8 @@ func (s *stack) watch() {
 	go func() {
 		defer close(done)
 		for ctx.Err() == nil {
-			cmd := exec.CommandContext(ctx, bin, "-h", "127.0.0.1", "-p", strconv.Itoa(s.port), "-v", "-t", "tinyscada/health", "-t", "tinyscada/health/event")
+			// The stack's loopback is in the system's own network.
+			cmd := s.sys.NetCommand(ctx, bin, "-h", "127.0.0.1", "-p", strconv.Itoa(s.port), "-v", "-t", "tinyscada/health", "-t", "tinyscada/health/event")
 			out, err := cmd.StdoutPipe()
 			if err == nil && cmd.Start() == nil {
 				sc := bufio.NewScanner(out)
@@ -628,7 +629,8 @@ func TestSystem(t *testing.T) {
 			})
 			withheld := time.Since(start)
 			d := sys.WaitFor(time.Minute, string(r)+" not restarted by its watchdog", func() bool { return s.activeAgain(r, pid) })
-			if j := sys.Journal(unit(r), 300); !strings.Contains(j, "Failed with result 'watchdog'") {
+			// The whole journal: the goroutine dump is hundreds of lines.
+			if j := sys.Journal(unit(r), 100000); !strings.Contains(j, "Failed with result 'watchdog'") {
 				t.Errorf("%s was restarted, but not by its watchdog:\n%s", r, j)
 			}
 			ok := s.waitOK(start, time.Minute, "after the watchdog restart of "+string(r))

@@ -1,14 +1,16 @@
-// Package systemdtest boots a private systemd in new PID and mount
-// namespaces, so that system tests can install the real units, start the
-// real target and watch readiness, watchdog kills, restarts and D-Bus calls
-// without touching the host's services (see
+// Package systemdtest boots a private systemd in new PID, mount and
+// network namespaces, so that system tests can install the real units,
+// start the real target and watch readiness, watchdog kills, restarts and
+// D-Bus calls without touching the host's services (see
 // ../shared/notes/systemd-in-a-namespace.md in the project notes).
 //
-// Inside, /run, /tmp and /var/log are private tmpfs mounts, /var/lib is a
-// directory of the test, and the install tree of the test is bound at
-// /usr/local; the host's /etc/passwd and /etc/group may be replaced by
-// copies that hold the test's system user. Nothing is written to the host's
-// /etc, /var or /usr.
+// Inside, /run, /tmp, /var/tmp and /var/log are private tmpfs mounts,
+// /var/lib is a directory of the test, and the install tree of the test is
+// bound at /usr/local; the host's /etc/passwd and /etc/group may be
+// replaced by copies that hold the test's system user. Nothing is written to
+// the host's /etc, /var or /usr. The network is private too, with only its
+// own loopback (up): two runs, or a broker of the host on port 1883, cannot
+// collide; reach the stack with NetCommand (nsenter -n), not from the host.
 package systemdtest
 
 import (
@@ -43,6 +45,10 @@ func Need(t testing.TB) {
 			testpeer.Missing(t, tool+" not found on PATH (Debian package util-linux)")
 			return
 		}
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		testpeer.Missing(t, "ip not found on PATH (Debian package iproute2), needed to bring up the loopback of the private network")
+		return
 	}
 	if _, err := os.Stat(systemdPath); err != nil {
 		testpeer.Missing(t, systemdPath+" not found (Debian package systemd)")
@@ -83,7 +89,9 @@ func Boot(t testing.TB, opts Options) *System {
 	Need(t)
 	var sc strings.Builder
 	q := strconv.Quote
-	sc.WriteString("set -e\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd/system\n")
+	// The network namespace starts with its loopback down (systemd brings
+	// it up too, but the units must not depend on that).
+	sc.WriteString("set -e\nip link set lo up\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd/system\n")
 	if opts.Root != "" {
 		if units := filepath.Join(opts.Root, "run/systemd/system"); exists(units) {
 			fmt.Fprintf(&sc, "cp -a %s/. /run/systemd/system/\n", q(units))
@@ -102,15 +110,16 @@ func Boot(t testing.TB, opts Options) *System {
 	if opts.VarLib != "" {
 		fmt.Fprintf(&sc, "mount --bind %s /var/lib\n", q(opts.VarLib))
 	}
-	// systemd-tmpfiles empties /tmp at boot, and journald would write the
-	// host's persistent journal: both private.
-	sc.WriteString("mount -t tmpfs tmpfs /var/log\nmount -t tmpfs tmpfs /tmp\n")
+	// systemd-tmpfiles empties /tmp and cleans /var/tmp at boot, units with
+	// PrivateTmp= get their directories there, and journald would write the
+	// host's persistent journal: all private.
+	sc.WriteString("mount -t tmpfs tmpfs /var/log\nmount -t tmpfs tmpfs /tmp\nmount -t tmpfs tmpfs /var/tmp\n")
 	wants := strings.Join(append([]string{"basic.target"}, opts.Wants...), " ")
 	fmt.Fprintf(&sc, "printf '[Unit]\\nRequires=%s\\nAfter=%s\\n' > /run/systemd/system/systemdtest.target\n", wants, wants)
 	fmt.Fprintf(&sc, "exec env container=other %s --system --unit=systemdtest.target\n", systemdPath)
 
 	s := &System{t: t, done: make(chan struct{})}
-	s.cmd = exec.Command("unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private", "sh", "-c", sc.String())
+	s.cmd = exec.Command("unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--propagation", "private", "--net", "sh", "-c", sc.String())
 	s.cmd.Stdout, s.cmd.Stderr = &s.out, &s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("systemdtest: unshare: %v", err)
@@ -154,17 +163,26 @@ func Boot(t testing.TB, opts Options) *System {
 
 func exists(p string) bool { _, err := os.Stat(p); return err == nil }
 
-// Exec runs a command inside the namespaces (nsenter) and returns its
-// combined output; the error says how it failed, with the output.
+// Exec runs a command inside the namespaces (nsenter: mount, PID and
+// network) and returns its combined output; the error says how it failed,
+// with the output.
 func (s *System) Exec(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	all := append([]string{"-t", strconv.Itoa(s.PID), "-m", "-p", "--"}, args...)
+	all := append([]string{"-t", strconv.Itoa(s.PID), "-m", "-p", "-n", "--"}, args...)
 	out, err := exec.CommandContext(ctx, "nsenter", all...).CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, bytes.TrimSpace(out))
 	}
 	return string(out), nil
+}
+
+// NetCommand returns a command that runs name with args from the host's
+// filesystem in the private network of the system (nsenter -n): the way
+// for a client on the host (mosquitto_sub, ...) to reach the stack's
+// loopback listeners.
+func (s *System) NetCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "nsenter", append([]string{"-t", strconv.Itoa(s.PID), "-n", "--", name}, args...)...)
 }
 
 // MustExec is Exec that fails the test on an error.

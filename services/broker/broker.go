@@ -167,6 +167,13 @@ func start(ctx context.Context, cfg *config.Config, log *slog.Logger) (*broker, 
 		b.close()
 		return nil, fmt.Errorf("broker: subscribe %s: %w", hb, err)
 	}
+	// Whether health is there, so that the broker feeds its own watchdog
+	// while it is not (see service.Service.WatchHealth).
+	svc.WatchHealth(func(filter string, h func(string, []byte)) error {
+		return srv.Subscribe(filter, 2, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+			h(pk.TopicName, pk.Payload)
+		})
+	})
 	svc.SetExtra(b.stats)
 	svc.Attach(inline{srv})
 	svc.Ready(b.status(0))

@@ -93,22 +93,13 @@ type Health struct {
 // supervisor starts it again. Test with errors.Is.
 var ErrRestartRequested = errors.New("health: restart requested by command")
 
-// Check returns an error when the health thresholds do not fit the bus
-// heartbeat interval (a configuration error), and nil otherwise.
-func Check(cfg *config.Config) error {
-	if hb, st := cfg.Bus.HeartbeatInterval.Duration, cfg.Health.StaleAfter.Duration; hb >= st {
-		return fmt.Errorf("health.stale_after (%s) must be longer than bus.heartbeat_interval (%s), or every service looks stale", st, hb)
-	}
-	return nil
-}
-
-// New prepares health on a started service runtime. It returns the error of
-// Check, or an error when no supervisor is given.
+// New prepares health on a started service runtime. Its configuration was
+// validated when it was loaded (config.Load: every rule health relies on,
+// bus.heartbeat_interval below health.stale_after among them, is checked
+// there, so `tinyscada config check` refuses what health would). It returns
+// an error only when no supervisor is given.
 func New(svc *service.Service, opts Options) (*Health, error) {
 	cfg := svc.Config.Health
-	if err := Check(svc.Config); err != nil {
-		return nil, err
-	}
 	if opts.Supervisor == nil {
 		return nil, errors.New("health: no supervisor")
 	}
@@ -318,6 +309,9 @@ func (h *Health) judgeAndPing(ctx context.Context, t *tracked, now time.Time) {
 		}
 	}
 	switch {
+	case t.pinged && !v.ping && t.restartPID == t.pid && t.restartPID != 0:
+		// Its own restart: no alarm, no event.
+		h.log.Info("watchdog pings end: restarting", "service", t.name, "pid", t.pid)
 	case t.pinged && !v.ping:
 		h.log.Warn("watchdog pings withheld", "service", t.name, "pid", t.pid, "reason", v.reason)
 		h.event(ctx, event{Event: "watchdog-withheld", Service: t.name, Unit: t.unit, PID: t.pid, Reason: v.reason})
@@ -377,6 +371,9 @@ func (h *Health) restart(ctx context.Context, name, reason string) {
 	}
 	h.log.Warn("restarting", "service", name, "unit", t.unit, "pid", t.pid, "reason", reason)
 	unit, pid := t.unit, t.pid
+	// Until the restart is done (and a while after, for the new instance
+	// to speak), the old pid failing its MainPID check is no alarm.
+	t.restartPID, t.restartUntil = pid, now.Add(2*time.Minute)
 	go func() {
 		rctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
@@ -389,6 +386,13 @@ func (h *Health) restart(ctx context.Context, name, reason string) {
 }
 
 func (h *Health) restarted(ctx context.Context, d restartDone) {
+	if t := h.services[d.svc]; t != nil && t.restartPID == d.pid {
+		if d.err != nil {
+			t.restartPID, t.restartUntil = 0, time.Time{}
+		} else {
+			t.restartUntil = h.now().Add(h.r.stale)
+		}
+	}
 	e := event{Event: "restart", Service: d.svc, Unit: d.unit, PID: d.pid, Reason: d.reason, Result: "done"}
 	if d.err != nil {
 		e.Result, e.Error = "failed", d.err.Error()

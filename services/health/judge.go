@@ -30,6 +30,9 @@ type heartbeat struct {
 	Progress uint64 `json:"progress"`
 	Idle     bool   `json:"idle"`
 	Failing  string `json:"failing"`
+	// Hung says which of the service's watched loops overran its promise
+	// (shared/service, Loop).
+	Hung string `json:"hung"`
 }
 
 // stateMsg is what health reads of a retained tinyscada/svc/<svc>/state.
@@ -90,6 +93,12 @@ type tracked struct {
 	idle       bool
 	failing    string
 	failingAt  time.Time
+	hung       string
+
+	// restartPID is the instance health is restarting itself (0: none),
+	// until restartUntil: its pings stop, but that is no alarm.
+	restartPID   int
+	restartUntil time.Time
 
 	// graced: the service was pinged when the broker became unreachable,
 	// and has sent no heartbeat since; it is pinged until the grace ends.
@@ -119,8 +128,10 @@ func (t *tracked) newInstance(pid int, now time.Time) {
 	t.progressAt = now
 	t.idle = false
 	t.failing, t.failingAt = "", time.Time{}
+	t.hung = ""
 	t.graced = false
 	t.unit = ""
+	t.restartPID, t.restartUntil = 0, time.Time{}
 	t.instances++
 }
 
@@ -141,10 +152,13 @@ func (t *tracked) observeHeartbeat(h heartbeat, now time.Time) {
 		// Far behind: a new process that got the same pid.
 		t.newInstance(h.PID, now)
 	}
-	if t.lastHB.IsZero() || h.Progress != t.progress {
+	// Time spent idle is no stall: the stall clock starts again from the
+	// last idle heartbeat (a logger that gets a reading after a quiet
+	// minute is not "without progress for a minute" until it commits).
+	if t.lastHB.IsZero() || h.Progress != t.progress || t.idle {
 		t.progressAt = now
 	}
-	t.lastHB, t.seq, t.progress, t.idle = now, h.Seq, h.Progress, h.Idle
+	t.lastHB, t.seq, t.progress, t.idle, t.hung = now, h.Seq, h.Progress, h.Idle, h.Hung
 	switch {
 	case h.Failing == "":
 		t.failing, t.failingAt = "", time.Time{}
@@ -197,6 +211,10 @@ func (t *tracked) judge(now time.Time, r rules, brokerUp bool, graceUntil time.T
 	}
 	age := now.Sub(t.lastHB)
 	switch {
+	case t.restartPID != 0 && t.restartPID == t.pid && now.Before(t.restartUntil):
+		// Health restarts it: the old pid is no longer the unit's main
+		// process, and the new one has not said anything yet.
+		return verdict{false, Degraded, "restarting"}
 	case t.name == string(topics.Broker) && !brokerUp:
 		return verdict{false, Failed, "broker unreachable"}
 	case t.pid == 0:
@@ -222,6 +240,8 @@ func (t *tracked) judge(now time.Time, r rules, brokerUp bool, graceUntil time.T
 		return verdict{false, bad, fmt.Sprintf("no heartbeat for %s", now.Sub(t.progressAt).Round(time.Second))}
 	case age > r.stale:
 		return verdict{false, bad, fmt.Sprintf("heartbeat stale (%s old)", age.Round(time.Second))}
+	case t.hung != "":
+		return verdict{false, bad, "hung: " + t.hung}
 	case !t.idle && now.Sub(t.progressAt) > r.stall:
 		return verdict{false, bad, fmt.Sprintf("no progress for %s", now.Sub(t.progressAt).Round(time.Second))}
 	case t.failing != "":

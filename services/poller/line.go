@@ -179,6 +179,9 @@ func (p *Poller) readLines(ctx context.Context, pr *portRun, port serial.Port) e
 	partialAfter := pr.plan.Config.Timeout.Duration
 	silent := false
 	for ctx.Err() == nil {
+		// A read returns within its 100ms timeout, and what follows it is
+		// quick: a second is a generous bound for one turn.
+		pr.loop.Busy(time.Second)
 		k, err := port.Read(buf[n:])
 		if err != nil {
 			return fmt.Errorf("%w: read: %w", modbus.ErrPort, err)

@@ -34,9 +34,14 @@ type Options struct {
 	Log *slog.Logger
 	// Clock stamps readings; nil means clock.System().
 	Clock clock.Clock
-	// OnRound is called after every completed poll round of a device
-	// (the heartbeat's progress); nil does nothing.
+	// OnRound is called after every completed poll round of a device;
+	// nil does nothing.
 	OnRound func()
+	// Watch returns the watch of one port's loop (service.Service.Loop):
+	// each port's scheduler says, before each step, how long it may take or
+	// wait, so that a slow schedule or a silent device is not taken for a
+	// hang while a stuck read or a deadlock is. nil: unwatched.
+	Watch func(name string) *service.Loop
 	// RunID names this run of the producer in data messages and
 	// acknowledgements; "" makes a random one.
 	RunID string
@@ -59,6 +64,7 @@ type Poller struct {
 	runFile string
 	prev    *RunRecord // what the previous run noted, or nil
 	onRound func()
+	watch   func(name string) *service.Loop
 	limiter *lograte.Limiter
 
 	ports   []*portRun
@@ -90,6 +96,9 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 	if opts.OnRound == nil {
 		opts.OnRound = func() {}
 	}
+	if opts.Watch == nil {
+		opts.Watch = func(string) *service.Loop { return nil }
+	}
 	if opts.RunID == "" {
 		var b [8]byte
 		if _, err := rand.Read(b[:]); err != nil {
@@ -106,6 +115,7 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 		run:     opts.RunID,
 		out:     NewOutbox(cfg.Poller.Outbox),
 		onRound: opts.OnRound,
+		watch:   opts.Watch,
 		limiter: lograte.New(cfg.Poller.LogInterval.Duration, 0),
 		wake:    make(chan struct{}, 1),
 		started: make(chan struct{}),
@@ -317,6 +327,7 @@ type portRun struct {
 	devices []*device
 	open    atomic.Bool
 	tried   bool
+	loop    *service.Loop // the watch of the port's goroutine; nil unwatched
 }
 
 // device is one device at run time.
@@ -713,7 +724,7 @@ func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error 
 	if svc.Bus == nil {
 		return errors.New("poller: no bus connection")
 	}
-	p, err := New(svc.Config, Options{Log: svc.Log, OnRound: svc.Advance, Locks: locks})
+	p, err := New(svc.Config, Options{Log: svc.Log, OnRound: svc.Advance, Locks: locks, Watch: svc.Loop})
 	if err != nil {
 		return err
 	}
@@ -738,7 +749,9 @@ func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error 
 // reportPorts tells health, through svc.Failing, while a port is not open
 // (an adapter unplugged, a node that cannot be opened): the poller is alive
 // and retrying, but failing by its own report, so health shows it degraded
-// and, if it lasts, restarts it. It returns when ctx ends.
+// and, if it lasts, restarts it. It keeps the status line (STATUS= and the
+// retained state) on the live figures (svc.Status rate-limits). It returns
+// when ctx ends.
 func reportPorts(ctx context.Context, p *Poller, svc *service.Service) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
@@ -748,6 +761,7 @@ func reportPorts(ctx context.Context, p *Poller, svc *service.Service) {
 		} else {
 			svc.Failing("")
 		}
+		svc.Status("%s", p.Status())
 		select {
 		case <-ctx.Done():
 			return

@@ -22,6 +22,18 @@ import (
 // firstReopen is the first wait before reopening a port that failed.
 const firstReopen = 100 * time.Millisecond
 
+// openBound is how long opening a port may take (a non-blocking open and
+// a few ioctls) before the port's loop counts as hung.
+const openBound = 5 * time.Second
+
+// requestBound is how long one Modbus transaction with its retries may take
+// on a port: each attempt sends a request and waits timeout for a reply of
+// at most 256 bytes, at 11 bits a byte; plus the silences between frames.
+func requestBound(timeout time.Duration, retries, baud int) time.Duration {
+	frames := time.Duration(2*256*11) * time.Second / time.Duration(max(baud, 1))
+	return time.Duration(retries+1)*(timeout+frames+10*time.Millisecond) + 100*time.Millisecond
+}
+
 // openPort locks the device node of pr (flock, so that a second poller or
 // a terminal program that locks, like picocom, cannot interleave) and
 // opens it with the port's line settings. Errors name the port: missing,
@@ -104,9 +116,12 @@ func lockNode(pp *PortPlan) (*os.File, *flock.Held, error) {
 // (the port vanished). While the port is down its devices are offline and,
 // like dead devices, have failed rounds on their schedule (closedRounds).
 func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.Context, serial.Port) error) {
+	pr.loop = p.watch("port " + pr.plan.Config.Name)
+	defer pr.loop.Stop()
 	backoff := firstReopen
 	closed := false // the port is down and its devices' closed rounds are scheduled
 	for ctx.Err() == nil {
+		pr.loop.Busy(openBound)
 		port, closePort, err := openPort(pr)
 		if err == nil {
 			closed = false // pollRTU schedules afresh; a later failure is a new episode
@@ -177,6 +192,7 @@ func (p *Poller) closedRounds(ctx context.Context, pr *portRun, cause error, reo
 			until = next.due
 		}
 		if wait := time.Until(until); wait > 0 {
+			pr.loop.Wait(wait)
 			timer.Reset(wait)
 			select {
 			case <-ctx.Done():
@@ -239,6 +255,7 @@ func (p *Poller) pollRTU(ctx context.Context, pr *portRun, m *modbus.Master) err
 			}
 		}
 		if wait := time.Until(d.due); wait > 0 {
+			pr.loop.Wait(wait)
 			timer.Reset(wait)
 			select {
 			case <-ctx.Done():
@@ -249,7 +266,7 @@ func (p *Poller) pollRTU(ctx context.Context, pr *portRun, m *modbus.Master) err
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err := p.roundRTU(ctx, m, d, regs[:]); err != nil {
+		if err := p.roundRTU(ctx, pr, m, d, regs[:]); err != nil {
 			return err
 		}
 	}
@@ -261,7 +278,7 @@ func (p *Poller) pollRTU(ctx context.Context, pr *portRun, m *modbus.Master) err
 // the good values and, for the other points, why they failed. The device
 // is offline after a failed round and backs off; an exception reply fails
 // only its points. It returns an error only when the port failed.
-func (p *Poller) roundRTU(ctx context.Context, m *modbus.Master, d *device, regs []uint16) error {
+func (p *Poller) roundRTU(ctx context.Context, pr *portRun, m *modbus.Master, d *device, regs []uint16) error {
 	// The port goroutine alone uses m, so what its counters do during the
 	// round is this device's.
 	before := m.Stats()
@@ -289,6 +306,7 @@ func (p *Poller) roundRTU(ctx context.Context, m *modbus.Master, d *device, regs
 			continue
 		}
 		req := modbus.Request{Unit: byte(dp.Config.Unit), Function: r.Function, Address: r.Address, Quantity: r.Quantity}
+		pr.loop.Busy(requestBound(dp.Timeout, pr.plan.Config.Retries, pr.plan.Config.Baud))
 		data, err := m.Do(ctx, &req, dp.Timeout)
 		var ex *modbus.ExceptionError
 		if err != nil && !errors.As(err, &ex) {

@@ -29,7 +29,7 @@ var healthBadCases = []struct {
 		[]want{{4, "health.stale_after", "shorter than two intervals (10s)"}}},
 	{"stall below stale", doc("version = 1", "[health]", "stall_after = '10s'"),
 		[]want{{3, "health.stall_after", "shorter than stale_after (15s)"}}},
-	{"interval bounds", doc("version = 1", "[health]", "interval = '10ms'", "stale_after = '1s'", "stall_after = '1s'"),
+	{"interval bounds", doc("version = 1", "[health]", "interval = '10ms'", "stale_after = '6s'", "stall_after = '6s'"),
 		[]want{{3, "health.interval", "too short"}}},
 	{"failing restart below interval", doc("version = 1", "[health]", "failing_restart_after = '1s'"),
 		[]want{{3, "health.failing_restart_after", "shorter than interval"}}},
@@ -69,6 +69,8 @@ func TestHealthBad(t *testing.T) {
 func TestHealthGood(t *testing.T) {
 	c, err := Parse("h.toml", []byte(doc(
 		"version = 1",
+		"[bus]",
+		"heartbeat_interval = '1s'", // below stale_after
 		"[health]",
 		"expect = ['broker', 'my-script']",
 		"interval = '500ms'",

@@ -22,6 +22,24 @@ func (c *Config) validate(ch *checker) {
 	}
 	ch.topic("topic_prefix", c.TopicPrefix, false)
 	validateSections(c, ch)
+	c.validateAcross(ch)
+}
+
+// validateAcross checks the rules that span sections. Every check a role
+// makes of its configuration when it starts belongs here or in a section's
+// validate, so that `tinyscada config check` accepts exactly what the roles
+// accept (cmd/tinyscada tests it role by role).
+func (c *Config) validateAcross(ch *checker) {
+	// Health judges a heartbeat stale after health.stale_after: it must
+	// be longer than the interval the heartbeats come at. Named where the
+	// file sets it (either key may be the one that moved).
+	if hb, st := c.Bus.HeartbeatInterval.Duration, c.Health.StaleAfter.Duration; hb >= st {
+		if !ch.has("health.stale_after") && ch.has("bus.heartbeat_interval") {
+			ch.errorf("bus.heartbeat_interval", "%s is not shorter than health.stale_after (%s): every service would look stale", hb, st)
+		} else {
+			ch.errorf("health.stale_after", "%s is not longer than bus.heartbeat_interval (%s): every service would look stale", st, hb)
+		}
+	}
 }
 
 func (l *Log) validate(ch *checker) {

@@ -20,6 +20,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/crash"
 	"github.com/tinyscada/tinyscada/shared/credentials"
+	"github.com/tinyscada/tinyscada/shared/lograte"
 	"github.com/tinyscada/tinyscada/shared/sdnotify"
 	"github.com/tinyscada/tinyscada/shared/topics"
 	"github.com/tinyscada/tinyscada/shared/version"
@@ -55,7 +56,10 @@ type Heartbeat struct {
 	// Failing is the reason the service gave for being up but not doing
 	// its job (see Service.Failing); empty when it is not failing.
 	Failing string
-	Extra   map[string]any
+	// Hung says which watched loop overran its promise, and by how much
+	// (see Service.Loop); empty when none did.
+	Hung  string
+	Extra map[string]any
 }
 
 // MarshalJSON writes the heartbeat as one flat object.
@@ -73,6 +77,9 @@ func (h Heartbeat) MarshalJSON() ([]byte, error) {
 	}
 	if h.Failing != "" {
 		m["failing"] = h.Failing
+	}
+	if h.Hung != "" {
+		m["hung"] = h.Hung
 	}
 	return json.Marshal(m)
 }
@@ -99,6 +106,23 @@ type Service struct {
 	extra  func() map[string]any
 	hbSeq  uint64
 	status string
+	// statusSent is when the last STATUS= went out; statusDirty says the
+	// status changed since the retained state (or STATUS=) was last sent.
+	statusSent  time.Time
+	statusDirty bool
+	notified    string // the last STATUS= sent
+
+	// Watched loops and the progress they make (watch.go).
+	epoch        time.Time
+	loopsMu      sync.Mutex
+	loops        []*Loop
+	beatMu       sync.Mutex
+	lastProgress uint64
+
+	// Feeding its own watchdog while health is absent (watch.go).
+	watchdog time.Duration // WatchdogSec given to this process; 0 none
+	self     selfWatch
+	limiter  *lograte.Limiter
 }
 
 // New prepares the runtime of role without connecting anywhere: it
@@ -114,6 +138,17 @@ func New(ctx context.Context, role topics.Role, cfg *config.Config, log *slog.Lo
 		Topics:  topics.Tree{Prefix: cfg.TopicPrefix},
 		clock:   clk,
 		started: clk.Now(),
+		epoch:   time.Now(),
+		limiter: lograte.New(time.Minute, 16),
+	}
+	if wd, err := sdnotify.WatchdogInterval(); err != nil {
+		log.Warn("watchdog settings unreadable; this role will not feed its own watchdog", "err", err)
+	} else {
+		s.watchdog = wd
+		if hb := cfg.Bus.HeartbeatInterval.Duration; wd > 0 && 2*hb > wd {
+			log.Warn("bus.heartbeat_interval is more than half the watchdog timeout: while health is absent this role's own pings may come too late",
+				"heartbeat_interval", hb, "watchdog", wd)
+		}
 	}
 	crashDir := filepath.Join(cfg.StateDir, "crash")
 	c, err := crash.Capture(crashDir, name, log)
@@ -185,6 +220,11 @@ func Start(ctx context.Context, role topics.Role, cfg *config.Config, log *slog.
 	}
 	s.Bus = bc
 	s.Attach(bc)
+	if name != string(topics.Health) {
+		s.WatchHealth(func(filter string, h func(topic string, payload []byte)) error {
+			return bc.Subscribe(filter, 1, h)
+		})
+	}
 	return s, nil
 }
 
@@ -235,7 +275,7 @@ func (s *Service) setState(st string) {
 // STATUS=status to systemd (or the run supervisor).
 func (s *Service) Ready(status string) {
 	s.mu.Lock()
-	s.status = status
+	s.status, s.notified, s.statusSent, s.statusDirty = status, status, time.Now(), false
 	s.mu.Unlock()
 	s.setState(Ready)
 	if _, err := sdnotify.Notify("READY=1\nSTATUS=" + status); err != nil {
@@ -244,14 +284,49 @@ func (s *Service) Ready(status string) {
 	s.Log.Info("ready", "status", status)
 }
 
-// Status sends a STATUS= line for `systemctl status` and keeps it in the
-// state topic's next publication.
+// statusEvery is the least time between two STATUS= lines: a role may call
+// Status as often as its figures change; what is held back goes out with a
+// later call or the next heartbeat.
+const statusEvery = time.Second
+
+// Status sets the role's one-line status: the STATUS= line of `systemctl
+// status` and the "status" of the retained state topic. A changed status
+// goes to systemd at once if the last STATUS= is at least a second old (or
+// else with the next heartbeat), and into the retained state with the next
+// heartbeat; so both follow what they describe, at most once a second and
+// once a heartbeat interval.
 func (s *Service) Status(format string, args ...any) {
 	st := fmt.Sprintf(format, args...)
 	s.mu.Lock()
-	s.status = st
+	if st != s.status {
+		s.status, s.statusDirty = st, true
+	}
 	s.mu.Unlock()
-	_, _ = sdnotify.Notify("STATUS=" + st)
+	s.flushStatus(false)
+}
+
+// flushStatus sends a changed status as STATUS= (if a second passed since
+// the last one, or always with force) and, with force, republishes the
+// retained state with it.
+func (s *Service) flushStatus(force bool) {
+	now := time.Now()
+	s.mu.Lock()
+	st, notify := s.status, s.status != s.notified && (force || now.Sub(s.statusSent) >= statusEvery)
+	if notify {
+		s.notified, s.statusSent = st, now
+	}
+	republish := force && s.statusDirty && s.state.State != Stopping && s.state.State != Lost
+	if republish {
+		s.statusDirty = false
+		s.state.Status = st
+	}
+	s.mu.Unlock()
+	if notify {
+		_, _ = sdnotify.Notify("STATUS=" + st)
+	}
+	if republish {
+		s.publishState(context.Background())
+	}
 }
 
 // Advance counts one unit of progress of the role's main loop (a poll round,
@@ -290,12 +365,14 @@ func (s *Service) Heartbeat() Heartbeat {
 	s.hbSeq++
 	seq, extra := s.hbSeq, s.extra
 	s.mu.Unlock()
+	progress, hung := s.progressNow()
 	h := Heartbeat{
 		PID:      os.Getpid(),
 		Seq:      seq,
-		Progress: s.progress.Load(),
+		Progress: progress,
 		Uptime:   s.clock.Since(s.started),
 		Idle:     s.idle.Load(),
+		Hung:     hung,
 	}
 	if r := s.failing.Load(); r != nil {
 		h.Failing = *r
@@ -347,6 +424,7 @@ func (s *Service) Run(ctx context.Context) error {
 			return nil
 		case <-t.C:
 			s.beat(ctx)
+			s.flushStatus(true)
 		}
 	}
 }
@@ -358,7 +436,9 @@ func (s *Service) beat(ctx context.Context) {
 	if p == nil {
 		return
 	}
-	b, err := json.Marshal(s.Heartbeat())
+	h := s.Heartbeat()
+	s.feedSelf(h)
+	b, err := json.Marshal(h)
 	if err != nil {
 		s.Log.Error("heartbeat encode", "err", err)
 		return
