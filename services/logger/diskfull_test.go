@@ -145,8 +145,8 @@ func TestLoggerOnFullTmpfs(t *testing.T) {
 	const n, window = 12000, 400
 	ms := bigSeries("run1", 1, n, perSecond)
 	for i, m := range ms {
-		for uint64(i) >= st.ack("run1")+window {
-			time.Sleep(time.Millisecond)
+		if !testpeer.Until(30*time.Second, func() bool { return uint64(i) < st.ack("run1")+window }) {
+			t.Fatalf("acknowledged up to %d of %d published for 30 s; heartbeat %v", st.ack("run1"), i, st.logger.HeartbeatFields())
 		}
 		if i == n/2 {
 			fillDisk(t, dir)
