@@ -207,7 +207,7 @@ stale_after = "3s"
 stall_after = "10s"
 broker_grace = "40s"
 failing_restart_after = "3s"
-%s`, s.port, s.port, strings.Join(expect, ", "), extra)
+%s%s`, s.port, s.port, strings.Join(expect, ", "), s.uplinkSection(), extra)
 	p := filepath.Join(s.root, "usr/local/etc/tinyscada/tinyscada.toml")
 	if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
 		s.t.Fatal(err)
@@ -215,6 +215,19 @@ failing_restart_after = "3s"
 	if _, err := config.Load(p); err != nil {
 		s.t.Fatalf("test configuration: %v", err)
 	}
+}
+
+// uplinkSection is the real uplink's [uplink]: an upstream address where
+// nothing listens, inside the namespace's own network. The uplink is then
+// a role like the others for the unit tests here (ready, heartbeats, idle
+// while it cannot send: kill -9 and SIGSTOP go as for every role); its
+// deliveries upstream are tested against Debian's mosquitto in
+// cmd/tinyscada. Empty with the stand-in uplink.
+func (s *stack) uplinkSection() string {
+	if !s.hasRole[topics.Uplink] {
+		return ""
+	}
+	return fmt.Sprintf("[uplink]\naddress = \"127.0.0.1:%d\"\nretry_max = \"2s\"\n", s.port+1)
 }
 
 func dropIn(t *testing.T, root string, role topics.Role, name, body string) {
@@ -583,7 +596,23 @@ func TestSystem(t *testing.T) {
 
 	s.run(t, "failing by its own report", func(t *testing.T) {
 		if s.hasRole[topics.Uplink] {
-			t.Skip("the stand-in for a role that reports failure is the uplink unit; with the real uplink, trigger its own failure here")
+			// The real poller reports failing while its port cannot be
+			// opened: the demo's simulator stopped. Health restarts it
+			// over D-Bus after failing_restart_after.
+			pid := sys.MainPID(unit(topics.Poller))
+			from := s.eventCount()
+			sys.MustExec("systemctl", "stop", "tinyscada-simulate@sim.service")
+			e, _ := s.waitEvent(from, time.Minute, "restart of the failing poller", func(e map[string]any) bool {
+				return e["event"] == "restart" && e["service"] == string(topics.Poller)
+			})
+			if e["result"] != "done" || e["reason"] == nil || int(e["pid"].(float64)) != pid {
+				t.Errorf("restart event: %v", e)
+			}
+			sys.MustExec("systemctl", "start", "tinyscada-simulate@sim.service")
+			sys.WaitFor(30*time.Second, "poller not restarted", func() bool { return s.activeAgain(topics.Poller, pid) })
+			s.waitOK(time.Now(), time.Minute, "after the failing service was restarted")
+			s.flowing("the failing service's restart")
+			return
 		}
 		marker := filepath.Join(s.varLib, "tinyscada", "fake-failing")
 		pid := sys.MainPID(unit(topics.Uplink))
@@ -616,7 +645,7 @@ func TestSystem(t *testing.T) {
 	})
 
 	s.run(t, "SIGSTOP", func(t *testing.T) {
-		for _, r := range []topics.Role{topics.Poller, topics.Logger} {
+		for _, r := range []topics.Role{topics.Poller, topics.Logger, topics.Uplink} {
 			if !slices.Contains(s.roles, r) {
 				continue
 			}
