@@ -628,3 +628,30 @@ func procStats(t *testing.T, pid int) (time.Duration, int64) {
 	}
 	return cpu, rss
 }
+
+// The bandwidth cap spaces the batches out: what arrives upstream over the
+// drain of a backlog is at most the cap per second, plus one batch (the
+// first goes at once). A slow machine only makes the drain longer, so the
+// bound cannot fail for load; without the cap this backlog (about 63 KB)
+// drains in about 6 s here, more than twice the bound allows.
+func TestUplinkBandwidthCap(t *testing.T) {
+	t.Parallel()
+	testpeer.Need(t, "mosquitto")
+	const capBytes = 4 << 10
+	r := newRig(t, 4<<20, "batch_bytes = \"4KiB\"\nwindow = 4\nbandwidth = \"4KiB\"\n")
+	r.upstream.Start()
+	r.connectFleet()
+	r.write(2000)
+	start := time.Now()
+	r.startUplink()
+	r.drained(time.Minute)
+	took := time.Since(start)
+	r.fleet.mu.Lock()
+	wire := r.fleet.wire
+	r.fleet.mu.Unlock()
+	if limit := int64(took.Seconds()*capBytes) + 4<<10; wire > limit {
+		t.Errorf("%d bytes upstream in %v: more than the cap of %d bytes/s allows (%d)", wire, took.Round(time.Millisecond), capBytes, limit)
+	}
+	t.Logf("%d bytes upstream in %v under a cap of %d bytes/s", wire, took.Round(time.Millisecond), capBytes)
+	r.fleet.check(t, r.lastRow)
+}
