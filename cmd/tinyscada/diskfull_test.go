@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -11,53 +10,6 @@ import (
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
 )
-
-// tmpfsDir mounts a tmpfs of size on a temporary directory until the test
-// ends (root or CAP_SYS_ADMIN needed: skipped without, failing under CI).
-func tmpfsDir(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		testpeer.Missing(t, "cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): "+err.Error()+": "+string(out))
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fill writes a file in dir until its file system is full.
-func fill(t *testing.T, dir string) {
-	t.Helper()
-	f, err := os.OpenFile(filepath.Join(dir, "filler"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 64<<10)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			if !errorsIsENOSPC(err) {
-				t.Fatalf("filling %s: %v", dir, err)
-			}
-			break
-		}
-	}
-	// The last pages too.
-	for {
-		if _, err := f.Write(buf[:512]); err != nil {
-			return
-		}
-	}
-}
-
-func errorsIsENOSPC(err error) bool {
-	pe, ok := err.(*os.PathError)
-	return ok && pe.Err == syscall.ENOSPC
-}
 
 // `tinyscada run` on a state directory whose disk is full (a real tmpfs,
 // filled to the last byte after a first run made the credentials and the
@@ -69,7 +21,7 @@ func errorsIsENOSPC(err error) bool {
 func TestRunStartsOnFullDisk(t *testing.T) {
 	t.Parallel()
 	testpeer.Need(t, "mosquitto_sub")
-	stateDir := filepath.Join(tmpfsDir(t, "16m"), "state")
+	stateDir := filepath.Join(testpeer.Tmpfs(t, "16m"), "state")
 	port := testpeer.FreePort(t)
 	cfgPath := filepath.Join(t.TempDir(), "tinyscada.toml")
 	body := fmt.Sprintf(`version = 1
@@ -113,7 +65,7 @@ clock_sync = false
 	if err := os.Remove(filepath.Join(stateDir, "run", "lock")); err != nil {
 		t.Fatal(err)
 	}
-	fill(t, filepath.Dir(stateDir))
+	testpeer.FillDisk(t, filepath.Dir(stateDir))
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(stateDir, &st); err != nil || st.Bavail != 0 {
 		t.Fatalf("the tmpfs is not full: %d blocks free (%v)", st.Bavail, err)

@@ -180,13 +180,17 @@ func TestRepublishAfterReconnect(t *testing.T) {
 	port := testpeer.FreePort(t)
 	broker := testpeer.Mosquitto(t, port)
 	a := newAcker(t, port)
-	p, _ := busPoller(t, port, twoDevices("100ms", "50ms", "50ms", "outbox = 1000", `ack_timeout = "1h"`))
+	// The poller publishes its outbox again as soon as it is back; the
+	// acker may resubscribe only after that (both reconnect on their own),
+	// and then the re-send after ack_timeout is what brings them: either
+	// way nothing unacknowledged is lost.
+	p, _ := busPoller(t, port, twoDevices("100ms", "50ms", "50ms", "outbox = 1000", `ack_timeout = "3s"`))
 	testpeer.Eventually(t, 10*time.Second, "10 messages", func() bool { m, _, _ := a.snapshot(); return m >= 10 })
 
 	broker.Process.Kill()
 	broker.Wait()
 	testpeer.Mosquitto(t, port)
-	testpeer.Eventually(t, 15*time.Second, "messages of before the restart received again", func() bool {
+	testpeer.Eventually(t, 30*time.Second, "messages of before the restart received again", func() bool {
 		_, _, dups := a.snapshot()
 		return dups >= 5
 	})

@@ -4,50 +4,12 @@ import (
 	"context"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
 )
-
-// tmpfs mounts a tmpfs of size (e.g. "4m") on a temporary directory and
-// unmounts it when the test ends. Without the right to mount it skips,
-// unless CI=true.
-func tmpfs(t *testing.T, size string) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0700", "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		msg := "cannot mount a tmpfs (needs root or CAP_SYS_ADMIN): " + err.Error() + ": " + string(out)
-		testpeer.Missing(t, msg)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file into dir until the file system is full and
-// returns its path.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	p := filepath.Join(dir, "filler")
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 4096)
-	for {
-		if _, err := f.Write(buf); err != nil {
-			return p
-		}
-	}
-}
 
 // The database alone on a 4 MiB tmpfs, filled to the brim by readings and
 // then by another file: writes fail with ErrDiskFull and nothing is
@@ -59,7 +21,7 @@ func fillDisk(t *testing.T, dir string) string {
 // commit once the other file goes. The database is intact after every step.
 func TestDiskFullOnTmpfs(t *testing.T) {
 	t.Parallel()
-	dir := tmpfs(t, "4m")
+	dir := testpeer.Tmpfs(t, "4m")
 	ctx := context.Background()
 	s := openTest(t, func(o *Options) {
 		o.Path = filepath.Join(dir, "readings.db")
@@ -138,11 +100,11 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 	// Phase 2: another file takes the rest of the disk, and then every
 	// byte freed before each write. The waiting batches are kept in order,
 	// as the poller's outbox does.
-	filler := fillDisk(t, dir)
+	filler := testpeer.FillDisk(t, dir)
 	var waiting [][]Item
 	for i := range 50 {
 		if i >= 40 {
-			fillDisk(t, dir)
+			testpeer.FillDisk(t, dir)
 		}
 		its := items(bigSeries("r", seq, 50, perSecond)...)
 		seq += 50
