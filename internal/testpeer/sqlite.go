@@ -2,6 +2,7 @@ package testpeer
 
 import (
 	"bufio"
+	"database/sql"
 	"io"
 	"os/exec"
 	"sync"
@@ -50,4 +51,57 @@ func LockSQLite(t testing.TB, path string, stmts ...string) (release func()) {
 			}
 		})
 	}
+}
+
+// MissingCovered checks, in a readings database (docs/logger.md's schema),
+// that every sample id from 1 to last that is not in the database was
+// uploaded (≤ uploaded) or is named by a 'dropped' gap record; it fails the
+// test otherwise, and returns how many samples the 'dropped' gaps name.
+func MissingCovered(t testing.TB, db *sql.DB, last, uploaded int64) (dropped int64) {
+	t.Helper()
+	present := map[int64]bool{}
+	rows, err := db.Query(`SELECT id FROM sample`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		present[id] = true
+	}
+	rows.Close()
+	type span struct{ a, b int64 }
+	var gaps []span
+	rows, err = db.Query(`SELECT first_row, last_row, samples FROM gap WHERE kind = 'dropped'`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var sp span
+		var n int64
+		if err := rows.Scan(&sp.a, &sp.b, &n); err != nil {
+			t.Fatal(err)
+		}
+		gaps = append(gaps, sp)
+		dropped += n
+	}
+	rows.Close()
+	for id := int64(1); id <= last; id++ {
+		if present[id] || id <= uploaded {
+			continue
+		}
+		covered := false
+		for _, g := range gaps {
+			if id >= g.a && id <= g.b {
+				covered = true
+				break
+			}
+		}
+		if !covered {
+			t.Fatalf("sample %d is gone without a gap record (uploaded up to %d)", id, uploaded)
+		}
+	}
+	return dropped
 }

@@ -2,8 +2,6 @@ package logger
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +11,7 @@ import (
 
 	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/config"
+	"github.com/tinyscada/tinyscada/shared/store"
 )
 
 // bigSeries (as in shared/store's tests) returns n messages of run with 40 float readings each.
@@ -33,65 +32,6 @@ func bigSeries(run string, from, n int, at func(i int) time.Duration) []msg {
 }
 
 func perSecond(i int) time.Duration { return time.Duration(i) * time.Second }
-
-// missingCovered checks that every sample id up to the last row that is not
-// in the database was uploaded (≤ uploaded) or is named by a 'dropped' gap.
-func missingCovered(t *testing.T, db *sql.DB, last, uploaded int64) (dropped int64) {
-	t.Helper()
-	present := map[int64]bool{}
-	rows, err := db.Query(`SELECT id FROM sample`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var id int64
-		rows.Scan(&id)
-		present[id] = true
-	}
-	rows.Close()
-	type span struct{ a, b int64 }
-	var gaps []span
-	rows, err = db.Query(`SELECT first_row, last_row, samples FROM gap WHERE kind = 'dropped'`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var sp span
-		var n int64
-		rows.Scan(&sp.a, &sp.b, &n)
-		gaps = append(gaps, sp)
-		dropped += n
-	}
-	rows.Close()
-	for id := int64(1); id <= last; id++ {
-		if present[id] || id <= uploaded {
-			continue
-		}
-		covered := false
-		for _, g := range gaps {
-			if id >= g.a && id <= g.b {
-				covered = true
-				break
-			}
-		}
-		if !covered {
-			t.Fatalf("sample %d is gone without a gap record (uploaded up to %d)", id, uploaded)
-		}
-	}
-	return dropped
-}
-
-// integrityCheck runs PRAGMA integrity_check on db.
-func integrityCheck(ctx context.Context, db *sql.DB) error {
-	var res string
-	if err := db.QueryRowContext(ctx, `PRAGMA integrity_check(1)`).Scan(&res); err != nil {
-		return err
-	}
-	if res != "ok" {
-		return errors.New("integrity_check: " + res)
-	}
-	return nil
-}
 
 // The logger role with its database on a 4 MiB tmpfs, fed through the
 // broker three times what fits, with another file filling the disk half
@@ -120,11 +60,11 @@ func TestLoggerOnFullTmpfs(t *testing.T) {
 	}
 	st.waitAck("run1", n, 30*time.Second)
 	db := roDB(t, st.dbPath())
-	if err := integrityCheck(context.Background(), db); err != nil {
+	if err := store.IntegrityCheck(context.Background(), db); err != nil {
 		t.Fatal(err)
 	}
 	last := queryInt(t, db, `SELECT max(id) FROM sample`)
-	dropped := missingCovered(t, db, last, 0)
+	dropped := testpeer.MissingCovered(t, db, last, 0)
 	stored := queryInt(t, db, `SELECT count(*) FROM sample`)
 	if last != n || stored+dropped != n || dropped == 0 {
 		t.Errorf("%d messages acknowledged: last row %d, %d stored + %d dropped with gap records", n, last, stored, dropped)
@@ -181,7 +121,7 @@ func TestStrangerFillsTmpfs(t *testing.T) {
 	// nothing was dropped, and that the database is intact.
 	acknowledgedStored := func(step string) {
 		t.Helper()
-		if err := integrityCheck(ctx, db); err != nil {
+		if err := store.IntegrityCheck(ctx, db); err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
 		a := st.ack("run1")

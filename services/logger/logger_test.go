@@ -163,7 +163,7 @@ func (st *stack) exactlyOnce(run string, n int) {
 			st.t.Fatalf("run %s: stored seqs not 1..%d: %v", run, n, seqs)
 		}
 	}
-	if err := integrityCheck(context.Background(), db); err != nil {
+	if err := store.IntegrityCheck(context.Background(), db); err != nil {
 		st.t.Fatal(err)
 	}
 }

@@ -37,7 +37,7 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 	db := roDB(t, s.opts.Path)
 	check := func(step string) {
 		t.Helper()
-		if err := integrityCheck(ctx, db); err != nil {
+		if err := IntegrityCheck(ctx, db); err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
 	}
@@ -146,7 +146,7 @@ func TestDiskFullOnTmpfs(t *testing.T) {
 	if d := dropped(); d != squeezed {
 		t.Errorf("%d more samples dropped after the other file went", d-squeezed)
 	}
-	all := missingCovered(t, db, s.LastRow(), 0)
+	all := testpeer.MissingCovered(t, db, s.LastRow(), 0)
 	stored = queryInt(t, db, `SELECT count(*) FROM sample`)
 	if stored+all != s.LastRow() || int(s.LastRow()) != seq-1 {
 		t.Errorf("%d stored + %d dropped != %d written (%d sent)", stored, all, s.LastRow(), seq-1)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/shared/clock"
 )
 
@@ -31,53 +32,6 @@ func bigSeries(run string, from, n int, at func(i int) time.Duration) []msg {
 }
 
 func perSecond(i int) time.Duration { return time.Duration(i) * time.Second }
-
-// missingCovered checks that every sample id up to the last row that is not
-// in the database was uploaded (≤ uploaded) or is named by a 'dropped' gap.
-func missingCovered(t *testing.T, db *sql.DB, last, uploaded int64) (dropped int64) {
-	t.Helper()
-	present := map[int64]bool{}
-	rows, err := db.Query(`SELECT id FROM sample`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var id int64
-		rows.Scan(&id)
-		present[id] = true
-	}
-	rows.Close()
-	type span struct{ a, b int64 }
-	var gaps []span
-	rows, err = db.Query(`SELECT first_row, last_row, samples FROM gap WHERE kind = 'dropped'`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for rows.Next() {
-		var sp span
-		var n int64
-		rows.Scan(&sp.a, &sp.b, &n)
-		gaps = append(gaps, sp)
-		dropped += n
-	}
-	rows.Close()
-	for id := int64(1); id <= last; id++ {
-		if present[id] || id <= uploaded {
-			continue
-		}
-		covered := false
-		for _, g := range gaps {
-			if id >= g.a && id <= g.b {
-				covered = true
-				break
-			}
-		}
-		if !covered {
-			t.Fatalf("sample %d is gone without a gap record (uploaded up to %d)", id, uploaded)
-		}
-	}
-	return dropped
-}
 
 func TestMaxSizeDropsOldestWithGaps(t *testing.T) {
 	t.Parallel()
@@ -112,7 +66,7 @@ func TestMaxSizeDropsOldestWithGaps(t *testing.T) {
 	if !strings.Contains(queryText(t, db, `SELECT reason FROM gap WHERE kind = 'dropped' LIMIT 1`), "max_db_size") {
 		t.Error("gap reason does not name max_db_size")
 	}
-	missingCovered(t, db, s.LastRow(), 0)
+	testpeer.MissingCovered(t, db, s.LastRow(), 0)
 
 	// Now the uplink has delivered everything but the last 100 samples:
 	// those rows go first, without new gap records.
@@ -126,7 +80,7 @@ func TestMaxSizeDropsOldestWithGaps(t *testing.T) {
 	if min := queryInt(t, db, `SELECT min(id) FROM sample`); min > up+1 {
 		t.Errorf("oldest sample %d: rows not uploaded were deleted while uploaded ones (≤ %d) were there", min, up)
 	}
-	missingCovered(t, db, s.LastRow(), up)
+	testpeer.MissingCovered(t, db, s.LastRow(), up)
 	if v := queryInt(t, db, `SELECT value FROM meta WHERE key = 'uploaded'`); v != up {
 		t.Errorf("uploaded cursor saved as %d, want %d", v, up)
 	}
@@ -185,7 +139,7 @@ func TestOneGapRecordPerShrink(t *testing.T) {
 	if n := queryInt(t, db, `SELECT count(*) FROM gap`); n != 1 {
 		t.Errorf("%d gap records for one shrink (from %d bytes), want 1", n, z.Used)
 	}
-	if d := missingCovered(t, db, s.LastRow(), 0); d != queryInt(t, db, `SELECT 6000 - count(*) FROM sample`) {
+	if d := testpeer.MissingCovered(t, db, s.LastRow(), 0); d != queryInt(t, db, `SELECT 6000 - count(*) FROM sample`) {
 		t.Errorf("gap says %d samples dropped", d)
 	}
 	var readings, want int64

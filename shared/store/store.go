@@ -1275,14 +1275,17 @@ func (s *Store) Counts() (samples, readings int64) { return s.samples, s.reading
 
 // Check runs PRAGMA integrity_check and returns nil when it says "ok".
 func (s *Store) Check(ctx context.Context) error {
-	return integrityCheck(ctx, s.conn)
+	return IntegrityCheck(ctx, s.conn)
 }
 
 type queryer interface {
 	QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error)
 }
 
-func integrityCheck(ctx context.Context, q queryer) error {
+// IntegrityCheck runs PRAGMA integrity_check on q (a database, such as one
+// OpenReadOnly opened, or a connection) and returns nil when it says "ok",
+// else an error with what it found.
+func IntegrityCheck(ctx context.Context, q queryer) error {
 	rows, err := q.QueryContext(ctx, `PRAGMA integrity_check`)
 	if err != nil {
 		return err
