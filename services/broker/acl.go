@@ -27,8 +27,8 @@ func users() []string {
 // everything. Keep docs/topics.md in step with this table.
 func publishRules(t topics.Tree) map[string][]string {
 	rules := map[string][]string{
-		string(topics.Broker): nil, // its state and heartbeats come from the in-process client
-		string(topics.Poller): {t.AllData(), t.AllValues(), t.AllDevices()},
+		string(topics.Broker): nil,                           // its state and heartbeats come from the in-process client
+		string(topics.Poller): {t.AllData(), t.AllDevices()}, // the values come from the broker (valueHook)
 		string(topics.Logger): {t.AllAcks(), t.Own(topics.Logger)},
 		string(topics.Uplink): {t.Own(topics.Uplink), t.AllCmds()},
 		string(topics.Health): {t.Own(topics.Health), t.AllCmds()},

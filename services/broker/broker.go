@@ -127,6 +127,11 @@ func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger
 	if err := srv.AddHook(refuse, nil); err != nil {
 		return fail(err)
 	}
+	if cfg.Poller.RetainValues {
+		if err := srv.AddHook(newValueHook(srv, cfg), nil); err != nil {
+			return fail(err)
+		}
+	}
 	for _, l := range lns {
 		if err := srv.AddListener(l); err != nil {
 			return fail(err)

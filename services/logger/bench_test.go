@@ -60,7 +60,7 @@ func BenchmarkDecodeInsert(b *testing.B) {
 			for i := 0; i < rounds; i += len(batch) {
 				n := min(len(batch), rounds-i)
 				for k := range n {
-					decodeItem(&batch[k], "meter", payloads[i+k])
+					store.DecodeItem(&batch[k], "meter", payloads[i+k])
 				}
 				if _, err := s.Write(ctx, Producer, batch[:n]); err != nil {
 					b.Fatal(err)
@@ -127,7 +127,7 @@ func BenchmarkTransport(b *testing.B) {
 	if err := ls.Bus.Subscribe(ls.Topics.Sub("data"), 1, func(_ string, p []byte) {
 		mu.Lock()
 		defer mu.Unlock()
-		if Decode(p, &m) != nil {
+		if store.Decode(p, &m) != nil {
 			return
 		}
 		got[m.Seq] = true

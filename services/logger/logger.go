@@ -367,7 +367,7 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 			batch = append(batch, store.Item{})
 		}
 		slot := &batch[len(batch)-1]
-		decodeItem(slot, m.device, m.payload)
+		store.DecodeItem(slot, m.device, m.payload)
 		readings += len(slot.Msg.Values)
 		lastMsg = time.Now()
 		setIdle(false)

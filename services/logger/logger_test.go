@@ -203,11 +203,14 @@ func TestThroughBroker(t *testing.T) {
 // ingestion; those with a run and seq are acknowledged past.
 func TestMalformedThroughBroker(t *testing.T) {
 	t.Parallel()
+	// A few of each kind (store's decoder tests have them all): not JSON,
+	// not an object, no id, a bad value with an id of another run.
+	malformed := []string{``, "\xff{", `[1,2]`, `{"seq":3}`, `{"run":"other","seq":1,"t":1,"m":1,"v":{"a":null}}`}
 	st := newStack(t, nil)
 	good := series("run1", 1, 20)
 	for i, m := range good {
 		if i%4 == 2 {
-			bad := badMsgs[i%len(badMsgs)].in
+			bad := malformed[i%len(malformed)]
 			if err := st.poller.Bus.Publish(st.ctx, bus.Message{Topic: st.poller.Topics.Data("meter"), QoS: 1, Payload: []byte(bad)}); err != nil {
 				t.Fatal(err)
 			}
@@ -403,7 +406,7 @@ func TestPoisonMessagesThroughBroker(t *testing.T) {
 	for _, m := range good[:5] {
 		st.publish(m)
 	}
-	big := append([]byte(`{"run":"run1","seq":6,"t":1,"m":1,"v":{"pad":"`), bytes.Repeat([]byte("x"), maxPayload)...)
+	big := append([]byte(`{"run":"run1","seq":6,"t":1,"m":1,"v":{"pad":"`), bytes.Repeat([]byte("x"), store.MaxPayload)...)
 	pub("meter", append(big, `"}}`...))                                           // seq 6: too big
 	pub("meter", []byte("\x00\xff\xfe garbage"))                                  // no run, no seq
 	pub("meter", []byte(`{"run":"run1","seq":7,"t":1,"m":1,"v":{"a\u0000b":1}}`)) // NUL in a point name

@@ -104,11 +104,4 @@ interval = "1s"
 			}
 		}
 	}
-	rec.mu.Lock()
-	for _, msg := range rec.msgs {
-		if strings.HasPrefix(msg.Topic, "tinyscada/value/probe/") && !strings.HasSuffix(msg.Topic, "/temp") && !strings.HasSuffix(msg.Topic, "/count") {
-			t.Errorf("a value topic for a junk point: %q", msg.Topic)
-		}
-	}
-	rec.mu.Unlock()
 }

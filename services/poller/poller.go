@@ -167,8 +167,9 @@ func (p *Poller) portTried() {
 }
 
 // Run polls until ctx ends, publishing through pub, and returns nil then.
-// Whenever pub's connection comes back up, the whole outbox, the device
-// states and the values are published again: the broker kept nothing.
+// Whenever pub's connection comes back up, the whole outbox and the device
+// states are published again: the broker kept nothing. (The value topics
+// are the broker's: it derives them from the data messages.)
 // A port that cannot be opened or vanishes is retried with backoff while
 // the other ports carry on; nothing a device does ends Run. What is still
 // unacknowledged when it returns is noted in the run file (RunFileName).
@@ -353,14 +354,12 @@ type device struct {
 	line    lineStats    // the line's trouble in this device's transactions
 	logged  LineCounts   // what the last "line errors" log line said (port goroutine)
 
-	mu          sync.Mutex // guards the fields below, shared with the sender
-	known       bool       // the state was determined once
-	online      bool
-	since       int64 // unix ms of the last state change
-	lastErr     string
-	stateDirty  bool
-	values      []lastValue
-	valuesDirty bool
+	mu         sync.Mutex // guards the fields below, shared with the sender
+	known      bool       // the state was determined once
+	online     bool
+	since      int64 // unix ms of the last state change
+	lastErr    string
+	stateDirty bool
 	// The counters the retained state last carried, and when (sender).
 	pubLine   LineCounts
 	pubLineAt time.Time
@@ -443,15 +442,6 @@ type result struct {
 	why        string
 }
 
-// lastValue is the last published value of a point.
-type lastValue struct {
-	topic string // "" when the point has no value topic
-	unit  string
-	text  []byte
-	t     int64
-	dirty bool
-}
-
 func newDevice(p *Poller, dp *DevicePlan) *device {
 	d := &device{
 		plan:       dp,
@@ -460,10 +450,6 @@ func newDevice(p *Poller, dp *DevicePlan) *device {
 		stateTopic: p.topics.DeviceState(dp.Config.Name),
 		log:        p.log.With("device", dp.Config.Name),
 		res:        make([]result, len(dp.Points)),
-		values:     make([]lastValue, len(dp.Points)),
-	}
-	for i, pt := range dp.Points {
-		d.values[i] = lastValue{topic: p.topics.Value(d.name, pt.Name), unit: pt.Config.Unit}
 	}
 	return d
 }
@@ -507,32 +493,8 @@ func (p *Poller) setState(d *device, err error) {
 	}
 }
 
-// storeValues keeps the texts of the good points of a round for the
-// retained value topics, marking the changed ones.
-func (p *Poller) storeValues(d *device, t int64) {
-	if !p.cfg.RetainValues {
-		return
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for i, r := range d.res {
-		if r.why != "" {
-			continue
-		}
-		v := &d.values[i]
-		text := d.text[r.start:r.end]
-		if v.t != 0 && string(v.text) == string(text) {
-			continue
-		}
-		v.text = append(v.text[:0], text...)
-		v.t = t
-		v.dirty = true
-		d.valuesDirty = true
-	}
-}
-
-// send publishes data messages from the outbox, device states and values
-// until ctx ends. It publishes everything again after a reconnect, and
+// send publishes data messages from the outbox and device states until
+// ctx ends. It publishes everything again after a reconnect, and
 // re-sends data messages not acknowledged within ack_timeout.
 func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 	ackTimeout := p.cfg.AckTimeout.Duration
@@ -553,10 +515,6 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 			for _, d := range p.devices {
 				d.mu.Lock()
 				d.stateDirty = d.known
-				for i := range d.values {
-					d.values[i].dirty = d.values[i].t != 0
-				}
-				d.valuesDirty = true
 				d.mu.Unlock()
 			}
 		}
@@ -574,7 +532,6 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 				break
 			}
 		}
-		p.publishValues(ctx, pub)
 	}
 }
 
@@ -662,47 +619,6 @@ func (p *Poller) publishStates(ctx context.Context, pub bus.Conn) {
 			d.mu.Lock()
 			d.stateDirty = true
 			d.mu.Unlock()
-			return
-		}
-	}
-}
-
-func (p *Poller) publishValues(ctx context.Context, pub bus.Conn) {
-	type valueMsg struct {
-		topic   string
-		payload []byte
-	}
-	var msgs []valueMsg
-	for _, d := range p.devices {
-		d.mu.Lock()
-		if !d.valuesDirty {
-			d.mu.Unlock()
-			continue
-		}
-		d.valuesDirty = false
-		for i := range d.values {
-			v := &d.values[i]
-			if !v.dirty || v.topic == "" {
-				continue
-			}
-			v.dirty = false
-			b := make([]byte, 0, 32+len(v.text)+len(v.unit))
-			b = append(b, `{"v":`...)
-			b = append(b, v.text...)
-			b = append(b, `,"t":`...)
-			b = strconv.AppendInt(b, v.t, 10)
-			if v.unit != "" {
-				b = append(b, `,"unit":`...)
-				b = appendJSONString(b, v.unit)
-			}
-			b = append(b, '}')
-			msgs = append(msgs, valueMsg{v.topic, b})
-		}
-		d.mu.Unlock()
-	}
-	for _, m := range msgs {
-		// QoS 0: values are for inspection; the data topic is the safe path.
-		if err := pub.Publish(ctx, bus.Message{Topic: m.topic, QoS: 0, Retain: true, Payload: m.payload}); err != nil {
 			return
 		}
 	}

@@ -89,11 +89,21 @@ func openPort(pr *portRun) (serial.Port, func(), error) {
 func lockNode(pp *PortPlan) (*os.File, *flock.Held, error) {
 	name, path := pp.Config.Name, pp.Path
 	// Open the node ourselves, without O_CREAT: a vanished USB adapter must
-	// not leave a plain file where its device node was.
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK, 0)
+	// not leave a plain file where its device node was. O_NONBLOCK only for
+	// the open (a modem line without carrier would block it); the file is
+	// then made blocking, so that os.NewFile keeps it out of Go's poller:
+	// this descriptor is only held for the lock and a few ioctls, and a
+	// pollable one would wake the process for every few bytes the device
+	// sends (edge-triggered epoll on the node), dozens per reply.
+	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("port %s: %w", name, err)
+		return nil, nil, fmt.Errorf("port %s: %w", name, &os.PathError{Op: "open", Path: path, Err: err})
 	}
+	if err := unix.SetNonblock(fd, false); err != nil {
+		unix.Close(fd)
+		return nil, nil, fmt.Errorf("port %s: %w", name, &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	f := os.NewFile(uintptr(fd), path)
 	if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice == 0 {
 		f.Close()
 		return nil, nil, fmt.Errorf("port %s: %s is not a serial device", name, path)
@@ -355,7 +365,7 @@ func lineDelta(a, b modbus.Stats) LineCounts {
 }
 
 // publishRound puts the round's message (d.res, d.text) into the outbox
-// (a place must be reserved), stores the values and counts the round.
+// (a place must be reserved) and counts the round.
 func (p *Poller) publishRound(d *device, stamp clock.Stamp) {
 	p.out.Add(d.dataTopic, time.Now(), func(seq uint64) []byte {
 		d.msg.begin(p.run, seq, stamp)
@@ -372,7 +382,6 @@ func (p *Poller) publishRound(d *device, stamp clock.Stamp) {
 		return append(make([]byte, 0, len(b)), b...)
 	})
 	p.wakeSender()
-	p.storeValues(d, stamp.Wall.UnixMilli())
 	d.rounds.Add(1)
 	p.onRound()
 }

@@ -604,7 +604,8 @@ func (rc *remoteConfig) waitHealthy(ctx context.Context, m *applyMarker) error {
 // affectedRoles returns the roles that read a section that differs between
 // old and new, in start order; every role when old is nil or on doubt.
 // Sections: [broker] the broker, [poller] the poller and the logger (which
-// reads poller.ack_timeout), [logger] the logger, [health] health,
+// reads poller.ack_timeout), and the broker too when retain_values or a
+// point's unit changed (it makes the value topics), [logger] the logger, [health] health,
 // [uplink] the uplink, [run] none (only `tinyscada run` reads it, at its
 // start); anything else (node, state_dir, topic_prefix, [log], [bus], a
 // section unknown here) every role.
@@ -627,6 +628,10 @@ func affectedRoles(old, new *config.Config) []string {
 		case "run":
 		case string(topics.Poller):
 			set[string(topics.Poller)], set[string(topics.Logger)] = true, true
+			// The broker makes the value topics (whether, and the units).
+			if old.Poller.RetainValues != new.Poller.RetainValues || !reflect.DeepEqual(old.Poller.Units(), new.Poller.Units()) {
+				set[string(topics.Broker)] = true
+			}
 		case string(topics.Broker), string(topics.Logger), string(topics.Health), string(topics.Uplink):
 			set[k] = true
 		default:

@@ -382,6 +382,7 @@ func TestAffectedRoles(t *testing.T) {
 		{"", "[run]\nrestart_backoff = \"1s\"\n", nil},
 		{"", "[logger]\nbatch_delay = \"2s\"\n", []string{"logger"}},
 		{"", "[poller]\nack_timeout = \"20s\"\n", []string{"logger", "poller"}}, // in start order
+		{"", "[poller]\nretain_values = false\n", []string{"broker", "logger", "poller"}},
 		{"", "[health]\nrestart_limit = 5\n", []string{"health"}},
 		{"", "[broker]\nmax_pending = 10\n", []string{"broker"}},
 		{"", "[bus]\nretry_max = \"1s\"\n", all},
@@ -392,6 +393,15 @@ func TestAffectedRoles(t *testing.T) {
 		if !slices.Equal(got, c.want) {
 			t.Errorf("%q -> %q: %q, want %q", c.old, c.new, got, c.want)
 		}
+	}
+	// A unit is on the broker's value topics.
+	withUnit := parse("")
+	if len(withUnit.Poller.Device) == 0 || len(withUnit.Poller.Device[0].Point) == 0 {
+		t.Fatal("the default configuration has no point")
+	}
+	withUnit.Poller.Device[0].Point[0].Unit += "x"
+	if got := affectedRoles(parse(""), withUnit); !slices.Equal(got, []string{"broker", "logger", "poller"}) {
+		t.Errorf("a unit changed: %q, want broker, logger, poller", got)
 	}
 	if got := affectedRoles(nil, parse("")); !slices.Equal(got, all) {
 		t.Errorf("no old configuration: %q, want all", got)

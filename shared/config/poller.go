@@ -36,8 +36,9 @@ type Poller struct {
 	// AckTimeout is how long a data message may wait for its
 	// acknowledgement before it is published again.
 	AckTimeout Duration `toml:"ack_timeout"`
-	// RetainValues publishes the last value of every point, retained, on
-	// <prefix>/value/<device>/<point> when it changes.
+	// RetainValues keeps the last value of every point retained on
+	// <prefix>/value/<device>/<point>: the broker derives it from the data
+	// messages it routes (see Units).
 	RetainValues bool `toml:"retain_values"`
 	// MaxGap is how many unused registers (or bits) one read may span to
 	// cover two points in one request; a device may override it.
@@ -682,4 +683,22 @@ func demoDevices() []PollerDevice {
 			pt("door_open", TableDiscrete, 0, "bool", ""),
 		),
 	}
+}
+
+// Units returns the engineering unit of every point that has one, by
+// device and point name: what the broker puts on the value topics.
+func (p *Poller) Units() map[string]map[string]string {
+	units := map[string]map[string]string{}
+	for _, d := range p.Device {
+		for _, pt := range d.Point {
+			if pt.Unit == "" {
+				continue
+			}
+			if units[d.Name] == nil {
+				units[d.Name] = map[string]string{}
+			}
+			units[d.Name][pt.Name] = pt.Unit
+		}
+	}
+	return units
 }

@@ -205,7 +205,32 @@ func (m *Master) attempt(ctx context.Context, req *Request, frame []byte, timeou
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
+	// No reply can be complete before its own time on the line has passed
+	// since the request left: sleep until then, so that a device that
+	// answers at once costs one wake-up and one read, not a wake-up for
+	// its first bytes and another for the rest.
+	wait(time.Until(sent.Add(LineTime(m.baud, req.ReplyLen()))), time.Until(deadline))
 	return m.readReply(ctx, req, deadline)
+}
+
+// timerSlack is how much longer than asked a Go timer may sleep (the
+// runtime's poller waits in whole milliseconds).
+const timerSlack = 2 * time.Millisecond
+
+// wait sleeps d, at most left: on a Go timer when d is long enough for
+// its millisecond granularity not to matter, so that the goroutine parks
+// instead of holding its thread in nanosleep(2) (a blocking system call
+// makes the runtime hand the thread's work to another one); with Sleep
+// for the short, exact waits between frames.
+func wait(d, left time.Duration) {
+	d = min(d, left)
+	switch {
+	case d <= 0:
+	case d >= 2*timerSlack:
+		time.Sleep(d - timerSlack/2)
+	default:
+		Sleep(d)
+	}
 }
 
 // maxReadSlice bounds one Read so a cancelled context is noticed soon.
@@ -275,7 +300,7 @@ func (m *Master) readReply(ctx context.Context, req *Request, deadline time.Time
 			// here arrived over LineTime(end-start) up to now.
 			rest := LineTime(m.baud, want-end)
 			if rest > CharTime(m.baud) {
-				Sleep(min(rest, left))
+				wait(rest, left)
 				if left = time.Until(deadline); left <= 0 {
 					left = time.Millisecond // one last look at what came
 				}

@@ -1,5 +1,7 @@
 package store
 
+import "strconv"
+
 // The record Write stores: one data message of the producer, decoded (the
 // logger decodes the payloads; the store never sees them).
 
@@ -24,6 +26,20 @@ type Value struct {
 	I    int64   // KindInt; KindBool: 0 or 1
 	F    float64 // KindFloat
 	Text []byte  // KindText
+}
+
+// AppendJSON appends v's value as a JSON number or boolean: a float as
+// the shortest decimal that reads back as it.
+func (v *Value) AppendJSON(dst []byte) []byte {
+	switch v.Kind {
+	case KindBool:
+		return strconv.AppendBool(dst, v.I != 0)
+	case KindInt:
+		return strconv.AppendInt(dst, v.I, 10)
+	case KindFloat:
+		return strconv.AppendFloat(dst, v.F, 'g', -1, 64)
+	}
+	return append(dst, v.Text...)
 }
 
 // Bad is a point that could not be read, and why.

@@ -227,3 +227,46 @@ func Match(filter, topic string) bool {
 		filter, topic = frest, trest
 	}
 }
+
+// Overlap reports whether some topic matches both filters a and b (under
+// Match's rules): whether a subscription to a can receive a message meant
+// for b's subtree. A shared subscription ($share/<group>/<filter>) is
+// taken as its filter.
+func Overlap(a, b string) bool {
+	a, b = unshare(a), unshare(b)
+	if dollar(a) && isWild(b) || dollar(b) && isWild(a) {
+		return false // a wildcard first level never matches a $-topic
+	}
+	for {
+		x, xrest, xmore := strings.Cut(a, "/")
+		y, yrest, ymore := strings.Cut(b, "/")
+		if (x == "#" && !xmore) || (y == "#" && !ymore) {
+			return true
+		}
+		if x != "+" && y != "+" && x != y {
+			return false
+		}
+		switch {
+		case !xmore && !ymore:
+			return true
+		case !xmore:
+			return yrest == "#"
+		case !ymore:
+			return xrest == "#"
+		}
+		a, b = xrest, yrest
+	}
+}
+
+func isWild(f string) bool { return f != "" && (f[0] == '+' || f[0] == '#') }
+
+func dollar(f string) bool { return f != "" && f[0] == '$' }
+
+func unshare(f string) string {
+	if rest, ok := strings.CutPrefix(f, "$share/"); ok {
+		if _, filter, ok := strings.Cut(rest, "/"); ok {
+			return filter
+		}
+	}
+	return f
+}

@@ -193,3 +193,39 @@ func TestRoles(t *testing.T) {
 		t.Error("Roles() shares its list with the caller")
 	}
 }
+
+func TestOverlap(t *testing.T) {
+	for _, tc := range []struct {
+		a, b string
+		want bool
+	}{
+		{"#", "tinyscada/value/+/+", true},
+		{"tinyscada/#", "tinyscada/value/+/+", true},
+		{"tinyscada/value/#", "tinyscada/value/+/+", true},
+		{"tinyscada/value", "tinyscada/value/+/+", false},
+		{"tinyscada/value/m1/volts", "tinyscada/value/+/+", true},
+		{"tinyscada/value/m1", "tinyscada/value/+/+", false},
+		{"tinyscada/value/m1/volts/x", "tinyscada/value/+/+", false},
+		{"+/+/+/+", "tinyscada/value/+/+", true},
+		{"+/value/#", "tinyscada/value/+/+", true},
+		{"+/data/#", "tinyscada/value/+/+", false},
+		{"tinyscada/data/#", "tinyscada/value/+/+", false},
+		{"other/#", "tinyscada/value/+/+", false},
+		{"$share/g/tinyscada/value/#", "tinyscada/value/+/+", true},
+		{"$share/g/tinyscada/data/#", "tinyscada/value/+/+", false},
+		{"$SYS/#", "tinyscada/value/+/+", false},
+		{"#", "$SYS/broker", false},
+		{"$SYS/#", "$SYS/broker", true},
+		{"a/+", "a/#", true},
+		{"a/#", "a", true},
+		{"a", "a/#", true},
+		{"a/b", "a/c", false},
+	} {
+		if got := Overlap(tc.a, tc.b); got != tc.want {
+			t.Errorf("Overlap(%q, %q) = %v, want %v", tc.a, tc.b, got, tc.want)
+		}
+		if got := Overlap(tc.b, tc.a); got != tc.want {
+			t.Errorf("Overlap(%q, %q) = %v, want %v", tc.b, tc.a, got, tc.want)
+		}
+	}
+}

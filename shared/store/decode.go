@@ -1,4 +1,4 @@
-package logger
+package store
 
 import (
 	"errors"
@@ -9,12 +9,14 @@ import (
 	"unsafe"
 
 	"github.com/tinyscada/tinyscada/shared/config"
-	"github.com/tinyscada/tinyscada/shared/store"
 )
 
-// Limits of a data message; anything beyond is malformed.
+// MaxPayload is the largest data message Decode takes (256 KiB); a larger
+// one is malformed.
+const MaxPayload = 256 << 10
+
+// Other limits of a data message; anything beyond is malformed.
 const (
-	maxPayload  = 256 << 10
 	maxValues   = 4096
 	maxNameLen  = 128
 	maxIDLen    = 64
@@ -23,12 +25,12 @@ const (
 	maxWall     = 7258118400000 // 2200-01-01T00:00:00Z, Unix ms
 )
 
-// decodeItem decodes payload, a data message of device (the last level(s)
+// DecodeItem decodes payload, a data message of device (the last level(s)
 // of its topic), into it, reusing the memory of it.Msg. A device name must
 // obey the configuration's name rule (config.NameProblem: one topic level,
 // no control characters, …) and be at most 128 bytes, or the message is
 // malformed.
-func decodeItem(it *store.Item, device string, payload []byte) {
+func DecodeItem(it *Item, device string, payload []byte) {
 	it.Device = device
 	it.Err = Decode(payload, &it.Msg)
 	if it.Err != nil {
@@ -83,17 +85,17 @@ func (d *decoder) fail(format string, args ...any) error {
 // payload malformed. Values with a fraction
 // or exponent are floats; integers are KindInt, or KindText above 2⁶³-1.
 // On success no memory is allocated unless strings hold escapes.
-func Decode(payload []byte, m *store.Message) error {
-	*m = store.Message{Values: m.Values[:0], Bad: m.Bad[:0]}
-	if len(payload) > maxPayload {
+func Decode(payload []byte, m *Message) error {
+	*m = Message{Values: m.Values[:0], Bad: m.Bad[:0]}
+	if len(payload) > MaxPayload {
 		// Never taken, but its run and seq are read from its start if
 		// they come first (as the poller writes them), so that it can be
 		// recorded as a malformed gap and acknowledged.
-		d := decoder{b: payload[:maxPayload]}
+		d := decoder{b: payload[:MaxPayload]}
 		_ = d.message(m)
 		hasID, run, seq := m.HasID, m.Run, m.Seq
-		*m = store.Message{Values: m.Values[:0], Bad: m.Bad[:0], HasID: hasID, Run: run, Seq: seq}
-		return &DecodeError{Offset: maxPayload, Msg: fmt.Sprintf("payload of %d bytes (at most %d)", len(payload), maxPayload)}
+		*m = Message{Values: m.Values[:0], Bad: m.Bad[:0], HasID: hasID, Run: run, Seq: seq}
+		return &DecodeError{Offset: MaxPayload, Msg: fmt.Sprintf("payload of %d bytes (at most %d)", len(payload), MaxPayload)}
 	}
 	d := decoder{b: payload}
 	if err := d.message(m); err != nil {
@@ -112,7 +114,7 @@ const (
 	seenBad
 )
 
-func (d *decoder) message(m *store.Message) error {
+func (d *decoder) message(m *Message) error {
 	d.ws()
 	if !d.eat('{') {
 		return d.fail("not a JSON object")
@@ -261,7 +263,7 @@ func (d *decoder) members(what string, member func(name []byte) error) error {
 	}
 }
 
-func (d *decoder) values(m *store.Message) error {
+func (d *decoder) values(m *Message) error {
 	return d.members("v", func(name []byte) error {
 		for j := range m.Values {
 			if string(m.Values[j].Name) == string(name) {
@@ -271,12 +273,12 @@ func (d *decoder) values(m *store.Message) error {
 		if len(m.Values) >= maxValues {
 			return d.fail("more than %d values", maxValues)
 		}
-		v := store.Value{Name: name}
+		v := Value{Name: name}
 		switch {
 		case d.lit("true"):
-			v.Kind, v.I = store.KindBool, 1
+			v.Kind, v.I = KindBool, 1
 		case d.lit("false"):
-			v.Kind = store.KindBool
+			v.Kind = KindBool
 		default:
 			if err := d.number(&v); err != nil {
 				return err
@@ -287,7 +289,7 @@ func (d *decoder) values(m *store.Message) error {
 	})
 }
 
-func (d *decoder) bads(m *store.Message) error {
+func (d *decoder) bads(m *Message) error {
 	return d.members("bad", func(name []byte) error {
 		for j := range m.Bad {
 			if string(m.Bad[j].Name) == string(name) {
@@ -309,7 +311,7 @@ func (d *decoder) bads(m *store.Message) error {
 		} else if !utf8.Valid(why) {
 			return d.fail("reason of %q is not UTF-8", name)
 		}
-		m.Bad = append(m.Bad, store.Bad{Name: name, Why: why})
+		m.Bad = append(m.Bad, Bad{Name: name, Why: why})
 		return nil
 	})
 }
@@ -553,19 +555,19 @@ func (d *decoder) integer(what string) (int64, error) {
 }
 
 // number reads a point's value into v.
-func (d *decoder) number(v *store.Value) error {
+func (d *decoder) number(v *Value) error {
 	text, float, err := d.numberSpan()
 	if err != nil {
 		return err
 	}
 	if !float {
 		if n, ok := parseInt(text); ok {
-			v.Kind, v.I = store.KindInt, n
+			v.Kind, v.I = KindInt, n
 			return nil
 		}
 		if text[0] != '-' && len(text) <= 20 {
 			if _, err := strconv.ParseUint(unsafe.String(&text[0], len(text)), 10, 64); err == nil {
-				v.Kind, v.Text = store.KindText, text
+				v.Kind, v.Text = KindText, text
 				return nil
 			}
 		}
@@ -574,7 +576,7 @@ func (d *decoder) number(v *store.Value) error {
 	if err != nil || math.IsInf(f, 0) {
 		return d.fail("number %s out of range", text)
 	}
-	v.Kind, v.F = store.KindFloat, f
+	v.Kind, v.F = KindFloat, f
 	return nil
 }
 

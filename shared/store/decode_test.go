@@ -1,31 +1,29 @@
-package logger
+package store
 
 import (
 	"encoding/json"
 	"math"
 	"strings"
 	"testing"
-
-	"github.com/tinyscada/tinyscada/shared/store"
 )
 
 const goodMsg = `{"run":"a1b2c3","seq":7,"t":1700000000123,"m":5000000000,"b":"boot-1","v":{"voltage":230.1,"energy":12345,"alarm":false,"on":true,"big":18446744073709551615,"neg":-9223372036854775808},"bad":{"current":"exception 2 (\"x\")"}}`
 
 func TestDecodeGood(t *testing.T) {
-	var m store.Message
+	var m Message
 	if err := Decode([]byte(goodMsg), &m); err != nil {
 		t.Fatal(err)
 	}
 	if string(m.Run) != "a1b2c3" || m.Seq != 7 || m.Wall != 1700000000123 || m.Mono != 5e9 || string(m.Boot) != "boot-1" || !m.HasID {
 		t.Fatalf("header = %+v", m)
 	}
-	want := []store.Value{
-		{Name: []byte("voltage"), Kind: store.KindFloat, F: 230.1},
-		{Name: []byte("energy"), Kind: store.KindInt, I: 12345},
-		{Name: []byte("alarm"), Kind: store.KindBool, I: 0},
-		{Name: []byte("on"), Kind: store.KindBool, I: 1},
-		{Name: []byte("big"), Kind: store.KindText, Text: []byte("18446744073709551615")},
-		{Name: []byte("neg"), Kind: store.KindInt, I: math.MinInt64},
+	want := []Value{
+		{Name: []byte("voltage"), Kind: KindFloat, F: 230.1},
+		{Name: []byte("energy"), Kind: KindInt, I: 12345},
+		{Name: []byte("alarm"), Kind: KindBool, I: 0},
+		{Name: []byte("on"), Kind: KindBool, I: 1},
+		{Name: []byte("big"), Kind: KindText, Text: []byte("18446744073709551615")},
+		{Name: []byte("neg"), Kind: KindInt, I: math.MinInt64},
 	}
 	if len(m.Values) != len(want) {
 		t.Fatalf("values = %+v", m.Values)
@@ -44,22 +42,22 @@ func TestDecodeGood(t *testing.T) {
 func TestDecodeVariants(t *testing.T) {
 	for _, tc := range []struct {
 		name, in string
-		check    func(*store.Message) bool
+		check    func(*Message) bool
 	}{
-		{"whitespace and order", " {\n\"v\" : { } , \"m\":0,\"t\":5,\"seq\":1,\"run\":\"r\" }\t", func(m *store.Message) bool {
+		{"whitespace and order", " {\n\"v\" : { } , \"m\":0,\"t\":5,\"seq\":1,\"run\":\"r\" }\t", func(m *Message) bool {
 			return m.Seq == 1 && m.Wall == 5 && len(m.Values) == 0 && len(m.Boot) == 0
 		}},
-		{"unknown keys skipped", `{"run":"r","seq":2,"t":1,"m":1,"v":{"a":1e3},"x":[1,{"y":null},"z"],"w":{"q":[true]}}`, func(m *store.Message) bool {
-			return len(m.Values) == 1 && m.Values[0].Kind == store.KindFloat && m.Values[0].F == 1000
+		{"unknown keys skipped", `{"run":"r","seq":2,"t":1,"m":1,"v":{"a":1e3},"x":[1,{"y":null},"z"],"w":{"q":[true]}}`, func(m *Message) bool {
+			return len(m.Values) == 1 && m.Values[0].Kind == KindFloat && m.Values[0].F == 1000
 		}},
-		{"escaped names", `{"run":"r","seq":3,"t":1,"m":1,"v":{"temp \u00b0C":1.5,"a\"b":2,"\ud83d\ude00":3}}`, func(m *store.Message) bool {
+		{"escaped names", `{"run":"r","seq":3,"t":1,"m":1,"v":{"temp \u00b0C":1.5,"a\"b":2,"\ud83d\ude00":3}}`, func(m *Message) bool {
 			return string(m.Values[0].Name) == "temp °C" && string(m.Values[1].Name) == `a"b` && string(m.Values[2].Name) == "😀"
 		}},
-		{"float beyond int64", `{"run":"r","seq":4,"t":1,"m":1,"v":{"a":-9223372036854775809,"b":123456789012345678901234}}`, func(m *store.Message) bool {
-			return m.Values[0].Kind == store.KindFloat && m.Values[1].Kind == store.KindFloat && m.Values[1].F == 1.2345678901234568e23
+		{"float beyond int64", `{"run":"r","seq":4,"t":1,"m":1,"v":{"a":-9223372036854775809,"b":123456789012345678901234}}`, func(m *Message) bool {
+			return m.Values[0].Kind == KindFloat && m.Values[1].Kind == KindFloat && m.Values[1].F == 1.2345678901234568e23
 		}},
 	} {
-		var m store.Message
+		var m Message
 		if err := Decode([]byte(tc.in), &m); err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 			continue
@@ -124,7 +122,7 @@ var badMsgs = []struct {
 
 func TestDecodeMalformed(t *testing.T) {
 	for _, tc := range badMsgs {
-		var m store.Message
+		var m Message
 		err := Decode([]byte(tc.in), &m)
 		if err == nil {
 			t.Errorf("%q: accepted", tc.in)
@@ -151,7 +149,7 @@ func errorsAs(err error, de **DecodeError) bool {
 
 func TestDecodeNoAllocs(t *testing.T) {
 	payload := []byte(`{"run":"a1b2c3d4","seq":123,"t":1700000000123,"m":5000000000,"b":"0b1c2d3e-0000-4000-8000-1234567890ab","v":{"voltage":230.1,"current":1.25,"power":287.6,"energy":123456,"frequency":49.99,"ct_ratio":100,"breaker_closed":true,"alarm":false}}`)
-	var m store.Message
+	var m Message
 	if err := Decode(payload, &m); err != nil {
 		t.Fatal(err)
 	}
@@ -169,7 +167,7 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte(`{"run":"r","seq":1,"t":1,"m":1,"v":{"a":-0.0,"b":1E+2,"c":"\u0000"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		var m store.Message
+		var m Message
 		if Decode(data, &m) != nil {
 			return
 		}
@@ -212,19 +210,19 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("point %q not seen by encoding/json", v.Name)
 			}
 			switch v.Kind {
-			case store.KindBool:
+			case KindBool:
 				if r != (v.I == 1) {
 					t.Fatalf("point %q: %v vs %v", v.Name, v.I, r)
 				}
-			case store.KindInt:
+			case KindInt:
 				if f, _ := r.(float64); f != float64(v.I) {
 					t.Fatalf("point %q: %v vs %v", v.Name, v.I, r)
 				}
-			case store.KindFloat:
+			case KindFloat:
 				if f, _ := r.(float64); f != v.F {
 					t.Fatalf("point %q: %v vs %v", v.Name, v.F, r)
 				}
-			case store.KindText:
+			case KindText:
 				if _, ok := r.(float64); !ok {
 					t.Fatalf("point %q: %q vs %v", v.Name, v.Text, r)
 				}
@@ -243,15 +241,15 @@ func FuzzDecode(f *testing.F) {
 func TestDecodeItemDeviceName(t *testing.T) {
 	payload := []byte(`{"run":"r","seq":4,"t":1,"m":1,"v":{"a":1}}`)
 	for _, dev := range []string{"", "bad\xff", strings.Repeat("d", maxNameLen+1), "a\x00b", "a\x1bb", "a\tb", "a/b", "#", "$SYS"} {
-		var it store.Item
-		decodeItem(&it, dev, payload)
+		var it Item
+		DecodeItem(&it, dev, payload)
 		var de *DecodeError
 		if !errorsAs(it.Err, &de) || !it.Msg.HasID || it.Msg.Seq != 4 {
 			t.Errorf("device %q: err %v, msg %+v", dev, it.Err, it.Msg)
 		}
 	}
-	var it store.Item
-	decodeItem(&it, "meter", payload)
+	var it Item
+	DecodeItem(&it, "meter", payload)
 	if it.Err != nil || it.Device != "meter" || len(it.Msg.Values) != 1 {
 		t.Errorf("device meter: err %v, item %+v", it.Err, it)
 	}
