@@ -493,6 +493,11 @@ func (p *Poller) setState(d *device, err error) {
 	}
 }
 
+// sendLinger is how long the sender waits, once woken by a new round or
+// state, for more before publishing: the latency it adds to the data and
+// device state topics.
+const sendLinger = 100 * time.Millisecond
+
 // send publishes data messages from the outbox and device states until
 // ctx ends. It publishes everything again after a reconnect, and
 // re-sends data messages not acknowledged within ack_timeout.
@@ -507,6 +512,14 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 		case <-ctx.Done():
 			return
 		case <-p.wake:
+			// Let the rounds of the next moment join this one: a burst is
+			// one write, one batch of acknowledgements and one wake-up
+			// of the broker and the logger, not one per device.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(sendLinger):
+			}
 		case <-tick.C:
 		}
 		up := pub.Connected()

@@ -69,6 +69,12 @@ type Master struct {
 	mu       sync.Mutex // serialises transactions; guards the fields below
 	lastBus  time.Time  // when the line was last busy (sent or received)
 	cur      Request    // the request in progress
+	// turn is, per slave id, how long after a request's end its reply
+	// began (as last measured, see readReply): the first read of a reply
+	// waits that long plus the reply's own time on the line, so that a
+	// device that keeps its pace costs one wake-up a transaction.
+	turn  [256]time.Duration
+	sleep sleeper
 	txbuf    [MaxFrame]byte
 	rxbuf    [2 * MaxFrame]byte
 	requests atomic.Uint64
@@ -189,7 +195,7 @@ func (m *Master) attempt(ctx context.Context, req *Request, frame []byte, timeou
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("modbus: %v: %w", req, err)
 	}
-	Sleep(time.Until(m.lastBus.Add(m.silence)))
+	m.wait(time.Until(m.lastBus.Add(m.silence)), m.silence)
 	if err := m.port.ResetInputBuffer(); err != nil {
 		return nil, fmt.Errorf("%w: flush input: %w", ErrPort, err)
 	}
@@ -205,31 +211,18 @@ func (m *Master) attempt(ctx context.Context, req *Request, frame []byte, timeou
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	// No reply can be complete before its own time on the line has passed
-	// since the request left: sleep until then, so that a device that
-	// answers at once costs one wake-up and one read, not a wake-up for
-	// its first bytes and another for the rest.
-	wait(time.Until(sent.Add(LineTime(m.baud, req.ReplyLen()))), time.Until(deadline))
-	return m.readReply(ctx, req, deadline)
+	// No reply can be complete before the device's turnaround and the
+	// reply's own time on the line have passed since the request left:
+	// sleep until then, so that the reply is taken with one read instead
+	// of a wake-up for its first bytes and more for the rest.
+	m.wait(time.Until(sent.Add(m.turn[req.Unit]+LineTime(m.baud, req.ReplyLen()))), time.Until(deadline))
+	return m.readReply(ctx, req, sent, deadline)
 }
 
-// timerSlack is how much longer than asked a Go timer may sleep (the
-// runtime's poller waits in whole milliseconds).
-const timerSlack = 2 * time.Millisecond
-
-// wait sleeps d, at most left: on a Go timer when d is long enough for
-// its millisecond granularity not to matter, so that the goroutine parks
-// instead of holding its thread in nanosleep(2) (a blocking system call
-// makes the runtime hand the thread's work to another one); with Sleep
-// for the short, exact waits between frames.
-func wait(d, left time.Duration) {
-	d = min(d, left)
-	switch {
-	case d <= 0:
-	case d >= 2*timerSlack:
-		time.Sleep(d - timerSlack/2)
-	default:
-		Sleep(d)
+// wait sleeps d, at most left, never less; see sleeper.
+func (m *Master) wait(d, left time.Duration) {
+	if d = min(d, left); d > 0 {
+		m.sleep.sleep(d)
 	}
 }
 
@@ -239,10 +232,12 @@ const maxReadSlice = 100 * time.Millisecond
 // readReply reads until a reply to req has arrived or the deadline passed.
 // It reads no further than the frame it expects, and scans byte by byte
 // past anything that is not a reply to req.
-func (m *Master) readReply(ctx context.Context, req *Request, deadline time.Time) ([]byte, error) {
+func (m *Master) readReply(ctx context.Context, req *Request, sent, deadline time.Time) ([]byte, error) {
 	buf := m.rxbuf[:]
 	start, end := 0, 0
 	var sawCRC, sawOther bool
+	first, firstAt := 0, time.Time{} // what the first read that got bytes got, and when
+	quick := true                    // the first read only takes what is there
 	for {
 		// Look for a reply at each offset of the buffered bytes.
 		want := 0
@@ -250,6 +245,9 @@ func (m *Master) readReply(ctx context.Context, req *Request, deadline time.Time
 			n, st := req.matchReply(buf[start:end])
 			switch st {
 			case replyOK:
+				if start == 0 {
+					m.learnTurn(req.Unit, sent, first, n, firstAt)
+				}
 				m.discard.Add(uint64(start))
 				data, err := replyData(req, buf[start:start+n])
 				if err != nil {
@@ -258,7 +256,10 @@ func (m *Master) readReply(ctx context.Context, req *Request, deadline time.Time
 				return data, nil
 			case replyMore:
 				if n == 0 {
-					n = 5 // the shortest reply
+					// Its length is not known yet: read up to the normal
+					// reply's (an exception is shorter; what follows it is
+					// flushed before the next request anyway).
+					n = max(5, req.ReplyLen())
 				}
 				want = start + n
 			case replyBadCRC:
@@ -300,23 +301,51 @@ func (m *Master) readReply(ctx context.Context, req *Request, deadline time.Time
 			// here arrived over LineTime(end-start) up to now.
 			rest := LineTime(m.baud, want-end)
 			if rest > CharTime(m.baud) {
-				wait(rest, left)
+				m.wait(rest, left)
 				if left = time.Until(deadline); left <= 0 {
 					left = time.Millisecond // one last look at what came
 				}
 			}
 		}
-		if err := m.port.SetReadTimeout(min(left, maxReadSlice)); err != nil {
+		// The first read comes after the reply should have arrived (see
+		// attempt): it does not wait, so that the thread does not block
+		// in the kernel when the reply is there, as it mostly is. When
+		// nothing came yet, the next read waits for the first bytes.
+		timeout := min(left, maxReadSlice)
+		if quick {
+			timeout, quick = 0, false
+		}
+		if err := m.port.SetReadTimeout(timeout); err != nil {
 			return nil, fmt.Errorf("%w: set read timeout: %w", ErrPort, err)
 		}
 		k, err := m.port.Read(buf[end:want])
 		if k > 0 {
 			end += k
 			m.lastBus = time.Now()
+			if first == 0 {
+				first, firstAt = k, m.lastBus
+			}
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: read: %w", ErrPort, err)
 		}
+	}
+}
+
+// learnTurn updates unit's turnaround from a reply of n bytes whose first
+// read got first bytes at firstAt. Part of the reply: it began about its
+// line time before firstAt. All of it: it was there sooner than assumed,
+// by an unknown amount, so the estimate shrinks by an eighth (an estimate
+// too long only delays each reply; too short costs a wake-up). The caller
+// skips a reply read with bytes before it (noise, a late reply).
+func (m *Master) learnTurn(unit byte, sent time.Time, first, n int, firstAt time.Time) {
+	switch {
+	case first <= 0 || first > n: // nothing read (cannot be), or more than the reply
+	case first == n:
+		m.turn[unit] -= m.turn[unit] / 8
+	default:
+		began := firstAt.Add(-LineTime(m.baud, first)).Sub(sent)
+		m.turn[unit] = min(max(began, 0), m.timeout)
 	}
 }
 

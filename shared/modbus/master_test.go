@@ -289,3 +289,49 @@ func FuzzMasterReply(f *testing.F) {
 		}
 	})
 }
+
+// The turnaround a first read teaches: part of the reply says when it
+// began; all of it shrinks the estimate; nothing else moves it.
+func TestLearnTurn(t *testing.T) {
+	m := NewMaster(nil, Options{Baud: 9600, Timeout: time.Second})
+	sent := time.Unix(1000, 0)
+	// 5 of a 45-byte reply, read 20 ms plus their line time after sent.
+	m.learnTurn(7, sent, 5, 45, sent.Add(20*time.Millisecond+LineTime(9600, 5)))
+	if got := m.turn[7]; got != 20*time.Millisecond {
+		t.Fatalf("after a partial first read: %v, want 20ms", got)
+	}
+	m.learnTurn(7, sent, 45, 45, sent.Add(time.Second))
+	if got := m.turn[7]; got != 20*time.Millisecond-20*time.Millisecond/8 {
+		t.Errorf("after a whole first read: %v, want it an eighth shorter", got)
+	}
+	before := m.turn[7]
+	m.learnTurn(7, sent, 50, 45, sent.Add(time.Millisecond))
+	if m.turn[7] != before || m.turn[8] != 0 {
+		t.Errorf("a first read longer than the reply moved it: %v (unit 8: %v)", m.turn[7], m.turn[8])
+	}
+	// Never below zero, never above the timeout.
+	m.learnTurn(7, sent, 5, 45, sent)
+	if m.turn[7] != 0 {
+		t.Errorf("bytes before their time: %v, want 0", m.turn[7])
+	}
+	m.learnTurn(7, sent, 5, 45, sent.Add(time.Hour))
+	if m.turn[7] != time.Second {
+		t.Errorf("an hour late: %v, want the timeout", m.turn[7])
+	}
+}
+
+// The sleeper never wakes early (every wait of the master is a "no sooner
+// than"), on a timerfd or the fallback alike.
+func TestSleeperNeverEarly(t *testing.T) {
+	var s sleeper
+	for _, d := range []time.Duration{50 * time.Microsecond, 1750 * time.Microsecond, 3 * time.Millisecond} {
+		start := time.Now()
+		s.sleep(d)
+		if got := time.Since(start); got < d {
+			t.Errorf("sleep(%v) returned after %v", d, got)
+		}
+	}
+	if s.f == nil {
+		t.Log("no timerfd here: the time.Sleep fallback was tested")
+	}
+}

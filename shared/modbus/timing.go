@@ -34,8 +34,9 @@ func Silence(baud int) time.Duration {
 }
 
 // Sleep waits d with nanosleep(2): the Go timer rounds short waits up to
-// a millisecond, which is several characters above 19200 baud. It returns
-// at once for d ≤ 0.
+// a millisecond, which is several characters above 19200 baud; for the
+// simulator's byte timing (the master waits on Go timers, see wait). It
+// returns at once for d ≤ 0.
 func Sleep(d time.Duration) {
 	if d <= 0 {
 		return
