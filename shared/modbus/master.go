@@ -61,20 +61,20 @@ type Stats struct {
 // an earlier request identical in slave id, function code and length (and
 // echo, for writes) cannot be told from the reply to the current one.
 type Master struct {
-	port     Port
-	baud     int
-	timeout  time.Duration
-	retries  int
-	silence  time.Duration
-	mu       sync.Mutex // serialises transactions; guards the fields below
-	lastBus  time.Time  // when the line was last busy (sent or received)
-	cur      Request    // the request in progress
+	port    Port
+	baud    int
+	timeout time.Duration
+	retries int
+	silence time.Duration
+	mu      sync.Mutex // serialises transactions; guards the fields below
+	lastBus time.Time  // when the line was last busy (sent or received)
+	cur     Request    // the request in progress
 	// turn is, per slave id, how long after a request's end its reply
 	// began (as last measured, see readReply): the first read of a reply
 	// waits that long plus the reply's own time on the line, so that a
 	// device that keeps its pace costs one wake-up a transaction.
-	turn  [256]time.Duration
-	sleep sleeper
+	turn     [256]time.Duration
+	sleep    sleeper
 	txbuf    [MaxFrame]byte
 	rxbuf    [2 * MaxFrame]byte
 	requests atomic.Uint64
