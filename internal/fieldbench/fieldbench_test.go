@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
 	"math"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"reflect"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -266,6 +270,11 @@ func TestSummarize(t *testing.T) {
 	near("A total written B/reading", a.Roles["total"].WriteBytesPerReading, 4)
 	near("A transactions/s", *a.TransactionsPerS, 5)
 	near("A poller wake-ups/transaction", *a.Roles["poller"].WakeupsPerTx, 1)
+	// CPU s/minute: (1000+3000) µs over 2×10 s of window is 0.012 s a
+	// minute for each role, 0.048 for the four.
+	near("A poller CPU s/minute", a.Roles["poller"].CPUsPerMinute, 0.012)
+	near("A total CPU s/minute", a.Roles["total"].CPUsPerMinute, 0.048)
+	near("A simulator CPU s/minute", a.Roles["simulator"].CPUsPerMinute, 0.012)
 	near("B readings/s", b.ReadingsPerS, 200)
 	near("B logger CPU µs/reading", b.Roles["logger"].CPUusPerReading, 1)
 	if b.TransactionsPerS != nil || b.Roles["poller"].WakeupsPerTx != nil {
@@ -275,9 +284,300 @@ func TestSummarize(t *testing.T) {
 	if err := rep.writeTable(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"readings/s stored", "B vs A", "+100.0%", "wake-ups/transaction"} {
+	rep.Stack = stackDirect
+	rep.Machine = &machine{NProc: 2, CPUModel: "Test CPU 9000", Kernel: "6.1.0-test", GoVersion: "go1.99",
+		LoadBefore: "0.10 0.20 0.30", LoadAfter: "1.00 2.00 3.00"}
+	rep.Results[1].Exec = []string{"/usr/bin/qemu-arm-static"}
+	rep.Results[1].Build = "go1.99 linux/arm GOARM=5"
+	out.Reset()
+	if err := rep.writeTable(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"readings/s stored", "B vs A", "+100.0%", "wake-ups/transaction",
+		"machine: 2 CPUs, Test CPU 9000, kernel 6.1.0-test, bench built with go1.99; load average 0.10 0.20 0.30 before, 1.00 2.00 3.00 after",
+		"(-stack direct)", "B: /b (go1.99 linux/arm GOARM=5) under /usr/bin/qemu-arm-static", "A: /a (unknown)"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, out.String())
+		}
+	}
+	// One row per role, the total included, after the µs/reading rows.
+	var rows []string
+	inCPU := false
+	for _, l := range strings.Split(out.String(), "\n") {
+		f := strings.Fields(l)
+		if strings.HasPrefix(l, "CPU s/minute") {
+			inCPU, f = true, f[2:]
+		} else if inCPU && (len(f) == 0 || !slices.Contains(tableRoles, f[0])) {
+			break
+		}
+		if inCPU {
+			rows = append(rows, f[0]+" "+f[1])
+		}
+	}
+	if want := []string{"broker 0.012", "poller 0.012", "logger 0.012", "health 0.012", "total 0.048", "simulator 0.012", "run 0.012"}; !slices.Equal(rows, want) {
+		t.Errorf("CPU s/minute rows (role, A) = %q, want %q\n%s", rows, want, out.String())
+	}
+	if i, j := strings.Index(out.String(), "CPU µs/reading"), strings.Index(out.String(), "CPU s/minute"); i < 0 || j < i {
+		t.Errorf("CPU s/minute does not follow CPU µs/reading:\n%s", out.String())
+	}
+}
+
+func TestCPUPerMinute(t *testing.T) {
+	for _, c := range []struct{ us, secs, want float64 }{
+		{1e6, 60, 1},      // a second of CPU in a minute
+		{2e5, 60, 0.2},    // issue 13's demo target
+		{1e5, 30, 0.2},    // half the window, same rate
+		{5e4, 120, 0.025}, // two minutes
+		{1e6, 0, 0},       // no window: no rate
+	} {
+		if got := cpuPerMinute(c.us, c.secs); math.Abs(got-c.want) > 1e-12 {
+			t.Errorf("cpuPerMinute(%g µs, %g s) = %g, want %g", c.us, c.secs, got, c.want)
+		}
+	}
+}
+
+// -bin takes LABEL=PATH, then EXEC=WRAPPER (resolved in PATH, words split
+// on spaces) and NAME=VALUE settings in any order.
+func TestBinFlag(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "ts")
+	plain := filepath.Join(dir, "ts-arm5") // not executable: only under a wrapper
+	if err := os.WriteFile(exe, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(plain, []byte("\x7fELF"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh in PATH:", err)
+	}
+	sh, _ = filepath.Abs(sh)
+	var f binFlag
+	for _, v := range []string{
+		"native=" + exe,
+		"arm5=" + plain + ",GOGC=50,EXEC=sh -x  -e,GOMAXPROCS=1",
+		exe + ",EXEC=" + sh,
+	} {
+		if err := f.Set(v); err != nil {
+			t.Fatalf("Set(%q): %v", v, err)
+		}
+	}
+	if want := []string{"native", "arm5", "ts"}; !slices.Equal(f.labels, want) {
+		t.Errorf("labels %q, want %q", f.labels, want)
+	}
+	if want := []string{exe, plain, exe}; !slices.Equal(f.paths, want) {
+		t.Errorf("paths %q, want %q", f.paths, want)
+	}
+	if want := []string{"", "GOGC=50,GOMAXPROCS=1", ""}; !slices.Equal(f.envs, want) {
+		t.Errorf("envs %q, want %q (EXEC is not the environment's)", f.envs, want)
+	}
+	if f.execs[0] != nil || !slices.Equal(f.execs[1], []string{sh, "-x", "-e"}) || !slices.Equal(f.execs[2], []string{sh}) {
+		t.Errorf("execs %q, want none, [%s -x -e], [%s]", f.execs, sh, sh)
+	}
+	if !f.wrapped() {
+		t.Error("wrapped() false with EXEC given")
+	}
+	for _, c := range []struct{ v, want string }{
+		{"x=" + plain, "not an executable file"},
+		{"x=" + dir, "not a file"},
+		{"x=" + exe + ",EXEC=", "EXEC= wants a command"},
+		{"x=" + exe + ",EXEC=fieldbench-no-such-wrapper", "fieldbench-no-such-wrapper"},
+		{"x=" + exe + ",EXEC=sh,EXEC=sh", "EXEC given twice"},
+		{"x=" + exe + ",GOGC", `"GOGC": want NAME=VALUE`},
+		{"x=" + exe + ",=1", `"=1": want NAME=VALUE`},
+		{"native=" + exe, `label "native" given twice`},
+		{"=" + exe, "want LABEL=PATH"},
+	} {
+		if err := f.Set(c.v); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("Set(%q) = %v, want an error with %q", c.v, err, c.want)
+		}
+	}
+	if len(f.labels) != 3 || len(f.execs) != 3 || len(f.envs) != 3 {
+		t.Errorf("a rejected -bin was kept: %+v", f)
+	}
+}
+
+func TestStackMode(t *testing.T) {
+	native := &binFlag{execs: [][]string{nil, nil}}
+	mixed := &binFlag{execs: [][]string{nil, {"/usr/bin/qemu-arm-static"}}}
+	for _, c := range []struct {
+		given string
+		bins  *binFlag
+		want  string // "" for an error
+	}{
+		{"", native, stackRun},
+		{"", mixed, stackDirect}, // every column started alike
+		{stackDirect, native, stackDirect},
+		{stackDirect, mixed, stackDirect},
+		{stackRun, native, stackRun},
+		{stackRun, mixed, ""}, // run cannot re-execute a wrapped build
+		{"systemd", native, ""},
+	} {
+		got, err := stackMode(c.given, c.bins)
+		if got != c.want || (err == nil) != (c.want != "") {
+			t.Errorf("stackMode(%q, %v) = %q, %v; want %q", c.given, c.bins.execs, got, err, c.want)
+		}
+	}
+}
+
+// The direct stack starts what run starts for the demo (the simulator
+// before the poller), as the units' command lines, under the wrapper.
+func TestDirectRoles(t *testing.T) {
+	s, err := prepare("demo", t.TempDir(), 41885)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := config.Load(s.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.DiscardHandler)
+	native := directRoles(cfg, s.Config, "/x/ts", nil, log)
+	var names []string
+	for _, r := range native {
+		names = append(names, r.Name)
+	}
+	if want := []string{"broker", "logger", "simulate-sim", "poller", "health"}; !slices.Equal(names, want) {
+		t.Fatalf("roles %q, want %q", names, want)
+	}
+	if want := []string{"broker", "-config", s.Config}; !slices.Equal(native[0].Args, want) {
+		t.Errorf("broker args %q, want %q (the unit's command line)", native[0].Args, want)
+	}
+	if a := native[2].Args; len(a) < 5 || a[0] != "simulate" || !slices.Contains(a, "-link") {
+		t.Errorf("simulator args %q, want simulate -config … -link …", a)
+	}
+	wrapped := directRoles(cfg, s.Config, "/x/ts", []string{"/usr/bin/qemu-arm-static", "-cpu", "arm926"}, log)
+	for i, r := range wrapped {
+		want := append([]string{"-cpu", "arm926", "/x/ts"}, native[i].Args...)
+		if !slices.Equal(r.Args, want) || r.Name != native[i].Name || r.Watchdog != native[i].Watchdog {
+			t.Errorf("wrapped %s: args %q, want %q", r.Name, r.Args, want)
+		}
+	}
+}
+
+func TestMachine(t *testing.T) {
+	proc := t.TempDir()
+	write := func(name, body string) {
+		t.Helper()
+		p := filepath.Join(proc, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("cpuinfo", "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n\nprocessor\t: 1\nmodel name\t: AMD EPYC 7B13 64-Core Processor\n")
+	write("sys/kernel/osrelease", "6.1.0-28-amd64\n")
+	write("loadavg", "0.52 0.58 0.59 1/189 12345\n")
+	m := readMachine(proc)
+	if m.CPUModel != "AMD EPYC 7B13 64-Core Processor" || m.Kernel != "6.1.0-28-amd64" || m.LoadBefore != "0.52 0.58 0.59" {
+		t.Errorf("machine %+v", m)
+	}
+	if m.NProc < 1 || m.GoVersion != runtime.Version() {
+		t.Errorf("nproc %d, go %q", m.NProc, m.GoVersion)
+	}
+	// An ARM board's cpuinfo has no model name.
+	arm := "processor\t: 0\nBogoMIPS\t: 38.40\nCPU part\t: 0xd03\n\nHardware\t: BCM2835\n"
+	if got := cpuModel([]byte(arm)); got != "BCM2835" {
+		t.Errorf("cpuModel(ARM) = %q, want BCM2835", got)
+	}
+	if got := readLoad(t.TempDir()); got != "" {
+		t.Errorf("readLoad without a loadavg = %q", got)
+	}
+	// The real one, which the bench reads.
+	if m := readMachine("/proc"); m.Kernel == "" || m.LoadBefore == "" {
+		t.Errorf("readMachine(/proc) = %+v", m)
+	}
+}
+
+// buildOf reads the build information of a Go binary: this test's.
+func TestBuildOf(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := buildOf(exe)
+	if want := runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH; !strings.HasPrefix(got, want) {
+		t.Errorf("buildOf(test binary) = %q, want it to start with %q", got, want)
+	}
+	sh, err := exec.LookPath("sh")
+	if err == nil && buildOf(sh) != "" {
+		t.Errorf("buildOf(%s) = %q, want none (not a Go binary)", sh, buildOf(sh))
+	}
+}
+
+// brokerbench's output as it prints it (services/broker/internal/brokerbench).
+const brokerbenchOut = `1 publisher -> 1 subscriber, QoS 1, 100-byte payloads, 50000 messages per run, closed loop, window 100, 5 rounds
+  round 1 tinyscada    13586 msg/s  p50  5.41ms  p99 13.302ms  RSS max  15913 kB  lost 0
+  round 1 mosquitto    13781 msg/s  p50 4.896ms  p99 23.165ms  RSS max   8683 kB  lost 0
+
+broker          msg/s        p50        p99  RSS idle kB  RSS load kB     VmHWM kB
+tinyscada       13586     5.41ms   13.302ms        10690        15913        15913
+mosquitto       13781    4.896ms    987µs         8632         8683         8683
+tinyscada/mosquitto: throughput 0.99x, p50 1.10x, p99 0.57x, RSS under load 1.83x (median round of each; RSS the max of all rounds)
+
+tinyscada broker start to READY=1, 20 starts: median 8.63ms, min 6.99ms, max 12.26ms
+`
+
+func TestParseReference(t *testing.T) {
+	c, err := parseBrokerbench([]byte(brokerbenchOut))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []brokerFigures{
+		{Name: "tinyscada", MsgsPerS: 13586, P50ms: 5.41, P99ms: 13.302, RSSIdlekB: 10690, RSSLoadkB: 15913, VmHWMkB: 15913},
+		{Name: "mosquitto", MsgsPerS: 13781, P50ms: 4.896, P99ms: 0.987, RSSIdlekB: 8632, RSSLoadkB: 8683, VmHWMkB: 8683},
+	}
+	if !reflect.DeepEqual(c.Brokers, want) {
+		t.Errorf("brokers\n got %+v\nwant %+v", c.Brokers, want)
+	}
+	if !strings.HasPrefix(c.Setup, "1 publisher") || !strings.Contains(c.Ratio, "throughput 0.99x") || !strings.Contains(c.Startup, "median 8.63ms") {
+		t.Errorf("setup %q, ratio %q, startup %q", c.Setup, c.Ratio, c.Startup)
+	}
+	if _, err := parseBrokerbench([]byte("brokerbench: tinyscada broker: no READY=1\n")); err == nil {
+		t.Error("an output without the summary parsed")
+	}
+	bad := strings.Replace(brokerbenchOut, "13586     5.41ms", "13586     5.41xx", 1)
+	if _, err := parseBrokerbench([]byte(bad)); err == nil || !strings.Contains(err.Error(), "5.41xx") {
+		t.Errorf("a bad latency: error %v, want one naming it", err)
+	}
+
+	goOut := "goos: linux\ngoarch: amd64\npkg: github.com/tinyscada/tinyscada/services/broker\ncpu: AMD EPYC\n" +
+		"BenchmarkPubSubQoS1-2   \t  100000\t     98695 ns/op\t     10132 msgs/s\t      7404 p50-µs\t     27988 p99-µs\nPASS\n"
+	bs, err := parseGoBench([]byte(goOut))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(bs) != 1 || bs[0].Name != "BenchmarkPubSubQoS1-2" || bs[0].Iterations != 100000 ||
+		!reflect.DeepEqual(bs[0].Metrics, map[string]float64{"ns/op": 98695, "msgs/s": 10132, "p50-µs": 7404, "p99-µs": 27988}) ||
+		!slices.Equal(bs[0].Units, []string{"ns/op", "msgs/s", "p50-µs", "p99-µs"}) {
+		t.Errorf("parseGoBench = %+v", bs)
+	}
+	if _, err := parseGoBench([]byte("PASS\nok\n")); err == nil {
+		t.Error("an output without a result line parsed")
+	}
+
+	rep := &referenceReport{Module: "/src", Seconds: 41, Brokers: c, InProcess: bs, Errors: []string{"x: boom"}}
+	var out bytes.Buffer
+	if err := rep.write(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"reference benchmarks", "tinyscada  13586   5.410  13.302", "mosquitto  13781   4.896   0.987",
+		"throughput 0.99x", "start to READY=1", "BenchmarkPubSubQoS1-2  100000  98695 ns/op  10132 msgs/s", "failed: x: boom"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("reference output lacks %q:\n%s", want, out.String())
+		}
+	}
+
+	for _, c := range []struct{ gomod, want string }{
+		{"module github.com/tinyscada/tinyscada\n\ngo 1.26\n", modulePath},
+		{"// x\nmodule \"example.com/m\"\n", "example.com/m"},
+		{"modules x\n", ""},
+	} {
+		if got := goModModule([]byte(c.gomod)); got != c.want {
+			t.Errorf("goModModule(%q) = %q, want %q", c.gomod, got, c.want)
 		}
 	}
 }

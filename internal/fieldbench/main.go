@@ -4,7 +4,8 @@
 // Modbus transaction. It is the seed of `tinyscada bench` (issue 13);
 // docs/performance.md says how to run it and what it measures.
 //
-//	go run ./internal/fieldbench -bin OLD=/path/a -bin NEW=/path/b[,NAME=VALUE…] [-window 60s] [-warmup 40s] [-workload field|demo] [-rounds N] [-json]
+//	go run ./internal/fieldbench -bin OLD=/path/a -bin NEW=/path/b[,EXEC=WRAPPER][,NAME=VALUE…] [-window 60s] [-warmup 40s]
+//		[-workload field|demo] [-rounds N] [-stack run|direct] [-reference] [-json]
 package main
 
 import (
@@ -15,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -36,16 +38,48 @@ func main() {
 
 // binFlag collects -bin LABEL=PATH (or PATH, labelled by its base name),
 // optionally followed by ,NAME=VALUE settings for the stack's environment
-// (e.g. -bin mp1=/tmp/ts,GOMAXPROCS=1: the same build tuned otherwise).
-type binFlag struct{ labels, paths, envs []string }
+// (e.g. -bin mp1=/tmp/ts,GOMAXPROCS=1: the same build tuned otherwise) and
+// by ,EXEC=WRAPPER: a command every process of the build is started under,
+// words split on spaces (e.g. -bin arm5=/tmp/ts-arm5,EXEC=qemu-arm-static:
+// the build run by qemu-user). EXEC is the bench's, not the environment's.
+type binFlag struct {
+	labels, paths, envs []string
+	execs               [][]string // per binary: the wrapper and its arguments, or nil
+}
 
 func (f *binFlag) String() string { return strings.Join(f.labels, ",") }
 
 func (f *binFlag) Set(v string) error {
-	v, env, _ := strings.Cut(v, ",")
-	for kv := range strings.SplitSeq(env, ",") {
-		if kv != "" && !strings.Contains(kv, "=") {
+	v, settings, _ := strings.Cut(v, ",")
+	var env []string
+	var wrapper []string
+	for kv := range strings.SplitSeq(settings, ",") {
+		if kv == "" {
+			continue
+		}
+		name, value, ok := strings.Cut(kv, "=")
+		if !ok || name == "" {
 			return fmt.Errorf("%q: want NAME=VALUE after the path", kv)
+		}
+		if name != "EXEC" {
+			env = append(env, kv)
+			continue
+		}
+		if wrapper != nil {
+			return fmt.Errorf("%q: EXEC given twice", v)
+		}
+		wrapper = strings.Fields(value)
+		if len(wrapper) == 0 {
+			return fmt.Errorf("%q: EXEC= wants a command (e.g. EXEC=qemu-arm-static)", kv)
+		}
+		// Resolved now, so that a wrapper that is not installed fails
+		// before anything runs, and the report names the one used.
+		p, err := exec.LookPath(wrapper[0])
+		if err != nil {
+			return fmt.Errorf("EXEC=%s: %w", value, err)
+		}
+		if wrapper[0], err = filepath.Abs(p); err != nil {
+			return fmt.Errorf("EXEC=%s: %w", value, err)
 		}
 	}
 	label, path, ok := strings.Cut(v, "=")
@@ -67,25 +101,72 @@ func (f *binFlag) Set(v string) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", label, err)
 	}
-	if fi, err := os.Stat(abs); err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+	fi, err := os.Stat(abs)
+	switch {
+	case err != nil || fi.IsDir():
+		return fmt.Errorf("%s: %s is not a file", label, abs)
+	case wrapper == nil && fi.Mode()&0o111 == 0:
+		// Under a wrapper the binary is the wrapper's to read.
 		return fmt.Errorf("%s: %s is not an executable file", label, abs)
 	}
-	f.labels, f.paths, f.envs = append(f.labels, label), append(f.paths, abs), append(f.envs, env)
+	f.labels, f.paths = append(f.labels, label), append(f.paths, abs)
+	f.envs, f.execs = append(f.envs, strings.Join(env, ",")), append(f.execs, wrapper)
 	return nil
+}
+
+// wrapped reports whether any binary runs under an EXEC wrapper.
+func (f *binFlag) wrapped() bool {
+	return slices.ContainsFunc(f.execs, func(w []string) bool { return w != nil })
+}
+
+// The ways to start the stack (-stack).
+const (
+	// stackRun is `tinyscada run`: its supervisor starts the roles by
+	// re-executing its own binary.
+	stackRun = "run"
+	// stackDirect is the bench as the supervisor: it starts every role
+	// as its own process (`BIN ROLE -config FILE`, the command lines of
+	// the systemd units), each under the build's EXEC wrapper if any. An
+	// ARM binary under qemu-user cannot re-execute itself without
+	// binfmt_misc, so a wrapped build needs this.
+	stackDirect = "direct"
+)
+
+// stackMode picks the -stack value: the one given, else direct when a
+// binary is wrapped (so every column is started alike), else run.
+func stackMode(given string, bins *binFlag) (string, error) {
+	switch given {
+	case "":
+		if bins.wrapped() {
+			return stackDirect, nil
+		}
+		return stackRun, nil
+	case stackDirect:
+		return given, nil
+	case stackRun:
+		if bins.wrapped() {
+			return "", fmt.Errorf("-stack run cannot start a build under EXEC: `tinyscada run` re-executes its own binary, " +
+				"which under qemu-user works only with binfmt_misc registered; use -stack direct (the default with EXEC)")
+		}
+		return given, nil
+	}
+	return "", fmt.Errorf("-stack %q: want %s or %s", given, stackRun, stackDirect)
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("fieldbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var bins binFlag
-	fs.Var(&bins, "bin", "a tinyscada binary to measure, `LABEL=PATH` (repeat: one column each)")
+	fs.Var(&bins, "bin", "a tinyscada binary to measure, `LABEL=PATH[,EXEC=WRAPPER][,NAME=VALUE…]` (repeat: one column each)")
 	window := fs.Duration("window", 60*time.Second, "how long each run is measured")
 	warmup := fs.Duration("warmup", 40*time.Second, "how long each run goes after its first stored reading before the window")
 	workload := fs.String("workload", "field", "field (50 devices × 20 registers, 1000 readings/s) or demo (the built-in demo)")
 	rounds := fs.Int("rounds", 1, "runs of every binary, interleaved (A B, then B A, …)")
+	stackFlag := fs.String("stack", "", "how the roles are started: run (`tinyscada run`) or direct (by the bench, one process per role, as the systemd units); default run, direct when a -bin has EXEC")
+	reference := fs.Bool("reference", false, "also run the broker's reference benchmarks against Debian's mosquitto (needs the module's source: run from a checkout)")
 	asJSON := fs.Bool("json", false, "print JSON instead of the table")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: go run ./internal/fieldbench -bin OLD=/path/a -bin NEW=/path/b[,NAME=VALUE…] [-window 60s] [-warmup 40s] [-workload field|demo] [-rounds N] [-json]")
+		fmt.Fprintln(stderr, "usage: go run ./internal/fieldbench -bin OLD=/path/a -bin NEW=/path/b[,EXEC=WRAPPER][,NAME=VALUE…] [-window 60s] [-warmup 40s] [-workload field|demo] [-rounds N] [-stack run|direct] [-reference] [-json]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -106,9 +187,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case *rounds < 1:
 		return fmt.Errorf("-rounds %d: want >= 1", *rounds)
 	}
+	mode, err := stackMode(*stackFlag, &bins)
+	if err != nil {
+		return err
+	}
+	var ref *referenceBench
+	if *reference {
+		// Before the long runs: a checkout without the benchmarks, or a
+		// machine without mosquitto, fails at once.
+		if ref, err = newReferenceBench(ctx, &bins); err != nil {
+			return fmt.Errorf("-reference: %w", err)
+		}
+		defer ref.close()
+	}
 	logf := func(format string, a ...any) {
 		fmt.Fprintf(stderr, time.Now().Format("15:04:05 ")+format+"\n", a...)
 	}
+	m := readMachine("/proc")
 	var results []*runResult
 	for r := 1; r <= *rounds; r++ {
 		// A B, then B A: a drift of the machine over the rounds weighs on
@@ -121,8 +216,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			slices.Reverse(order)
 		}
 		for _, i := range order {
-			b := &bench{Label: bins.labels[i], Bin: bins.paths[i], Env: bins.envs[i], Workload: *workload,
-				Warmup: *warmup, Window: *window, Proc: "/proc", Log: logf}
+			b := &bench{Label: bins.labels[i], Bin: bins.paths[i], Exec: bins.execs[i], Env: bins.envs[i], Workload: *workload,
+				Stack: mode, Warmup: *warmup, Window: *window, Proc: "/proc", Log: logf}
 			res, err := b.run(ctx, r)
 			if err != nil {
 				return err
@@ -133,11 +228,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			results = append(results, res)
 		}
 	}
+	m.LoadAfter = readLoad("/proc")
 	rep := summarize(describe(*workload), *window, *warmup, *rounds, bins, results)
+	rep.Stack, rep.Machine = mode, m
+	for _, br := range rep.Results {
+		br.Build = buildOf(br.Bin)
+	}
+	if ref != nil {
+		logf("reference benchmarks (at most %s)", referenceBudget)
+		rep.Reference = ref.run(ctx, logf)
+	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	return rep.writeTable(stdout)
+	if err := rep.writeTable(stdout); err != nil {
+		return err
+	}
+	if rep.Reference != nil {
+		return rep.Reference.write(stdout)
+	}
+	return nil
 }

@@ -11,19 +11,28 @@ import (
 
 // report is the outcome of a bench: one column per binary.
 type report struct {
-	Workload string       `json:"workload"`
-	WindowS  float64      `json:"window_s"`
-	WarmupS  float64      `json:"warmup_s"`
-	Rounds   int          `json:"rounds"`
-	Results  []*binReport `json:"results"`
+	Workload string  `json:"workload"`
+	WindowS  float64 `json:"window_s"`
+	WarmupS  float64 `json:"warmup_s"`
+	Rounds   int     `json:"rounds"`
+	// Stack is how the roles were started: stackRun or stackDirect.
+	Stack   string       `json:"stack"`
+	Machine *machine     `json:"machine"`
+	Results []*binReport `json:"results"`
+	// Reference is -reference's outcome, when asked for.
+	Reference *referenceReport `json:"reference,omitempty"`
 }
 
 // binReport is one binary over all its rounds: sums of the rounds divided
 // by sums (so a longer window weighs more), PSS the mean of the rounds'
 // means.
 type binReport struct {
-	Label        string  `json:"label"`
-	Bin          string  `json:"bin"`
+	Label string `json:"label"`
+	Bin   string `json:"bin"`
+	// Exec is the wrapper the build ran under (EXEC=), e.g. qemu-arm-static.
+	Exec []string `json:"exec,omitempty"`
+	// Build is the binary's toolchain and target, from its build info.
+	Build        string  `json:"build"`
 	ReadingsPerS float64 `json:"readings_per_s"`
 	// BadPerS is points polled but not read (timeouts, exceptions) per
 	// second; SamplesPerS poll rounds stored per second.
@@ -39,7 +48,11 @@ type binReport struct {
 }
 
 type roleReport struct {
-	CPUusPerReading      float64  `json:"cpu_us_per_reading"`
+	CPUusPerReading float64 `json:"cpu_us_per_reading"`
+	// CPUsPerMinute is the CPU seconds the role used per minute of window:
+	// the cost of the workload whatever its rate (issue 13's target for
+	// the demo is a total of at most 0.2).
+	CPUsPerMinute        float64  `json:"cpu_s_per_minute"`
 	PSSMB                float64  `json:"pss_mb"`
 	PSSMaxMB             float64  `json:"pss_max_mb"`
 	WriteBytesPerReading float64  `json:"write_bytes_per_reading"`
@@ -52,6 +65,9 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 	rep := &report{Workload: workload, WindowS: window.Seconds(), WarmupS: warmup.Seconds(), Rounds: rounds}
 	for i, label := range bins.labels {
 		br := &binReport{Label: label, Bin: bins.paths[i], Roles: map[string]*roleReport{}}
+		if bins.execs != nil {
+			br.Exec = bins.execs[i]
+		}
 		var secs float64
 		var readings, bad, samples, tx int64
 		txKnown := true
@@ -102,6 +118,7 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 		for role, a := range sums {
 			rr := &roleReport{
 				CPUusPerReading:      a.cpu / float64(readings),
+				CPUsPerMinute:        cpuPerMinute(a.cpu, secs),
 				PSSMB:                a.pss / n / 1024,
 				PSSMaxMB:             a.pssMax / 1024,
 				WriteBytesPerReading: float64(a.write) / float64(readings),
@@ -123,6 +140,7 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 		}
 		t := &roleReport{
 			CPUusPerReading:      total.cpu / float64(readings),
+			CPUsPerMinute:        cpuPerMinute(total.cpu, secs),
 			PSSMB:                total.pss / n / 1024,
 			PSSMaxMB:             total.pssMax / 1024, // sum of the roles' maxima
 			WriteBytesPerReading: float64(total.write) / float64(readings),
@@ -137,6 +155,15 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 	return rep
 }
 
+// cpuPerMinute is CPU seconds per minute of window, from µs of CPU over
+// secs seconds of window.
+func cpuPerMinute(cpuUS, secs float64) float64 {
+	if secs <= 0 {
+		return 0
+	}
+	return cpuUS / 1e6 / secs * 60
+}
+
 // tableRoles are the rows of each measure: the summed roles, their total,
 // then the processes outside the total.
 var tableRoles = append(append(append([]string{}, summedRoles...), "total"), otherRoles...)
@@ -146,6 +173,23 @@ var tableRoles = append(append(append([]string{}, summedRoles...), "total"), oth
 func (rep *report) writeTable(w io.Writer) error {
 	fmt.Fprintf(w, "workload %s\nwindow %gs after a %gs warm-up, %d round(s); totals are broker+poller+logger+health\n",
 		rep.Workload, rep.WindowS, rep.WarmupS, rep.Rounds)
+	if m := rep.Machine; m != nil {
+		fmt.Fprintf(w, "machine: %d CPUs, %s, kernel %s, bench built with %s; load average %s before, %s after\n",
+			m.NProc, orUnknown(m.CPUModel), orUnknown(m.Kernel), m.GoVersion, orUnknown(m.LoadBefore), orUnknown(m.LoadAfter))
+	}
+	switch rep.Stack {
+	case stackRun:
+		fmt.Fprintln(w, "roles started by `tinyscada run` (-stack run)")
+	case stackDirect:
+		fmt.Fprintln(w, "roles started by the bench, one process each as the systemd units do (-stack direct); no run process")
+	}
+	for _, br := range rep.Results {
+		under := ""
+		if br.Exec != nil {
+			under = " under " + strings.Join(br.Exec, " ")
+		}
+		fmt.Fprintf(w, "%s: %s (%s)%s\n", br.Label, br.Bin, orUnknown(br.Build), under)
+	}
 	// CPU times come in ticks: say what one tick is worth here.
 	for _, br := range rep.Results {
 		if br.ReadingsPerS > 0 {
@@ -198,6 +242,7 @@ func (rep *report) writeTable(w io.Writer) error {
 		get          func(*roleReport) (float64, bool)
 	}{
 		{"CPU µs/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.CPUusPerReading, true }},
+		{"CPU s/minute", "%.3f", func(r *roleReport) (float64, bool) { return r.CPUsPerMinute, true }},
 		{"PSS MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSMB, true }},
 		{"written B/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.WriteBytesPerReading, true }},
 		{"wake-ups/transaction", "%.2f", func(r *roleReport) (float64, bool) {
@@ -223,6 +268,13 @@ func (rep *report) writeTable(w io.Writer) error {
 		}
 	}
 	return tw.Flush()
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
 }
 
 // change is b against a in percent, or "" when either is unknown or a is 0.

@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -70,7 +69,9 @@ func freePort() (int, error) {
 // bench is one run's parameters.
 type bench struct {
 	Label, Bin, Workload string
-	Env                  string // NAME=VALUE,… added to the stack's environment
+	Env                  string   // NAME=VALUE,… added to the stack's environment
+	Exec                 []string // the wrapper every process of Bin runs under (EXEC=), or nil
+	Stack                string   // stackRun or stackDirect
 	Warmup, Window       time.Duration
 	Proc                 string // /proc
 	Log                  func(format string, args ...any)
@@ -101,12 +102,12 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 	}
 	// The binary under test checks the configuration and says how many
 	// requests a round takes.
-	if out, err := exec.CommandContext(ctx, b.Bin, "config", "check", s.Config).CombinedOutput(); err != nil {
+	if out, err := b.command(ctx, "config", "check", s.Config).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("config check: %w: %s", err, firstLines(out, 10))
 	}
 	res = &runResult{Label: b.Label, Round: round, Transactions: -1, Roles: map[string]*roleRun{}}
 	var plan map[string]int
-	if out, err := exec.CommandContext(ctx, b.Bin, "poller", "-plan", "-config", s.Config).Output(); err != nil {
+	if out, err := b.command(ctx, "poller", "-plan", "-config", s.Config).Output(); err != nil {
 		res.Warnings = append(res.Warnings, fmt.Sprintf("poller -plan: %v: transactions not counted", err))
 	} else if plan, err = parsePlan(string(out)); err != nil {
 		res.Warnings = append(res.Warnings, err.Error()+": transactions not counted")
@@ -120,48 +121,38 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 
 	var sim *exec.Cmd
 	if s.SimMap != "" {
-		sim, err = startSimulator(ctx, b.Bin, s, logf)
+		sim, err = b.startSimulator(ctx, s, logf)
 		if err != nil {
 			return nil, err
 		}
 		defer stop(sim, stopTimeout)
 	}
-	runCmd := exec.Command(b.Bin, "run", "-config", s.Config)
-	runCmd.Dir = dir
-	if b.Env != "" {
-		runCmd.Env = append(os.Environ(), strings.Split(b.Env, ",")...)
+	var st roleStack
+	if b.Stack == stackDirect {
+		st, err = b.startDirect(s, logf)
+	} else {
+		st, err = b.startRun(s, dir, logf)
 	}
-	runCmd.Stdout, runCmd.Stderr = logf, logf
-	// Its own process group, so that a stack that does not stop on
-	// SIGTERM can be killed without touching the bench; run's children
-	// die with it (the supervisor sets their parent-death signal).
-	runCmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := runCmd.Start(); err != nil {
+	if err != nil {
 		return nil, err
 	}
-	var stopErr error
 	defer func() {
-		stopErr = stop(runCmd, stopTimeout)
-		if stopErr != nil && err == nil {
-			err = fmt.Errorf("stopping run: %w", stopErr)
+		if stopErr := st.stop(); stopErr != nil && err == nil {
+			err = fmt.Errorf("stopping the stack: %w", stopErr)
 		}
 	}()
 
 	want := slices.Clone(summedRoles)
 	if sim == nil {
-		want = append(want, "simulate")
+		want = append(want, "simulator")
 	}
-	pids, err := b.waitReady(ctx, runCmd, s.DB, want)
+	pids, err := b.waitReady(ctx, st, s.DB, want)
 	if err != nil {
 		return nil, err
 	}
 	if sim != nil {
 		pids["simulator"] = sim.Process.Pid
-	} else {
-		pids["simulator"] = pids["simulate"]
-		delete(pids, "simulate")
 	}
-	pids["run"] = runCmd.Process.Pid
 	b.Log("%s round %d: ready (pids %v); warming up %s", b.Label, round, pids, b.Warmup)
 	if err := sleep(ctx, b.Warmup); err != nil {
 		return nil, err
@@ -196,13 +187,13 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 	// The readings of the window are those of the samples stamped in it,
 	// counted once the logger has stored what came after: counting the
 	// rows at t0 and t1 would be off by up to a batch at either end.
-	st, err := waitStored(ctx, s.DB, t0, t1)
+	sto, err := waitStored(ctx, s.DB, t0, t1)
 	if err != nil {
 		return nil, err
 	}
 	// A role restarted in the window would have other pids now (or be
 	// gone): its counters would not cover the window.
-	now, extra, err := children(b.Proc, runCmd.Process.Pid, b.Bin)
+	now, extra, err := st.pids()
 	if err != nil {
 		return nil, err
 	}
@@ -216,12 +207,12 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 	}
 
 	res.WindowS = t1.Sub(t0).Seconds()
-	res.Readings, res.Bad = st.Readings, st.Bad
-	for _, n := range st.Samples {
+	res.Readings, res.Bad = sto.Readings, sto.Bad
+	for _, n := range sto.Samples {
 		res.Samples += n
 	}
 	if plan != nil {
-		if n, ok := transactions(st, plan); ok {
+		if n, ok := transactions(sto, plan); ok {
 			res.Transactions = n
 		} else {
 			res.Warnings = append(res.Warnings, "a device with samples is not in the plan: transactions not counted")
@@ -288,9 +279,10 @@ func waitStored(ctx context.Context, db string, t0, t1 time.Time) (stored, error
 	}
 }
 
-// waitReady waits until run has a child for every role in want and the
-// database holds a reading, and returns the children's pids by role.
-func (b *bench) waitReady(ctx context.Context, runCmd *exec.Cmd, db string, want []string) (map[string]int, error) {
+// waitReady waits until the stack has a process for every role in want
+// and the database holds a reading, and returns the processes' pids by
+// role.
+func (b *bench) waitReady(ctx context.Context, st roleStack, db string, want []string) (map[string]int, error) {
 	deadline := time.Now().Add(readyTimeout)
 	var missing []string
 	var dbErr error
@@ -298,11 +290,10 @@ func (b *bench) waitReady(ctx context.Context, runCmd *exec.Cmd, db string, want
 		if err := sleep(ctx, 200*time.Millisecond); err != nil {
 			return nil, err
 		}
-		// An exited run is a zombie until stop() waits for it.
-		if st, err := os.ReadFile(filepath.Join(b.Proc, strconv.Itoa(runCmd.Process.Pid), "stat")); err != nil || isZombie(st) {
-			return nil, fmt.Errorf("run exited before the stack was ready")
+		if err := st.alive(); err != nil {
+			return nil, fmt.Errorf("before the stack was ready: %w", err)
 		}
-		pids, _, err := children(b.Proc, runCmd.Process.Pid, b.Bin)
+		pids, _, err := st.pids()
 		if err != nil {
 			return nil, err
 		}
@@ -315,8 +306,8 @@ func (b *bench) waitReady(ctx context.Context, runCmd *exec.Cmd, db string, want
 		if len(missing) > 0 {
 			continue
 		}
-		st, err := countStored(ctx, db, 0, math.MaxInt64)
-		if dbErr = err; err == nil && st.Readings > 0 {
+		sto, err := countStored(ctx, db, 0, math.MaxInt64)
+		if dbErr = err; err == nil && sto.Readings > 0 {
 			return pids, nil
 		}
 	}
@@ -326,10 +317,17 @@ func (b *bench) waitReady(ctx context.Context, runCmd *exec.Cmd, db string, want
 	return nil, fmt.Errorf("not ready after %s: no reading stored (%v)", readyTimeout, dbErr)
 }
 
+// command is bin (under the build's wrapper, if any) with args.
+func (b *bench) command(ctx context.Context, args ...string) *exec.Cmd {
+	argv := append(append(slices.Clone(b.Exec), b.Bin), args...)
+	return exec.CommandContext(ctx, argv[0], argv[1:]...)
+}
+
 // startSimulator starts `bin simulate -map … -link …` and waits until it
 // prints the path of its line, which then exists.
-func startSimulator(ctx context.Context, bin string, s *setup, logf *os.File) (*exec.Cmd, error) {
-	cmd := exec.Command(bin, "simulate", "-map", s.SimMap, "-link", s.SimLink)
+func (b *bench) startSimulator(ctx context.Context, s *setup, logf *os.File) (*exec.Cmd, error) {
+	// Not bound to ctx: stop() ends it, with SIGTERM first.
+	cmd := b.command(context.Background(), "simulate", "-map", s.SimMap, "-link", s.SimLink)
 	cmd.Stderr = logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.StdoutPipe()
