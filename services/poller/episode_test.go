@@ -126,8 +126,22 @@ table = "holding"
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	// Failed rounds of episode 2 up to now: at least one more than the
-	// repeats its "still offline" line may count.
+	// Failed rounds of episode 2 up to the line: at least one more than
+	// the repeats it may count. The sender publishes a moment after the
+	// rounds (it lets a burst gather): wait for a round stamped after the
+	// line, so that every round before it is in.
+	lineAt, _ := time.Parse(time.RFC3339Nano, still["time"].(string))
+	testpeer.Eventually(t, 5*time.Second, "a round after the line", func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		for _, m := range rec.msgs[ep2:] {
+			var d struct{ T int64 }
+			if m.Topic == topic && json.Unmarshal(m.Payload, &d) == nil && d.T > lineAt.UnixMilli() {
+				return true
+			}
+		}
+		return false
+	})
 	rounds := 0
 	rec.mu.Lock()
 	for _, m := range rec.msgs[ep2:] {

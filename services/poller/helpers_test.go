@@ -22,7 +22,9 @@ import (
 // services would.
 func testConfig(t testing.TB, stateDir, body string) *config.Config {
 	t.Helper()
-	doc := fmt.Sprintf("version = 1\nstate_dir = %q\n%s", stateDir, body)
+	// The tests acknowledge at once (an acker, not a logger) and some use
+	// a short ack_timeout, which must exceed the logger's batch delay.
+	doc := fmt.Sprintf("version = 1\nstate_dir = %q\n%s\n[logger]\nbatch_delay = \"100ms\"\n", stateDir, body)
 	c, err := config.Parse("test.toml", []byte(doc))
 	if err != nil {
 		t.Fatalf("config: %v\n%s", err, doc)

@@ -512,13 +512,8 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 		case <-ctx.Done():
 			return
 		case <-p.wake:
-			// Let the rounds of the next moment join this one: a burst is
-			// one write, one batch of acknowledgements and one wake-up
-			// of the broker and the logger, not one per device.
-			select {
-			case <-ctx.Done():
+			if !p.linger(ctx) {
 				return
-			case <-time.After(sendLinger):
 			}
 		case <-tick.C:
 		}
@@ -546,6 +541,26 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 			}
 		}
 	}
+}
+
+// linger lets the rounds of the next moment join the one that woke the
+// sender: a burst is one write, one batch of acknowledgements and one
+// wake-up of the broker and the logger, not one per device. It waits
+// sendLinger, less once the outbox is half full (so that lingering never
+// makes it full and stops the sampling). It returns false when ctx ended.
+func (p *Poller) linger(ctx context.Context) bool {
+	t := time.NewTimer(sendLinger)
+	defer t.Stop()
+	for p.out.Stats(time.Now()).Depth*2 < p.cfg.Outbox {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		case <-p.wake:
+		}
+	}
+	return true
 }
 
 // publishData publishes msgs in order, all in flight at once (bus.Send),

@@ -21,7 +21,10 @@ type Logger struct {
 	// BatchReadings is how many readings one transaction holds at most.
 	BatchReadings int `toml:"batch_readings"`
 	// BatchDelay is how long the first message of a batch may wait for
-	// more before the batch is committed.
+	// more before the batch is committed: the commit interval, the
+	// latency to durable storage (and to the uplink), traded against the
+	// bytes written to flash per reading (docs/logger.md). Until then the
+	// readings are in the logger's memory and in the poller's outbox.
 	BatchDelay Duration `toml:"batch_delay"`
 	// BusyTimeout is how long one attempt waits for a database lock held by
 	// another process before the logger backs off and retries.
@@ -75,8 +78,8 @@ func defaultLogger() Logger {
 	return Logger{
 		DB:            "readings.db",
 		Synchronous:   "full",
-		BatchReadings: 2000,
-		BatchDelay:    Duration{500 * time.Millisecond},
+		BatchReadings: 10000,
+		BatchDelay:    Duration{5 * time.Second},
 		BusyTimeout:   Duration{200 * time.Millisecond},
 		RetryMax:      Duration{5 * time.Second},
 		MaxDBSize:     64 << 20,

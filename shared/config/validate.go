@@ -40,6 +40,16 @@ func (c *Config) validateAcross(ch *checker) {
 			ch.errorf("health.stale_after", "%s is not longer than bus.heartbeat_interval (%s): every service would look stale", st, hb)
 		}
 	}
+	// The logger acknowledges a reading when it commits it, up to
+	// logger.batch_delay later; a poller that gave up on it sooner would
+	// send every reading twice.
+	if at, bd := c.Poller.AckTimeout.Duration, c.Logger.BatchDelay.Duration; at <= bd {
+		if !ch.has("poller.ack_timeout") && ch.has("logger.batch_delay") {
+			ch.errorf("logger.batch_delay", "%s is not shorter than poller.ack_timeout (%s): the poller would send every reading again before it is committed", bd, at)
+		} else {
+			ch.errorf("poller.ack_timeout", "%s is not longer than logger.batch_delay (%s): the poller would send every reading again before it is committed", at, bd)
+		}
+	}
 }
 
 func (l *Log) validate(ch *checker) {
