@@ -73,11 +73,8 @@ type Master struct {
 	// began (as last measured, see readReply): the first read of a reply
 	// waits that long plus the reply's own time on the line, so that a
 	// device that keeps its pace costs one wake-up a transaction.
-	turn  [256]time.Duration
-	sleep sleeper
-	// clean says the last transaction read its reply and nothing else:
-	// the next one need not flush the input first.
-	clean    bool
+	turn     [256]time.Duration
+	sleep    sleeper
 	txbuf    [MaxFrame]byte
 	rxbuf    [2 * MaxFrame]byte
 	requests atomic.Uint64
@@ -199,15 +196,9 @@ func (m *Master) attempt(ctx context.Context, req *Request, frame []byte, timeou
 		return nil, fmt.Errorf("modbus: %v: %w", req, err)
 	}
 	m.wait(time.Until(m.lastBus.Add(m.silence)), m.silence)
-	// Flush what the line may still hold (a late reply, noise) unless the
-	// last transaction took exactly its reply: then there is nothing to
-	// flush but what came since, which readReply skips anyway.
-	if !m.clean {
-		if err := m.port.ResetInputBuffer(); err != nil {
-			return nil, fmt.Errorf("%w: flush input: %w", ErrPort, err)
-		}
+	if err := m.port.ResetInputBuffer(); err != nil {
+		return nil, fmt.Errorf("%w: flush input: %w", ErrPort, err)
 	}
-	m.clean = false
 	if _, err := m.port.Write(frame); err != nil {
 		return nil, fmt.Errorf("%w: write: %w", ErrPort, err)
 	}
@@ -262,7 +253,6 @@ func (m *Master) readReply(ctx context.Context, req *Request, sent, deadline tim
 				if err != nil {
 					return nil, fmt.Errorf("%v: %w", req, err)
 				}
-				m.clean = start == 0 && end == n
 				return data, nil
 			case replyMore:
 				if n == 0 {
