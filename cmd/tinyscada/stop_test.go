@@ -17,12 +17,13 @@ import (
 )
 
 // stopTail is a stack of broker, poller and logger with the demo's two
-// simulated devices polled every 200 ms and the logger's default batch
-// delay (500 ms), so that a stop soon after a data message finds it in the
-// logger's open batch. The roles are listed producer first, as a user may
+// simulated devices polled every 200 ms and a batch delay of 500 ms, so
+// that a stop soon after a data message finds it in the logger's open
+// batch. The roles are listed producer first, as a user may
 // write them: the stack starts and stops them in its own order anyway.
 const stopTail = `roles = ["broker", "poller", "logger"]
 [logger]
+batch_delay = "500ms"
 clock_sync = false
 gap_after = "1s"
 [poller]
