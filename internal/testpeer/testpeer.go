@@ -4,8 +4,8 @@
 // holds the helpers the packages' tests share: Config (a configuration of
 // the test's own: free port, temporary state directory), Eventually and
 // Until (wait for a condition, bounded, instead of a fixed sleep), Main
-// (more parallel tests where they mostly wait). Our broker in-process is
-// testpeer/testbroker.
+// (more parallel tests where they mostly wait), Emulator (the tests run
+// under qemu-user). Our broker in-process is testpeer/testbroker.
 package testpeer
 
 import (
@@ -42,6 +42,14 @@ func Missing(t testing.TB, why string) {
 	}
 	t.Skip(why)
 }
+
+// Emulator names the user-mode emulator the tests run under, as
+// TINYSCADA_EMULATOR says (.ci/run sets it to the qemu-user binary it gives
+// go test -exec); "" when the tests run natively. A test may skip a check
+// only when Emulator is not "" and the emulator itself is what stops the
+// check (the skip says so): qemu-user passes to the kernel only the
+// system calls and ioctls it knows how to translate.
+func Emulator() string { return os.Getenv("TINYSCADA_EMULATOR") }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
 func FreePort(t testing.TB) int {
