@@ -171,7 +171,10 @@ func TestMasterSkipsGarbageAndLateReplies(t *testing.T) {
 	} {
 		for _, chunk := range []int{0, 1, 5} {
 			p := &fakePort{chunk: chunk, reply: func([]byte) []byte { return append(slices.Clone(prefix), good...) }}
-			m := newTestMaster(p, 0)
+			// A byte a read, each followed by a wait for the rest's line
+			// time: more than newTestMaster's 20 ms on a slow (emulated)
+			// machine. Everything arrives; the timeout only bounds it.
+			m := NewMaster(p, Options{Baud: 115200, Timeout: time.Second})
 			regs, err := m.ReadHoldingRegisters(context.Background(), 1, 0, 2)
 			if err != nil || !slices.Equal(regs, []uint16{10, 11}) {
 				t.Errorf("%s, chunk %d: %v, %v", name, chunk, regs, err)
