@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/pelletier/go-toml/v2/unstable"
 )
@@ -115,8 +116,25 @@ func fieldByKey(t reflect.Type, key string, fold bool) (reflect.StructField, boo
 	return reflect.StructField{}, false
 }
 
-// keyFields lists the fields of struct type t that keys decode into.
+// fieldsOf caches keyFields by type: it is asked for every level of every
+// key's path, and listing a struct's fields allocates them all (parsing
+// a configuration with every key written out, as `tinyscada run` passes
+// it to its roles, took 10 MB without the cache, and every role kept most
+// of that heap).
+var fieldsOf sync.Map // reflect.Type → []reflect.StructField
+
+// keyFields lists the fields of struct type t that keys decode into. The
+// slice is shared: do not modify it.
 func keyFields(t reflect.Type) []reflect.StructField {
+	if f, ok := fieldsOf.Load(t); ok {
+		return f.([]reflect.StructField)
+	}
+	f := listKeyFields(t)
+	fieldsOf.Store(t, f)
+	return f
+}
+
+func listKeyFields(t reflect.Type) []reflect.StructField {
 	var out []reflect.StructField
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
@@ -128,7 +146,7 @@ func keyFields(t reflect.Type) []reflect.StructField {
 		switch {
 		case name == "-":
 		case f.Anonymous && name == "" && ft.Kind() == reflect.Struct:
-			out = append(out, keyFields(ft)...)
+			out = append(out, listKeyFields(ft)...)
 		case f.IsExported():
 			out = append(out, f)
 		}
