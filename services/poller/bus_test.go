@@ -65,7 +65,11 @@ func newAcker(t testing.TB, port int) *acker {
 		upTo := a.upTo
 		a.mu.Unlock()
 		if a.acking.Load() && upTo > 0 {
-			a.c.Publish(context.Background(), bus.Message{Topic: "tinyscada/ack/poller", QoS: 1,
+			// Sent, not waited for, as the logger does: a handler that
+			// waits for its own QoS 1 publish holds back the broker's
+			// next messages (see bus.Handler), which a burst of rounds
+			// turns into a crawl.
+			_, _ = bus.Send(context.Background(), a.c, bus.Message{Topic: "tinyscada/ack/poller", QoS: 1,
 				Payload: fmt.Appendf(nil, `{"run":%q,"seq":%d}`, d.Run, upTo)})
 		}
 	})
@@ -168,9 +172,9 @@ func TestBackpressure(t *testing.T) {
 		m, complete, _ := a.snapshot()
 		return m > 20 && complete
 	})
-	if s := p.Stats(); s.Outbox.Depth >= 5 {
-		t.Errorf("after acks: %+v", s)
-	}
+	// Sampling goes on faster than the acknowledgements come back here,
+	// so the outbox fills again and again, but not for good.
+	testpeer.Eventually(t, 10*time.Second, "room in the outbox after acks", func() bool { return p.Stats().Outbox.Depth < 5 })
 }
 
 // TestRepublishAfterReconnect: a broker restart loses nothing that was not

@@ -503,7 +503,10 @@ const sendLinger = 100 * time.Millisecond
 // re-sends data messages not acknowledged within ack_timeout.
 func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 	ackTimeout := p.cfg.AckTimeout.Duration
-	tick := time.NewTicker(min(ackTimeout/4, 250*time.Millisecond))
+	// The tick notices a reconnect while no round wakes the sender, and
+	// what waited ack_timeout: a second is soon enough for both, and each
+	// tick is a wake-up of an otherwise idle poller.
+	tick := time.NewTicker(min(ackTimeout/4, time.Second))
 	defer tick.Stop()
 	connected := false
 	var due []Pending
@@ -546,12 +549,15 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 // linger lets the rounds of the next moment join the one that woke the
 // sender: a burst is one write, one batch of acknowledgements and one
 // wake-up of the broker and the logger, not one per device. It waits
-// sendLinger, less once the outbox is half full (so that lingering never
-// makes it full and stops the sampling). It returns false when ctx ended.
+// sendLinger, less once the outbox holds a burst's worth: an eighth of it,
+// at most the 64 messages one publishing pass takes (so that lingering
+// never brings the outbox near full, which would stop the sampling). It
+// returns false when ctx ended.
 func (p *Poller) linger(ctx context.Context) bool {
 	t := time.NewTimer(sendLinger)
 	defer t.Stop()
-	for p.out.Stats(time.Now()).Depth*2 < p.cfg.Outbox {
+	burst := min(max(p.cfg.Outbox/8, 1), 64)
+	for p.out.Stats(time.Now()).Depth < burst {
 		select {
 		case <-ctx.Done():
 			return false
