@@ -206,6 +206,7 @@ offset = 0.5
 // from the simulator over a real pseudo-terminal, and checks that the
 // points were read with the fewest requests (counted by the simulator).
 func TestDecodeEveryType(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	sim, _ := startSim(t, typesMap, simLink(t, dir))
 	cfg := testConfig(t, dir, typesPoller)

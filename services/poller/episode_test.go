@@ -70,6 +70,7 @@ func startLoggedPoller(t *testing.T, cfgText string, dir string, pub bus.Conn) (
 // episode's first line, not after the first episode's. Against the
 // simulator on a real pseudo-terminal.
 func TestOfflineEpisodesCountedApart(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	link := simLink(t, dir)
 	sim, _ := startSim(t, "baud = 115200\n[[unit]]\nid = 1\n[[unit.register]]\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\nvalue = 5\n", link)

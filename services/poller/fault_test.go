@@ -85,6 +85,7 @@ table = "coil"
 // the poller marks it offline with the right reason and takes it back
 // online by itself once it is well, while unit 1 keeps being read.
 func TestFaults(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	sim, _ := startSim(t, twoUnits, simLink(t, dir))
 	rec := newRecorder()
@@ -204,6 +205,7 @@ func TestPortVanishes(t *testing.T) {
 // timeout (one request per round, no retries) plus the good device's own
 // round.
 func TestIsolation(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	sim, _ := startSim(t, twoUnits, simLink(t, dir))
 	if err := sim.Device.SetFault(2, simulate.Fault{Kind: simulate.NoAnswer}); err != nil {

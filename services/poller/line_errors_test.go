@@ -14,6 +14,7 @@ import (
 // moved. The simulator on a real pseudo-terminal makes each kind of
 // trouble for unit 2 ("victim") a few times.
 func TestLineErrorsCounted(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	sim, _ := startSim(t, twoUnits, simLink(t, dir))
 	rec := newRecorder()

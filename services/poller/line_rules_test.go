@@ -29,6 +29,7 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // field names break the name rule (control bytes, invalid UTF-8, a
 // wildcard) is a bad record, counted, and never becomes a point.
 func TestLineRecordRules(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	pt, err := pty.Open()
 	if err != nil {

@@ -164,3 +164,32 @@ func TestOutbox(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// Fresh counts the messages at the end of the outbox never published:
+// what the sender has not taken yet.
+func TestOutboxFresh(t *testing.T) {
+	o := NewOutbox(10)
+	add := func() {
+		if !o.Reserve() {
+			t.Fatal("outbox full")
+		}
+		o.Add("d", time.Now(), func(uint64) []byte { return []byte("x") })
+	}
+	add()
+	add()
+	if n := o.Fresh(10); n != 2 {
+		t.Fatalf("Fresh = %d after two adds, want 2", n)
+	}
+	o.Due(time.Now(), time.Hour, 64, nil)
+	add()
+	if n := o.Fresh(10); n != 1 {
+		t.Fatalf("Fresh = %d after a publish and an add, want 1", n)
+	}
+	if n := o.Fresh(0); n != 0 {
+		t.Fatalf("Fresh(0) = %d", n)
+	}
+	o.Unsent() // after a reconnect everything goes again, but it is not new
+	if n := o.Fresh(10); n != 1 {
+		t.Fatalf("Fresh = %d after Unsent, want 1", n)
+	}
+}

@@ -112,6 +112,18 @@ func (o *Outbox) Due(now time.Time, resend time.Duration, limit int, dst []Pendi
 	return dst
 }
 
+// Fresh returns how many messages at the end of the outbox were never
+// published (the rounds since the sender last ran), counting up to max.
+func (o *Outbox) Fresh(max int) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	n := 0
+	for i := len(o.items) - 1; i >= o.head && n < max && !o.items[i].published; i-- {
+		n++
+	}
+	return n
+}
+
 // Unsent marks every message as not yet published, so that Due returns
 // all of them (after a reconnect: the broker kept nothing).
 func (o *Outbox) Unsent() {

@@ -549,15 +549,15 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 // linger lets the rounds of the next moment join the one that woke the
 // sender: a burst is one write, one batch of acknowledgements and one
 // wake-up of the broker and the logger, not one per device. It waits
-// sendLinger, less once the outbox holds a burst's worth: an eighth of it,
-// at most the 64 messages one publishing pass takes (so that lingering
-// never brings the outbox near full, which would stop the sampling). It
-// returns false when ctx ended.
+// sendLinger, less once a burst's worth of new rounds waits: an eighth of
+// the outbox, at most the 64 messages one publishing pass takes (so that
+// lingering never brings the outbox near full, which would stop the
+// sampling). It returns false when ctx ended.
 func (p *Poller) linger(ctx context.Context) bool {
 	t := time.NewTimer(sendLinger)
 	defer t.Stop()
 	burst := min(max(p.cfg.Outbox/8, 1), 64)
-	for p.out.Stats(time.Now()).Depth < burst {
+	for p.out.Fresh(burst) < burst && p.out.Stats(time.Now()).Depth < p.cfg.Outbox-burst {
 		select {
 		case <-ctx.Done():
 			return false

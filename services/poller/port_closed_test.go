@@ -32,6 +32,7 @@ func portClosed(points ...string) func(bus.Message) bool {
 // numbers going on without a gap and acknowledged; when a port comes
 // back at the path, good rounds follow.
 func TestClosedPortLeavesRounds(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	link := simLink(t, dir)
 	_, stop := startSim(t, twoUnits, link)

@@ -18,6 +18,7 @@ import (
 // none says "hung", although no poll round completes (the old progress, a
 // count of rounds, stood still).
 func TestSlowAndSilentDevicesProgress(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	rtu, err := pty.Open()
 	if err != nil {

@@ -43,6 +43,7 @@ func TestReadRunRecord(t *testing.T) {
 // periodic note (ack_timeout 1h here): the next start records what the
 // logger did not commit as a gap.
 func TestRunFileAtStop(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	startSim(t, twoUnits, simLink(t, dir))
 	cfg := testConfig(t, dir, twoDevices("100ms", "20ms", "50ms", `ack_timeout = "1h"`))
