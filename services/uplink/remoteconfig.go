@@ -160,10 +160,8 @@ type remoteConfig struct {
 	local *bus.Client
 	// tree names the local topics.
 	tree topics.Tree
-	// upPrefix is "<upstream prefix>/<node>": requests come on
-	// upPrefix/config/set and upPrefix/config/get, answers go to
-	// upPrefix/config/result and upPrefix/config/current.
-	upPrefix string
+	// topics names the upstream topics (Upstream.ConfigSet, …).
+	topics Upstream
 	// path is the configuration file every role reads; "" (the built-in
 	// demo) makes every request rejected.
 	path string
@@ -196,8 +194,6 @@ func (rc *remoteConfig) init() {
 		rc.upSet = make(chan struct{})
 	}
 }
-
-func (rc *remoteConfig) upTopic(leaf string) string { return rc.upPrefix + "/config/" + leaf }
 
 // run watches the stack on the local bus, finishes an apply left in the
 // marker, then serves config/set and config/get from upstream until ctx
@@ -258,10 +254,10 @@ func (rc *remoteConfig) run(ctx context.Context) error {
 			}
 		}
 	}
-	if err := up.Subscribe(rc.upTopic("set"), 1, enqueue(sets, "set")); err != nil {
+	if err := up.Subscribe(rc.topics.ConfigSet(), 1, enqueue(sets, "set")); err != nil {
 		rc.log.Warn("remote config: subscribe failed; retried on reconnect", "err", err)
 	}
-	if err := up.Subscribe(rc.upTopic("get"), 1, enqueue(gets, "get")); err != nil {
+	if err := up.Subscribe(rc.topics.ConfigGet(), 1, enqueue(gets, "get")); err != nil {
 		rc.log.Warn("remote config: subscribe failed; retried on reconnect", "err", err)
 	}
 	go func() {
@@ -303,7 +299,7 @@ func (rc *remoteConfig) answerGet(ctx context.Context, payload []byte) {
 	if _, err := os.Stat(rc.marker); err == nil {
 		cur.Applying = true
 	}
-	rc.publish(ctx, rc.upTopic("current"), cur)
+	rc.publish(ctx, rc.topics.ConfigCurrent(), cur)
 }
 
 // publish sends v as JSON QoS 1 upstream, waiting for the connection.
@@ -326,7 +322,7 @@ func (rc *remoteConfig) publish(ctx context.Context, topic string, v any) error 
 
 func (rc *remoteConfig) reject(ctx context.Context, id, sum string, errs ...string) error {
 	rc.log.Warn("remote config rejected", "id", id, "errors", strings.Join(errs, "; "))
-	rc.publish(ctx, rc.upTopic("result"), configResult{ID: id, Status: statusRejected, Errors: errs, SHA256: sum, T: time.Now().UnixMilli()})
+	rc.publish(ctx, rc.topics.ConfigResult(), configResult{ID: id, Status: statusRejected, Errors: errs, SHA256: sum, T: time.Now().UnixMilli()})
 	return nil
 }
 
@@ -363,7 +359,7 @@ func (rc *remoteConfig) apply(ctx context.Context, payload []byte) error {
 		return rc.reject(ctx, req.ID, sum, fmt.Sprintf("cannot read the configuration in force: %v", err))
 	}
 	if bytes.Equal(cur, doc) {
-		rc.publish(ctx, rc.upTopic("result"), configResult{ID: req.ID, Status: statusApplied, Reason: "unchanged: this is the configuration in force", SHA256: sum, T: time.Now().UnixMilli()})
+		rc.publish(ctx, rc.topics.ConfigResult(), configResult{ID: req.ID, Status: statusApplied, Reason: "unchanged: this is the configuration in force", SHA256: sum, T: time.Now().UnixMilli()})
 		return nil
 	}
 	if s := rc.view.state(string(topics.Health)); s.State != "ready" {
@@ -392,7 +388,7 @@ func (rc *remoteConfig) apply(ctx context.Context, payload []byte) error {
 	}
 	rc.log.Info("remote config: applying", "id", req.ID, "restart", strings.Join(roles, ","))
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	rc.publish(pctx, rc.upTopic("result"), configResult{ID: req.ID, Status: statusApplying, Roles: roles, SHA256: sum, T: time.Now().UnixMilli()})
+	rc.publish(pctx, rc.topics.ConfigResult(), configResult{ID: req.ID, Status: statusApplying, Roles: roles, SHA256: sum, T: time.Now().UnixMilli()})
 	cancel()
 	return rc.proceed(ctx, m)
 }
@@ -452,7 +448,7 @@ func (rc *remoteConfig) proceed(ctx context.Context, m *applyMarker) error {
 		case phaseReport:
 			r := *m.Result
 			r.T, r.SHA256 = time.Now().UnixMilli(), hash([]byte(m.New))
-			if err := rc.publish(ctx, rc.upTopic("result"), r); err != nil {
+			if err := rc.publish(ctx, rc.topics.ConfigResult(), r); err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}

@@ -188,7 +188,7 @@ func TestRemoteConfigThroughRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer up.Close()
-	rc := &remoteConfig{local: lc, tree: topics.Tree{Prefix: "tinyscada"}, upPrefix: "fleet/n1", path: path,
+	rc := &remoteConfig{local: lc, tree: topics.Tree{Prefix: "tinyscada"}, topics: Upstream{Prefix: "fleet", Node: "n1"}, path: path,
 		marker: filepath.Join(dir, "config-apply.json"), deadline: 15 * time.Second,
 		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))}
 	rcDone := make(chan error, 1)
@@ -335,7 +335,7 @@ type = "u16"
 	// healthy) before it rolls back: a shorter one than the apply's, which
 	// must succeed, still long enough for the poller's restart and the
 	// rollback's return to health on a loaded machine.
-	rc = &remoteConfig{local: lc, tree: rc.tree, upPrefix: rc.upPrefix, path: path, marker: rc.marker, deadline: 6 * time.Second, log: rc.log}
+	rc = &remoteConfig{local: lc, tree: rc.tree, topics: rc.topics, path: path, marker: rc.marker, deadline: 6 * time.Second, log: rc.log}
 	go func() { rcDone <- rc.run(ctx) }()
 	rc.setUpstream(up)
 	r = nextResult(t, res, "bad-port", statusRolledBack)

@@ -43,10 +43,13 @@ func (u Upstream) State() string { return u.join("state") }
 // Crash is where crash reports go (QoS 1).
 func (u Upstream) Crash() string { return u.join("crash") }
 
-// ConfigSet, ConfigResult and ConfigGet are the remote configuration topics.
-func (u Upstream) ConfigSet() string    { return u.join("config/set") }
-func (u Upstream) ConfigResult() string { return u.join("config/result") }
-func (u Upstream) ConfigGet() string    { return u.join("config/get") }
+// ConfigSet, ConfigGet, ConfigResult and ConfigCurrent are the remote
+// configuration topics: requests come on the first two, answers go to
+// the other two (docs/uplink-config.md).
+func (u Upstream) ConfigSet() string     { return u.join("config/set") }
+func (u Upstream) ConfigGet() string     { return u.join("config/get") }
+func (u Upstream) ConfigResult() string  { return u.join("config/result") }
+func (u Upstream) ConfigCurrent() string { return u.join("config/current") }
 
 // NodeState is the payload of the upstream State topic.
 type NodeState struct {
@@ -130,22 +133,10 @@ func (u *Uplink) configFile() string {
 	return u.ConfigPath
 }
 
-// Topics returns the upstream topics of this node.
-func (u *Uplink) Topics() Upstream { return u.up }
-
 // Run connects upstream and runs the data path (and the crash and
 // configuration loops) until ctx ends; nil then. It returns an error for
 // an upstream setting that cannot be used (a TLS file that cannot be
 // read) or a cursor file that cannot be written.
-func Run(ctx context.Context, cfg *config.Config, svc *service.Service) error {
-	u, err := New(cfg, svc)
-	if err != nil {
-		return err
-	}
-	return u.Run(ctx)
-}
-
-// Run is the package's Run for an Uplink made by New.
 func (u *Uplink) Run(ctx context.Context) error {
 	if _, err := atomicfile.CleanTemp(u.cursorPath); err != nil {
 		u.log.Warn("could not remove temporary cursor files", "err", err)
@@ -191,7 +182,7 @@ func (u *Uplink) Run(ctx context.Context) error {
 	rc := &remoteConfig{
 		local:    u.svc.Bus,
 		tree:     u.svc.Topics,
-		upPrefix: u.up.Prefix + "/" + u.up.Node,
+		topics:   u.up,
 		path:     u.configFile(),
 		marker:   filepath.Join(u.cfg.StateDir, "uplink", "config-apply.json"),
 		deadline: u.u.ConfigDeadline.Duration,
