@@ -99,8 +99,13 @@ type child struct {
 
 type spawnReq struct {
 	cmd  *exec.Cmd
+	c    *child
 	errc chan error
 }
+
+// testHookStarted, when set by a test, runs between a child's start and its
+// registration, to widen the window in which a quick READY=1 arrives.
+var testHookStarted func()
 
 // New returns a supervisor; nothing runs before Run.
 func New(opts Options) *Supervisor {
@@ -192,7 +197,27 @@ func (s *Supervisor) spawner(done chan struct{}) {
 	runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
 	defer close(done)
 	for req := range s.spawn {
-		req.errc <- req.cmd.Start()
+		// The child is registered under the lock held across its start: a
+		// READY=1 it sends at once waits for the lock instead of coming
+		// from a pid not known yet, and being dropped.
+		s.mu.Lock()
+		err := req.cmd.Start()
+		if err == nil {
+			if testHookStarted != nil {
+				testHookStarted()
+			}
+			c := req.c
+			c.cmd = req.cmd
+			c.pid = req.cmd.Process.Pid
+			c.ready = false
+			c.readyCh = make(chan struct{})
+			c.exited = make(chan struct{})
+			c.status = ""
+			c.lastPing = time.Now()
+			s.byPID[c.pid] = c
+		}
+		s.mu.Unlock()
+		req.errc <- err
 	}
 }
 
@@ -208,20 +233,10 @@ func (s *Supervisor) start(c *child) error {
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	errc := make(chan error, 1)
-	s.spawn <- spawnReq{cmd: cmd, errc: errc}
+	s.spawn <- spawnReq{cmd: cmd, c: c, errc: errc}
 	if err := <-errc; err != nil {
 		return fmt.Errorf("start %s: %w", c.role.Name, err)
 	}
-	s.mu.Lock()
-	c.cmd = cmd
-	c.pid = cmd.Process.Pid
-	c.ready = false
-	c.readyCh = make(chan struct{})
-	c.exited = make(chan struct{})
-	c.status = ""
-	c.lastPing = time.Now()
-	s.byPID[c.pid] = c
-	s.mu.Unlock()
 	s.log.Info("started", "child", c.role.Name, "pid", c.pid)
 	return nil
 }

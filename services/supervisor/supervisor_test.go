@@ -126,6 +126,23 @@ func TestStartsInOrderAndReadsReady(t *testing.T) {
 	}
 }
 
+// A child that says READY=1 before the supervisor has noted its pid (a
+// loaded machine deschedules the supervisor right after the fork) is still
+// seen as ready: the notification is not dropped as from an unknown pid.
+// Not parallel: it sets a package hook.
+func TestReadyBeforeRegistration(t *testing.T) {
+	testHookStarted = func() { time.Sleep(300 * time.Millisecond) }
+	t.Cleanup(func() { testHookStarted = nil })
+	s, cancel, done := newTestSupervisor(t, "ok", Role{Name: "a"})
+	c := s.Status()[0]
+	cancel()
+	<-done
+	done <- nil // for the cleanup
+	if !c.Ready {
+		t.Fatalf("child %+v: its READY=1 was lost", c)
+	}
+}
+
 func TestRestartsKilledChild(t *testing.T) {
 	t.Parallel()
 	s, _, _ := newTestSupervisor(t, "ok", Role{Name: "a"})
