@@ -13,11 +13,13 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -51,15 +53,58 @@ func Missing(t testing.TB, why string) {
 // system calls and ioctls it knows how to translate.
 func Emulator() string { return os.Getenv("TINYSCADA_EMULATOR") }
 
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+// FreePort returns a TCP port on 127.0.0.1 that is free and stays the
+// test's until it ends. A port the kernel handed out for port 0 and that was
+// closed again can go to anyone before the test listens on it: to another
+// test process's port 0, or as the source port of any outgoing connection
+// (the suite's packages run in parallel, and CI's did take each other's
+// ports). So FreePort picks below the kernel's ephemeral range, which
+// neither ever uses, and a lock file per port keeps the other test
+// processes off the ones taken.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	lo, hi := testPorts()
+	dir := filepath.Join(os.TempDir(), "tinyscada-test-ports")
+	if err := os.MkdirAll(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	n := hi - lo
+	first := rand.IntN(n)
+	for i := range n {
+		port := lo + (first+i)%n
+		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// flock conflicts between two open files even in one process.
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			f.Close()
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err != nil { // someone else's, outside the suite
+			f.Close()
+			continue
+		}
+		l.Close()
+		t.Cleanup(func() { f.Close() })
+		return port
+	}
+	t.Fatalf("no free port in %d-%d", lo, hi-1)
+	return 0
+}
+
+// testPorts is the range FreePort picks from: the 10,000 ports below the
+// kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 by default).
+func testPorts() (lo, hi int) {
+	hi = 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		var a, z int
+		if _, err := fmt.Sscan(string(b), &a, &z); err == nil && a > 2048 {
+			hi = a
+		}
+	}
+	return max(1024, hi-10000), hi
 }
 
 // WaitPort waits until addr accepts TCP connections or the timeout passes.

@@ -3,6 +3,7 @@ package testpeer
 import (
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -47,5 +48,31 @@ func TestConfig(t *testing.T) {
 	}
 	if err := os.WriteFile(filepath.Join(a.StateDir, "x"), nil, 0o600); err != nil {
 		t.Error(err)
+	}
+}
+
+// FreePort's ports lie below the kernel's ephemeral range, where no port 0
+// bind and no outgoing connection lands, and are not handed out twice while
+// a test holds them, in this process or another.
+func TestFreePortOutsideEphemeralRange(t *testing.T) {
+	_, hi := testPorts()
+	seen := map[int]bool{}
+	for range 50 {
+		p := FreePort(t)
+		if p >= hi || p < 1024 {
+			t.Fatalf("port %d: want one below the ephemeral range (from %d)", p, hi)
+		}
+		if seen[p] {
+			t.Fatalf("port %d handed out twice", p)
+		}
+		seen[p] = true
+	}
+	// Another process sees the ports as taken: its lock on one fails.
+	for p := range seen {
+		out, err := exec.Command("flock", "-n", filepath.Join(os.TempDir(), "tinyscada-test-ports", strconv.Itoa(p)), "true").CombinedOutput()
+		if err == nil {
+			t.Fatalf("port %d: another process could take its lock (%s)", p, out)
+		}
+		break
 	}
 }

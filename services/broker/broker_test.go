@@ -570,12 +570,7 @@ func TestPortInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	free, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	freeAddr := free.Addr().String()
-	free.Close()
+	freeAddr := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t))
 
 	cfg := testConfig(t)
 	cfg.Broker.Listen = []string{freeAddr, taken.Addr().String()}

@@ -3,7 +3,7 @@ package bus
 import (
 	"context"
 	"errors"
-	"net"
+	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -37,16 +37,11 @@ func TestBrokerURL(t *testing.T) {
 // then says it gave up, with the last connection error.
 func TestDialGivesUpWhenContextEnds(t *testing.T) {
 	t.Parallel()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close() // nothing listens there now
+	addr := fmt.Sprintf("127.0.0.1:%d", testpeer.FreePort(t)) // ours, and nothing listens there
 	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
 	defer cancel()
 	attempts := 0
-	_, err = Dial(ctx, Options{
+	_, err := Dial(ctx, Options{
 		Address:     addr,
 		ClientID:    "t",
 		RetryMax:    100 * time.Millisecond,
