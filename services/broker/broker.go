@@ -133,6 +133,7 @@ func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger
 		}
 	}
 	for _, l := range lns {
+		l.srv = srv
 		if err := srv.AddListener(l); err != nil {
 			return fail(err)
 		}

@@ -11,6 +11,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -843,4 +844,78 @@ func TestCloseWithUnfinishedConnection(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("run does not return while a connection is half open")
 	}
+}
+
+// The broker stops while clients keep attaching and leaving. Mochi's own
+// way of disconnecting a closing listener's clients read-locks the client
+// list twice, and a client attaching or leaving in between deadlocked the
+// broker for good (it hung this package's test run for its 10 minutes):
+// Close must return every time. The interleaving is a matter of chance, so
+// this closes 16 listeners 40 times under churn, which caught the old code
+// in 8 runs of 10 here.
+func TestCloseWhileClientsComeAndGo(t *testing.T) {
+	t.Parallel()
+	cfg := testConfig(t)
+	// Each closing listener takes the double read lock once: many of them.
+	cfg.Broker.Listen = nil
+	for i := range 16 {
+		cfg.Broker.Listen = append(cfg.Broker.Listen, fmt.Sprintf("127.0.0.%d:0", i+1))
+	}
+	passwords, err := credentials.Ensure(cfg.StateDir, users())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for try := range 40 {
+		srv, lns, err := newServer(cfg, passwords, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := srv.Serve(); err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for g := range 16 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					churn(lns[(g+i)%len(lns)].Address(), fmt.Sprintf("c%d-%d-%d", try, g, i))
+				}
+			}()
+		}
+		time.Sleep(time.Duration(5+try%10) * time.Millisecond)
+		closed := make(chan struct{})
+		go func() { _ = srv.Close(); close(closed) }()
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("close %d: the server does not stop while clients come and go", try+1)
+		}
+		close(stop)
+		wg.Wait()
+	}
+}
+
+// churn connects as id with an MQTT 3.1.1 CONNECT, waits for the CONNACK
+// and hangs up.
+func churn(addr, id string) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	vh := []byte{0, 4, 'M', 'Q', 'T', 'T', 4, 2, 0, 60, 0, byte(len(id))}
+	pk := append([]byte{0x10, byte(len(vh) + len(id))}, vh...)
+	if _, err := c.Write(append(pk, id...)); err != nil {
+		return
+	}
+	var ack [4]byte
+	_, _ = io.ReadFull(c, ack[:])
 }

@@ -13,7 +13,9 @@ import (
 	"syscall"
 	"time"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/tinyscada/tinyscada/shared/connbuf"
 )
@@ -33,6 +35,8 @@ type listener struct {
 	// so anonymous clients are accepted on it.
 	local bool
 
+	// srv is the server the listener serves, for disconnectClients.
+	srv    *mqtt.Server
 	log    *slog.Logger
 	ln     net.Listener
 	mu     sync.Mutex
@@ -174,11 +178,12 @@ func (l *listener) untrack(c net.Conn) {
 	l.mu.Unlock()
 }
 
-// Close stops accepting, disconnects the listener's clients, and closes
+// Close stops accepting, disconnects the listener's clients (not with
+// the CloseFn mochi hands it: see disconnectClients), and closes
 // every connection still open (one accepted while closing, which mochi
 // does not know as a client yet and would wait for); a second call does
 // nothing.
-func (l *listener) Close(closeClients listeners.CloseFn) {
+func (l *listener) Close(listeners.CloseFn) {
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -189,12 +194,28 @@ func (l *listener) Close(closeClients listeners.CloseFn) {
 	if l.ln != nil {
 		_ = l.ln.Close() // a unix socket file is removed by Close
 	}
-	closeClients(l.id)
+	l.disconnectClients()
 	l.mu.Lock()
 	for c := range l.conns {
 		_ = c.Close()
 	}
 	l.mu.Unlock()
+}
+
+// disconnectClients does what mochi's closeListenerClients, handed to Close
+// as its argument, does, but without its recursive read lock of the client
+// list: GetByListener calls Len under its RLock, and a client attaching or
+// leaving in between (a writer waiting) deadlocks the broker for good,
+// never to stop (mochi-mqtt/server#488, open; it hung a test here).
+func (l *listener) disconnectClients() {
+	if l.srv == nil {
+		return
+	}
+	for _, cl := range l.srv.Clients.GetAll() {
+		if cl.Net.Listener == l.id && !cl.Closed() {
+			_ = l.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 func (l *listener) isClosed() bool {
