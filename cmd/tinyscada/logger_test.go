@@ -148,7 +148,7 @@ func startWatched(t *testing.T, cfgTail string) (cmd *exec.Cmd, w *watcher, stat
 	for _, role := range []string{"broker", "logger", "poller"} {
 		w.readyPID(t, role, 0)
 	}
-	w.drained(t, "start", 100)
+	w.drained(t, "start", 30)
 	return cmd, w, stateDir, cfgPath
 }
 
@@ -185,14 +185,14 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 			t.Fatal(err)
 		}
 		loggerPID = w.readyPID(t, "logger", loggerPID)
-		w.drained(t, "kill -9 of the logger", 100)
+		w.drained(t, "kill -9 of the logger", 30)
 	}
 
 	if err := syscall.Kill(brokerPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	brokerPID = w.readyPID(t, "broker", brokerPID)
-	w.drained(t, "kill -9 of the broker", 100)
+	w.drained(t, "kill -9 of the broker", 30)
 
 	if err := syscall.Kill(loggerPID, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -202,7 +202,7 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 	}
 	w.readyPID(t, "broker", brokerPID)
 	w.readyPID(t, "logger", loggerPID)
-	w.drained(t, "kill -9 of both", 100)
+	w.drained(t, "kill -9 of both", 30)
 
 	w.mu.Lock()
 	acked, resent := w.poller.Acked, w.poller.Resent
@@ -220,7 +220,7 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 	w.mu.Unlock()
 	w.readyPID(t, "poller", pollerPID)
 	w.waitFor(t, "a heartbeat of the new poller run", 10*time.Second, func() bool { return w.poller.Run != run })
-	w.drained(t, "kill -9 of the poller", 100)
+	w.drained(t, "kill -9 of the poller", 30)
 
 	db, err := store.OpenReadOnly(filepath.Join(stateDir, "readings.db"))
 	if err != nil {

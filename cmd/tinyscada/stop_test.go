@@ -57,8 +57,9 @@ scale = 0.1
 `
 
 // stopTries is how many clean stops TestCleanStopLosesNothingSilently
-// makes.
-const stopTries = 20
+// makes, stopStacks how many stacks of its own (own port, own state) make
+// them side by side: the test mostly waits.
+const stopTries, stopStacks = 20, 2
 
 // A clean stop of `tinyscada run` (SIGTERM) within half a second of a data
 // message, 20 times over: every message the poller published on the bus is
@@ -67,13 +68,24 @@ const stopTries = 20
 // stored or in a gap, not both. The stack stops the producer first, the
 // logger commits its open batch before it exits, and what is still
 // unacknowledged when the poller exits is in its run file, from which the
-// next start records the gap. It takes 20-30 s: skipped with -short.
+// next start records the gap. It takes about 10 s: skipped with -short.
 func TestCleanStopLosesNothingSilently(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
 		t.Skip("20 starts and stops of the stack: not with -short")
 	}
 	testpeer.Need(t, "mosquitto_sub")
+	for i := range stopStacks {
+		t.Run(fmt.Sprintf("stack%d", i+1), func(t *testing.T) {
+			t.Parallel()
+			cleanStops(t, stopTries/stopStacks)
+		})
+	}
+}
+
+// cleanStops starts and stops a stack of its own tries times, then checks
+// its store.
+func cleanStops(t *testing.T, tries int) {
 	port := testpeer.FreePort(t)
 	cfgPath, stateDir := writeConfig(t, port, stopTail)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -81,7 +93,7 @@ func TestCleanStopLosesNothingSilently(t *testing.T) {
 	seen := map[string]uint64{} // run → highest seq seen on the bus
 	var runs []string
 	began := time.Now()
-	for try := range stopTries {
+	for try := range tries {
 		cmd := startRun(t, cfgPath)
 		if err := testpeer.WaitPort(addr, 15*time.Second); err != nil {
 			t.Fatal(err)
@@ -153,7 +165,7 @@ func TestCleanStopLosesNothingSilently(t *testing.T) {
 			t.Fatalf("start %d: no data message", try+1)
 		}
 	}
-	t.Logf("figure: %d starts and clean stops of tinyscada run in %v", stopTries, time.Since(began).Round(time.Millisecond))
+	t.Logf("figure: %d starts and clean stops of tinyscada run in %v", tries, time.Since(began).Round(time.Millisecond))
 
 	// One more start: the last run's poller run file is read, and every
 	// dead run's end is recorded once gap_after (3 × ack_timeout) passed.
