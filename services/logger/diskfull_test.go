@@ -46,6 +46,7 @@ func perSecond(i int) time.Duration { return time.Duration(i) * time.Second }
 // its capacity and goes on as a ring buffer. When it holds, the file is
 // removed (space returns) and it must go on by itself.
 func TestLoggerOnFullTmpfs(t *testing.T) {
+	t.Parallel()
 	dir := testpeer.Tmpfs(t, "4m")
 	st := newStack(t, func(cfg *config.Config) {
 		cfg.Logger.DB = filepath.Join(dir, "readings.db")

@@ -397,7 +397,8 @@ func (sf *slowFast) end(t *testing.T, want ...string) {
 	}
 }
 
-// A handler that blocks for three keep-alive intervals holds up neither
+// A handler that blocks for two keep-alive intervals (longer than the
+// broker's grace of one and a half) holds up neither
 // the connection nor the other subscriptions' QoS 0 messages, and loses
 // nothing. (QoS 1 messages of the others would stop once mosquitto's
 // in-flight window of 20 is used up: the acknowledgements wait in order
@@ -407,10 +408,10 @@ func TestBlockingHandler(t *testing.T) {
 	sf := newSlowFast(t, 1, 0)
 	publish(t, sf.c, "slow/1", 1, "a")
 	publish(t, sf.c, "slow/1", 1, "b")
-	for i := range 60 {
+	for i := range 40 {
 		publish(t, sf.c, "fast/1", 1, fmt.Sprint(i))
 		expect(t, sf.got, msg{"fast/1", fmt.Sprint(i)})
-		time.Sleep(100 * time.Millisecond) // 60 × 100 ms: three keep-alives
+		time.Sleep(100 * time.Millisecond) // 40 × 100 ms: two keep-alives
 		if !sf.c.Connected() {
 			t.Fatal("disconnected while a handler blocks")
 		}
@@ -419,8 +420,8 @@ func TestBlockingHandler(t *testing.T) {
 }
 
 // When a subscription's queue is full the reader waits, and with it every
-// subscription; the connection stays up through three keep-alive
-// intervals (the client keeps pinging, and its own timeout does not fire
+// subscription; the connection stays up through two keep-alive
+// intervals and a quarter (the client keeps pinging, and its own timeout does not fire
 // while the reader is held), and nothing is lost or reordered.
 func TestFullQueueHoldsReader(t *testing.T) {
 	t.Parallel()
@@ -441,7 +442,7 @@ func TestFullQueueHoldsReader(t *testing.T) {
 	}
 	publish(t, pub, "fast/1", 1, "behind")
 	eventually(t, "the reader blocked", func() bool { c := sf.c.cur.Load(); return c != nil && c.isHeld() })
-	time.Sleep(7 * time.Second) // three keep-alive intervals and a half
+	time.Sleep(4500 * time.Millisecond) // two keep-alive intervals and a quarter, past the broker's grace of one and a half
 	if !sf.c.Connected() || sf.connects.Load() != 1 {
 		t.Fatalf("connected %v after %d connections; want the first one still up", sf.c.Connected(), sf.connects.Load())
 	}
