@@ -94,6 +94,9 @@ func (s *states) last() State {
 // heartbeat) and into the retained state with the next heartbeat, which
 // keeps "ready" and its since.
 func TestStatusFollows(t *testing.T) {
+	if !alone(t) {
+		return
+	}
 	sink := listenStatus(t)
 	cfg := testConfig(t)
 	ctx, cancel := context.WithCancel(context.Background())

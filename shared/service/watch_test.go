@@ -45,6 +45,7 @@ func watchConfig(t *testing.T) *config.Config {
 // the progress stands still and the heartbeat says which loop; keeping a
 // promise again ends it.
 func TestLoopPromises(t *testing.T) {
+	t.Parallel()
 	cfg := watchConfig(t)
 	s, err := New(context.Background(), "poller", cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -145,6 +146,9 @@ func (discard) Publish(context.Context, bus.Message) error { return nil }
 // says "stopping" (or "lost"), again once health's heartbeats are stale,
 // and not while one of its loops is hung or its progress stands still.
 func TestFeedsOwnWatchdogWhileHealthAbsent(t *testing.T) {
+	if !alone(t) {
+		return
+	}
 	pings := listenPings(t)
 	t.Setenv("WATCHDOG_USEC", "10000000")
 	t.Setenv("WATCHDOG_PID", fmt.Sprint(os.Getpid()))
