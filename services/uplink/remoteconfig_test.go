@@ -333,9 +333,10 @@ type = "u16"
 	defer cancel()
 	// This one waits out its deadline (the failing poller never becomes
 	// healthy) before it rolls back: a shorter one than the apply's, which
-	// must succeed, still long enough for the poller's restart and the
+	// must succeed (4.5 s: a restart and return to health took about 1 s here),
+	// still long enough for the poller's restart and the
 	// rollback's return to health on a loaded machine.
-	rc = &remoteConfig{local: lc, tree: rc.tree, topics: rc.topics, path: path, marker: rc.marker, deadline: 6 * time.Second, log: rc.log}
+	rc = &remoteConfig{local: lc, tree: rc.tree, topics: rc.topics, path: path, marker: rc.marker, deadline: 4500 * time.Millisecond, log: rc.log}
 	go func() { rcDone <- rc.run(ctx) }()
 	rc.setUpstream(up)
 	r = nextResult(t, res, "bad-port", statusRolledBack)
