@@ -327,8 +327,7 @@ func (r *rig) startUplink() {
 	// As deploy/units/tinyscada-uplink.service runs it.
 	cmd.Env = append(os.Environ(), "GOMEMLIMIT=16MiB")
 	out := &strings.Builder{}
-	var mu sync.Mutex
-	cmd.Stderr = writerFunc(func(p []byte) (int, error) { mu.Lock(); defer mu.Unlock(); return out.Write(p) })
+	cmd.Stderr = writerFunc(func(p []byte) (int, error) { r.mu.Lock(); defer r.mu.Unlock(); return out.Write(p) })
 	if err := cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}
@@ -339,9 +338,9 @@ func (r *rig) startUplink() {
 		_ = cmd.Process.Kill()
 		_ = cmd.Wait()
 		if r.t.Failed() {
-			mu.Lock()
+			r.mu.Lock()
 			r.t.Logf("uplink output:\n%s", out.String())
-			mu.Unlock()
+			r.mu.Unlock()
 		}
 	})
 }
@@ -548,10 +547,8 @@ func TestUplinkTLS(t *testing.T) {
 			if row, _ := r.cursor(); row != 0 {
 				t.Errorf("cursor moved to %d without a verified upstream", row)
 			}
-			r.mu.Lock()
-			log := r.out.String()
-			r.mu.Unlock()
-			if !strings.Contains(log, tc.want) {
+			// The log line follows the state by a moment.
+			if !testpeer.Until(5*time.Second, func() bool { r.mu.Lock(); defer r.mu.Unlock(); return strings.Contains(r.out.String(), tc.want) }) {
 				t.Errorf("the uplink's log does not name %q", tc.want)
 			}
 		})
