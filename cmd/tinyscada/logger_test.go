@@ -169,7 +169,7 @@ func (w *watcher) pids(roles ...string) []int {
 // is in the database exactly once, there is no gap, and the poller's outbox
 // drains after each kill. Then kill -9 of the poller: its run's seqs up to
 // the last data_seq its heartbeats showed are all accounted for, stored or
-// in a gap record of its end, never both, and the new run drains.
+// in a gap record, never both, and the new run drains.
 func TestLoggerSurvivesKillNine(t *testing.T) {
 	t.Parallel()
 	cmd, w, stateDir, cfgPath := startWatched(t, fastPoller)
@@ -235,25 +235,31 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 	}
 	_ = cmd.Wait()
 
-	var n, distinct, maxSeq, gapSeqs, overlap, lowGaps int64
-	if err := db.QueryRow(`SELECT count(*), count(DISTINCT s.seq), coalesce(max(s.seq), 0) FROM sample s JOIN run r ON r.id = s.run WHERE r.run = ?`, run).
-		Scan(&n, &distinct, &maxSeq); err != nil {
+	var n, distinct, maxSeq, upToAcked, gapSeqs, overlap, lowGaps int64
+	if err := db.QueryRow(`SELECT count(*), count(DISTINCT s.seq), coalesce(max(s.seq), 0), count(DISTINCT s.seq) FILTER (WHERE s.seq <= ?2)
+		FROM sample s JOIN run r ON r.id = s.run WHERE r.run = ?1`, run, acked).
+		Scan(&n, &distinct, &maxSeq, &upToAcked); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.QueryRow(`SELECT coalesce(sum(g.last_seq - g.first_seq + 1), 0), count(*) FILTER (WHERE g.first_seq <= ?2)
-		FROM gap g JOIN run r ON r.id = g.run WHERE r.run = ?1`, run, maxSeq).Scan(&gapSeqs, &lowGaps); err != nil {
+		FROM gap g JOIN run r ON r.id = g.run WHERE r.run = ?1`, run, acked).Scan(&gapSeqs, &lowGaps); err != nil {
 		t.Fatal(err)
 	}
 	if err := db.QueryRow(`SELECT count(*) FROM sample s JOIN run r ON r.id = s.run JOIN gap g ON g.run = s.run
 		WHERE r.run = ? AND s.seq BETWEEN g.first_seq AND g.last_seq`, run).Scan(&overlap); err != nil {
 		t.Fatal(err)
 	}
-	// Every acknowledged message is stored once: seqs 1..acked and the
-	// later ones that arrived before the kill, with no hole among them;
-	// what the dead run made and never delivered is one gap at its end.
-	if n != distinct || maxSeq < int64(acked) || n != maxSeq || lowGaps != 0 || overlap != 0 || n+gapSeqs != committed {
-		t.Errorf("run %s: %d samples, %d distinct seqs, highest %d, acknowledged %d; gaps: %d seqs, %d below the highest stored, %d overlapping; committed %d",
-			run, n, distinct, maxSeq, acked, gapSeqs, lowGaps, overlap, committed)
+	// Every acknowledged message is stored once: seqs 1..acked with no
+	// hole among them, and no gap there. What the dead run made after
+	// that is stored or in a gap record, never both, and the two add up
+	// to its end. (The gaps are not only at its end: a message the poller
+	// would have sent again after ack_timeout, because the broker dropped
+	// it for the busy logger or the connection broke, can leave a hole
+	// below a later one that arrived before the kill; CI-like load showed
+	// one.)
+	if n != distinct || upToAcked != int64(acked) || lowGaps != 0 || overlap != 0 || n+gapSeqs != committed {
+		t.Errorf("run %s: %d samples, %d distinct seqs, highest %d, %d of them up to the %d acknowledged; gaps: %d seqs, %d at or below the acknowledged, %d overlapping; committed %d",
+			run, n, distinct, maxSeq, upToAcked, acked, gapSeqs, lowGaps, overlap, committed)
 	}
 	var bad string
 	if err := db.QueryRow(`PRAGMA integrity_check`).Scan(&bad); err != nil || bad != "ok" {
