@@ -55,6 +55,9 @@ func newStack(t testing.TB, mod func(*config.Config)) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Closed before the broker stops (cleanups run last first): else it
+	// reconnects, and logs, after the test ended, which panics under -v.
+	t.Cleanup(p.Bus.Close)
 	st.poller = p
 	if err := p.Bus.Subscribe(p.Topics.Ack("poller"), 1, func(_ string, b []byte) {
 		var a struct {
