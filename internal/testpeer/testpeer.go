@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -19,9 +20,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/shared/flock"
 )
 
 // Need returns the path of tool, or skips the test when it is missing, or
@@ -68,26 +70,26 @@ func FreePort(t testing.TB) int {
 	if err := os.MkdirAll(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
+	_ = os.Chmod(dir, 0o1777) // shared by every user's tests, like /tmp
 	n := hi - lo
 	first := rand.IntN(n)
 	for i := range n {
 		port := lo + (first+i)%n
-		f, err := os.OpenFile(filepath.Join(dir, strconv.Itoa(port)), os.O_CREATE|os.O_RDWR, 0o666)
+		// Another holder (flock.ErrLocked), or another user's file: not ours.
+		h, err := flock.Lock(filepath.Join(dir, strconv.Itoa(port)))
+		if errors.Is(err, flock.ErrLocked) || errors.Is(err, os.ErrPermission) {
+			continue
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		// flock conflicts between two open files even in one process.
-		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
-			f.Close()
-			continue
-		}
 		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil { // someone else's, outside the suite
-			f.Close()
+			h.Close()
 			continue
 		}
 		l.Close()
-		t.Cleanup(func() { f.Close() })
+		t.Cleanup(func() { h.Close() })
 		return port
 	}
 	t.Fatalf("no free port in %d-%d", lo, hi-1)

@@ -1,13 +1,15 @@
 package testpeer
 
 import (
+	"errors"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/tinyscada/tinyscada/shared/flock"
 )
 
 func TestUntil(t *testing.T) {
@@ -53,26 +55,24 @@ func TestConfig(t *testing.T) {
 
 // FreePort's ports lie below the kernel's ephemeral range, where no port 0
 // bind and no outgoing connection lands, and are not handed out twice while
-// a test holds them, in this process or another.
+// a test holds them, in this process or another (a lock on an open file
+// conflicts with any other open file's, whichever process has it).
 func TestFreePortOutsideEphemeralRange(t *testing.T) {
-	_, hi := testPorts()
+	lo, hi := testPorts()
 	seen := map[int]bool{}
+	last := 0
 	for range 50 {
 		p := FreePort(t)
-		if p >= hi || p < 1024 {
-			t.Fatalf("port %d: want one below the ephemeral range (from %d)", p, hi)
+		if p < lo || p >= hi {
+			t.Fatalf("port %d: want one in %d-%d, below the ephemeral range", p, lo, hi-1)
 		}
 		if seen[p] {
 			t.Fatalf("port %d handed out twice", p)
 		}
-		seen[p] = true
+		seen[p], last = true, p
 	}
-	// Another process sees the ports as taken: its lock on one fails.
-	for p := range seen {
-		out, err := exec.Command("flock", "-n", filepath.Join(os.TempDir(), "tinyscada-test-ports", strconv.Itoa(p)), "true").CombinedOutput()
-		if err == nil {
-			t.Fatalf("port %d: another process could take its lock (%s)", p, out)
-		}
-		break
+	_, err := flock.Lock(filepath.Join(os.TempDir(), "tinyscada-test-ports", strconv.Itoa(last)))
+	if !errors.Is(err, flock.ErrLocked) {
+		t.Fatalf("port %d: its lock file could be locked again (%v)", last, err)
 	}
 }
