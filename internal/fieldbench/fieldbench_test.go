@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tinyscada/tinyscada/internal/testpeer"
 	"github.com/tinyscada/tinyscada/services/poller"
 	"github.com/tinyscada/tinyscada/services/simulate"
 	"github.com/tinyscada/tinyscada/shared/config"
@@ -348,11 +349,7 @@ func TestBinFlag(t *testing.T) {
 	if err := os.WriteFile(plain, []byte("\x7fELF"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	sh, err := exec.LookPath("sh")
-	if err != nil {
-		t.Skip("no sh in PATH:", err)
-	}
-	sh, _ = filepath.Abs(sh)
+	sh, _ := filepath.Abs(testpeer.Need(t, "sh"))
 	var f binFlag
 	for _, v := range []string{
 		"native=" + exe,

@@ -191,6 +191,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The machine as the bench found it: before -reference compiles its
+	// benchmarks, which would show in the load average.
+	m := readMachine("/proc")
 	var ref *referenceBench
 	if *reference {
 		// Before the long runs: a checkout without the benchmarks, or a
@@ -203,7 +206,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	logf := func(format string, a ...any) {
 		fmt.Fprintf(stderr, time.Now().Format("15:04:05 ")+format+"\n", a...)
 	}
-	m := readMachine("/proc")
 	var results []*runResult
 	for r := 1; r <= *rounds; r++ {
 		// A B, then B A: a drift of the machine over the rounds weighs on
