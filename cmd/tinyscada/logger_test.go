@@ -280,8 +280,12 @@ func TestLoggerSurvivesKillNine(t *testing.T) {
 	// A record for every reading and every point that could not be read
 	// (the poller killed mid-transaction may leave one).
 	var climate, failed int64
-	db.QueryRow(`SELECT count(*) FROM reading r JOIN point p ON p.id = r.point JOIN device d ON d.id = p.device WHERE d.name = 'climate'`).Scan(&climate)
-	db.QueryRow(`SELECT count(*) FROM bad b JOIN point p ON p.id = b.point JOIN device d ON d.id = p.device WHERE d.name = 'climate'`).Scan(&failed)
+	if err := db.QueryRow(`SELECT count(*) FROM reading r JOIN point p ON p.id = r.point JOIN device d ON d.id = p.device WHERE d.name = 'climate'`).Scan(&climate); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.QueryRow(`SELECT count(*) FROM bad b JOIN point p ON p.id = b.point JOIN device d ON d.id = p.device WHERE d.name = 'climate'`).Scan(&failed); err != nil {
+		t.Fatal(err)
+	}
 	// And the gaps (the dead run's lost messages), which name no device.
 	var gaps int64
 	for _, r := range recs[1:] {

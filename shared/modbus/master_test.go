@@ -309,8 +309,12 @@ func TestLearnTurn(t *testing.T) {
 	}
 	before := m.turn[7]
 	m.learnTurn(7, sent, 50, 45, sent.Add(time.Millisecond))
-	if m.turn[7] != before || m.turn[8] != 0 {
-		t.Errorf("a first read longer than the reply moved it: %v (unit 8: %v)", m.turn[7], m.turn[8])
+	if m.turn[7] != before {
+		t.Errorf("a first read longer than the reply moved it: %v", m.turn[7])
+	}
+	m.learnTurn(8, sent, 5, 45, sent.Add(5*time.Millisecond+LineTime(9600, 5)))
+	if m.turn[7] != before || m.turn[8] != 5*time.Millisecond {
+		t.Errorf("another unit's reply: unit 7 %v (was %v), unit 8 %v, want 5ms", m.turn[7], before, m.turn[8])
 	}
 	// Never below zero, never above the timeout.
 	m.learnTurn(7, sent, 5, 45, sent)
