@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -51,10 +52,10 @@ func TestDecodeVariants(t *testing.T) {
 			return len(m.Values) == 1 && m.Values[0].Kind == KindFloat && m.Values[0].F == 1000
 		}},
 		{"escaped names", `{"run":"r","seq":3,"t":1,"m":1,"v":{"temp \u00b0C":1.5,"a\"b":2,"\ud83d\ude00":3}}`, func(m *Message) bool {
-			return string(m.Values[0].Name) == "temp °C" && string(m.Values[1].Name) == `a"b` && string(m.Values[2].Name) == "😀"
+			return len(m.Values) == 3 && string(m.Values[0].Name) == "temp °C" && string(m.Values[1].Name) == `a"b` && string(m.Values[2].Name) == "😀"
 		}},
 		{"float beyond int64", `{"run":"r","seq":4,"t":1,"m":1,"v":{"a":-9223372036854775809,"b":123456789012345678901234}}`, func(m *Message) bool {
-			return m.Values[0].Kind == KindFloat && m.Values[1].Kind == KindFloat && m.Values[1].F == 1.2345678901234568e23
+			return len(m.Values) == 2 && m.Values[0].Kind == KindFloat && m.Values[1].Kind == KindFloat && m.Values[1].F == 1.2345678901234568e23
 		}},
 	} {
 		var m Message
@@ -129,7 +130,7 @@ func TestDecodeMalformed(t *testing.T) {
 			continue
 		}
 		var de *DecodeError
-		if !errorsAs(err, &de) {
+		if !errors.As(err, &de) {
 			t.Errorf("%q: error %T is not a *DecodeError", tc.in, err)
 		}
 		if !strings.Contains(err.Error(), tc.why) {
@@ -139,12 +140,6 @@ func TestDecodeMalformed(t *testing.T) {
 			t.Errorf("%q: HasID = %v, want %v", tc.in, m.HasID, tc.hasID)
 		}
 	}
-}
-
-func errorsAs(err error, de **DecodeError) bool {
-	d, ok := err.(*DecodeError)
-	*de = d
-	return ok
 }
 
 func TestDecodeNoAllocs(t *testing.T) {
@@ -244,7 +239,7 @@ func TestDecodeItemDeviceName(t *testing.T) {
 		var it Item
 		DecodeItem(&it, dev, payload)
 		var de *DecodeError
-		if !errorsAs(it.Err, &de) || !it.Msg.HasID || it.Msg.Seq != 4 {
+		if !errors.As(it.Err, &de) || !it.Msg.HasID || it.Msg.Seq != 4 {
 			t.Errorf("device %q: err %v, msg %+v", dev, it.Err, it.Msg)
 		}
 	}
