@@ -5,17 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/tinyscada/tinyscada/services/health"
+	"github.com/tinyscada/tinyscada/services/supervisor"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/service"
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
-
-// supervisorEnv names the variable `tinyscada run` sets in its children's
-// environment ("run"), so that health drives the run supervisor instead of
-// systemd.
-const supervisorEnv = "TINYSCADA_SUPERVISOR"
 
 // runHealth is the health role: see package health. Under `tinyscada run`
 // it drives the run supervisor (pid checks against its parent, restarts by
@@ -23,7 +20,7 @@ const supervisorEnv = "TINYSCADA_SUPERVISOR"
 // restarts it) when D-Bus cannot be reached.
 func runHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	var sup health.Supervisor
-	if os.Getenv(supervisorEnv) == "run" {
+	if name, value, _ := strings.Cut(supervisor.UnderRun, "="); os.Getenv(name) == value {
 		sup = health.RunSupervisor{Parent: os.Getppid()}
 		log.Info("driving the tinyscada run supervisor", "pid", os.Getppid())
 	} else {

@@ -76,7 +76,7 @@ func runStack(ctx context.Context, args []string) error {
 		Exe:               exe,
 		Roles:             roles,
 		RunDir:            runDir,
-		Env:               []string{supervisorEnv + "=run"},
+		Env:               []string{supervisor.UnderRun},
 		ExtraFiles:        files,
 		ReadyTimeout:      cfg.Run.ReadyTimeout.Duration,
 		RestartBackoff:    cfg.Run.RestartBackoff.Duration,

@@ -234,8 +234,11 @@ func runBounded(ctx context.Context, dir, name string, args ...string) ([]byte, 
 	cmd.WaitDelay = 5 * time.Second
 	err := cmd.Run()
 	out := append(stdout.Bytes(), stderr.Bytes()...)
-	if ctx.Err() != nil {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return out, fmt.Errorf("not done within the %s of -reference: killed", referenceBudget)
+	}
+	if ctx.Err() != nil {
+		return out, fmt.Errorf("stopped: %w", ctx.Err())
 	}
 	return out, err
 }

@@ -87,7 +87,7 @@ func (r *runStack) stop() error { return stop(r.cmd, stopTimeout) }
 // watchdogs and restarts work as under run, but every role is a child of
 // the bench started as `[EXEC…] BIN ROLE -config FILE`, the command line of
 // its systemd unit (deploy/units). Health drives it as it drives run's
-// (TINYSCADA_SUPERVISOR=run: the bench is its parent). There is no "run"
+// (supervisor.UnderRun: the bench is its parent). There is no "run"
 // process: the supervisor's own work is the bench's, not measured.
 type directStack struct {
 	sup    *supervisor.Supervisor
@@ -114,7 +114,7 @@ func (b *bench) startDirect(s *setup, logf *os.File) (*directStack, error) {
 	if err := os.MkdirAll(runDir, 0o700); err != nil {
 		return nil, err
 	}
-	env := []string{"TINYSCADA_SUPERVISOR=run"}
+	env := []string{supervisor.UnderRun}
 	if b.Env != "" {
 		env = append(env, strings.Split(b.Env, ",")...)
 	}
@@ -152,8 +152,6 @@ func directRoles(cfg *config.Config, cfgPath, bin string, wrapper []string, log 
 	return roles
 }
 
-// simulatorName is the supervisor's name of a simulator child.
-const simulatorName = "simulate-"
 
 func (d *directStack) pids() (map[string]int, []string, error) {
 	roles := map[string]int{}
@@ -163,7 +161,7 @@ func (d *directStack) pids() (map[string]int, []string, error) {
 			continue
 		}
 		name := c.Name
-		if strings.HasPrefix(name, simulatorName) {
+		if strings.HasPrefix(name, supervisor.SimulatorPrefix) {
 			name = "simulator"
 		}
 		if _, dup := roles[name]; dup {

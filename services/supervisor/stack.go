@@ -11,8 +11,13 @@ import (
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
 
-// simulatorPrefix starts the names of the simulator children.
-const simulatorPrefix = "simulate-"
+// SimulatorPrefix starts the names of the simulator children.
+const SimulatorPrefix = "simulate-"
+
+// UnderRun is the variable `tinyscada run` sets in its children's
+// environment, so that health drives the run supervisor instead of
+// systemd.
+const UnderRun = "TINYSCADA_SUPERVISOR=run"
 
 // Stack returns the children of `tinyscada run` for cfg, in start order,
 // each reading the configuration file cfgPath: the roles of run.roles that
@@ -63,7 +68,7 @@ func stack(cfg *config.Config, cfgPath string, have func(string) bool, canPing b
 		switch {
 		case roles[i].Name == string(topics.Health):
 			roles[i].Watchdog = cfg.Health.RunSelfWatchdog.Duration
-		case !strings.HasPrefix(roles[i].Name, simulatorPrefix):
+		case !strings.HasPrefix(roles[i].Name, SimulatorPrefix):
 			roles[i].Watchdog = cfg.Health.RunWatchdog.Duration
 		}
 	}
@@ -79,7 +84,7 @@ func simulators(cfg *config.Config, cfgPath string) []Role {
 			continue
 		}
 		roles = append(roles, Role{
-			Name: simulatorPrefix + p.Name,
+			Name: SimulatorPrefix + p.Name,
 			Args: []string{"simulate", "-config", cfgPath, "-link", p.Path(cfg.StateDir), "-baud", strconv.Itoa(p.Baud)},
 		})
 	}
