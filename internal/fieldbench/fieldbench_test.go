@@ -505,7 +505,8 @@ func TestBuildOf(t *testing.T) {
 	}
 }
 
-// brokerbench's output as it prints it (services/broker/internal/brokerbench).
+// brokerbench's output layout, as main.go prints it (services/broker/internal/brokerbench);
+// the figures are made up for the parser, not measured.
 const brokerbenchOut = `1 publisher -> 1 subscriber, QoS 1, 100-byte payloads, 50000 messages per run, closed loop, window 100, 5 rounds
   round 1 tinyscada    13586 msg/s  p50  5.41ms  p99 13.302ms  RSS max  15913 kB  lost 0
   round 1 mosquitto    13781 msg/s  p50 4.896ms  p99 23.165ms  RSS max   8683 kB  lost 0
