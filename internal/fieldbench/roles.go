@@ -152,7 +152,6 @@ func directRoles(cfg *config.Config, cfgPath, bin string, wrapper []string, log 
 	return roles
 }
 
-
 func (d *directStack) pids() (map[string]int, []string, error) {
 	roles := map[string]int{}
 	var extra []string
