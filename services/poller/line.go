@@ -11,8 +11,6 @@ import (
 	"strings"
 	"time"
 
-	"go.bug.st/serial"
-
 	"github.com/tinyscada/tinyscada/shared/clock"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/modbus"
@@ -157,7 +155,7 @@ func parseValue(t value.Type, text []byte) (value.Value, error) {
 
 // runLine owns one line-mode port until ctx ends.
 func (p *Poller) runLine(ctx context.Context, pr *portRun) {
-	p.keepPort(ctx, pr, func(ctx context.Context, port serial.Port) error {
+	p.keepPort(ctx, pr, func(ctx context.Context, port modbus.Port) error {
 		return p.readLines(ctx, pr, port)
 	})
 }
@@ -165,7 +163,7 @@ func (p *Poller) runLine(ctx context.Context, pr *portRun) {
 // readLines reads records from port until ctx ends (nil) or the port
 // fails (an error wrapping modbus.ErrPort). The device goes offline after
 // its timeout without a good record.
-func (p *Poller) readLines(ctx context.Context, pr *portRun, port serial.Port) error {
+func (p *Poller) readLines(ctx context.Context, pr *portRun, port modbus.Port) error {
 	d := pr.devices[0]
 	if err := port.SetReadTimeout(100 * time.Millisecond); err != nil {
 		return fmt.Errorf("%w: set read timeout: %w", modbus.ErrPort, err)

@@ -10,7 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"go.bug.st/serial"
 	"golang.org/x/sys/unix"
 
 	"github.com/tinyscada/tinyscada/shared/clock"
@@ -39,7 +38,7 @@ func requestBound(timeout time.Duration, retries, baud int) time.Duration {
 // opens it with the port's line settings. Errors name the port: missing,
 // not a character device, locked by another process ("… is locked by pid
 // N", a *flock.LockedError inside), or the open failed.
-func openPort(pr *portRun) (serial.Port, func(), error) {
+func openPort(pr *portRun) (*modbus.Line, func(), error) {
 	c := pr.plan.Config
 	path := pr.plan.Path
 	f, held := pr.pre.take()
@@ -125,7 +124,7 @@ func lockNode(pp *PortPlan) (*os.File, *flock.Held, error) {
 // it with backoff whenever it cannot be opened or serve returns an error
 // (the port vanished). While the port is down its devices are offline and,
 // like dead devices, have failed rounds on their schedule (closedRounds).
-func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.Context, serial.Port) error) {
+func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.Context, modbus.Port) error) {
 	pr.loop = p.watch("port " + pr.plan.Config.Name)
 	defer pr.loop.Stop()
 	backoff := firstReopen
@@ -240,7 +239,7 @@ func (p *Poller) closedRound(d *device, why string) {
 // runRTU owns one Modbus RTU port until ctx ends.
 func (p *Poller) runRTU(ctx context.Context, pr *portRun) {
 	c := pr.plan.Config
-	p.keepPort(ctx, pr, func(ctx context.Context, port serial.Port) error {
+	p.keepPort(ctx, pr, func(ctx context.Context, port modbus.Port) error {
 		m := modbus.NewMaster(port, modbus.Options{Baud: c.Baud, Timeout: c.Timeout.Duration, Retries: c.Retries})
 		return p.pollRTU(ctx, pr, m)
 	})

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -77,12 +78,22 @@ func (s system) Since(t Stamp) time.Duration {
 // without it (before 2.6.39).
 func boottime() time.Duration {
 	var ts unix.Timespec
-	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
-		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-			panic(fmt.Sprintf("clock: clock_gettime: %v", err))
+	if e := clockGettime(unix.CLOCK_BOOTTIME, &ts); e != 0 {
+		if e := clockGettime(unix.CLOCK_MONOTONIC, &ts); e != 0 {
+			panic(fmt.Sprintf("clock: clock_gettime: %v", e))
 		}
 	}
 	return time.Duration(ts.Nano())
+}
+
+// clockGettime is clock_gettime(2) as a raw system call. Go's vDSO path
+// serves only its own clocks, and unix.ClockGettime enters the runtime's
+// system call state, whose first use after the process slept wakes the
+// runtime's monitor thread; the poller stamps every round, between two
+// waits on the line (see modbus.Line). The call cannot block.
+func clockGettime(id int, ts *unix.Timespec) unix.Errno {
+	_, _, e := unix.RawSyscall(unix.SYS_CLOCK_GETTIME, uintptr(id), uintptr(unsafe.Pointer(ts)), 0)
+	return e
 }
 
 // BootID returns the id of the running boot, from

@@ -3,7 +3,7 @@
 // slave's side), exception replies as typed errors, and a Master that runs
 // one transaction at a time with the RTU timing rules.
 //
-// The master works on any Port (go.bug.st/serial's serial.Port is one; Open
-// makes one from a device path). The typed values carried in registers
+// The master works on any Port: a Line, which Open makes from a device
+// path, or a test's fake. The typed values carried in registers
 // (u32, f32, word and byte order…) are in the sub-package value.
 package modbus

@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// Port is what a Master needs of a serial line. go.bug.st/serial's
-// serial.Port implements it; tests can use a fake.
+// Port is what a Master needs of a serial line. A Line (Open) implements
+// it, and so does go.bug.st/serial's serial.Port; tests can use a fake.
 type Port interface {
 	// Read blocks until at least one byte arrives, the read timeout expires
 	// (then it returns 0, nil) or the port fails (an error).

@@ -67,33 +67,38 @@ func (c PortConfig) mode() (*serial.Mode, error) {
 	return m, nil
 }
 
-// Open opens the serial port at path with cfg and returns it (it
-// implements Port). Errors name the path: the port is missing, busy,
-// refused, not a serial port, a setting is invalid, or RS485 was asked for
-// and the driver cannot do it (a pseudo-terminal or a plain UART: the ioctl
-// fails with "inappropriate ioctl for device"); the port is closed again in
-// every error case.
+// Open opens the serial port at path with cfg and returns it (a Line,
+// which implements Port). Errors name the path: the port is missing,
+// busy, refused, not a serial port, a setting is invalid, or RS485 was
+// asked for and the driver cannot do it (a pseudo-terminal or a plain
+// UART: the ioctl fails with "inappropriate ioctl for device"); the port
+// is closed again in every error case. Open does not lock the port.
 //
-// go.bug.st/serial does not expose its file descriptor, so RS-485 mode is
-// set through a second descriptor of the same device; the setting belongs
-// to the device, not to the descriptor, and outlives it. Open does not lock
-// the port.
-func Open(path string, cfg PortConfig) (serial.Port, error) {
+// The RS-485 mode is set through the Line's own descriptor: the setting
+// belongs to the device, not to the descriptor. That descriptor is opened
+// before go.bug.st/serial's (see Line), whose TIOCEXCL refuses later opens.
+func Open(path string, cfg PortConfig) (*Line, error) {
 	mode, err := cfg.mode()
+	if err != nil {
+		return nil, fmt.Errorf("modbus: open %s: %w", path, err)
+	}
+	l, err := openLine(path)
 	if err != nil {
 		return nil, fmt.Errorf("modbus: open %s: %w", path, err)
 	}
 	p, err := serial.Open(path, mode)
 	if err != nil {
+		l.closeFDs()
 		return nil, fmt.Errorf("modbus: open %s: %w", path, err)
 	}
+	l.conf = p
 	if cfg.RS485 {
-		if err := setRS485(path, cfg); err != nil {
-			p.Close()
+		if err := setRS485(l.fd, cfg); err != nil {
+			l.Close()
 			return nil, fmt.Errorf("modbus: open %s: RS-485 mode: %w", path, err)
 		}
 	}
-	return p, nil
+	return l, nil
 }
 
 // serialRS485 is the kernel's struct serial_rs485 (include/uapi/linux/serial.h).
@@ -115,13 +120,8 @@ const (
 // errNoRS485 is returned by setRS485 when the device rejects the ioctl.
 var errNoRS485 = errors.New("the port cannot do RS-485 (TIOCSRS485 not supported)")
 
-// setRS485 sets the RS-485 mode of the device at path via TIOCSRS485.
-func setRS485(path string, cfg PortConfig) error {
-	fd, err := unix.Open(path, unix.O_RDWR|unix.O_NOCTTY|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return err
-	}
-	defer unix.Close(fd)
+// setRS485 sets the RS-485 mode of the device open as fd via TIOCSRS485.
+func setRS485(fd int, cfg PortConfig) error {
 	rs := serialRS485{
 		Flags:              serRS485Enabled,
 		DelayRTSBeforeSend: uint32(cfg.RS485DelayBeforeSend / time.Millisecond),

@@ -2,8 +2,6 @@ package modbus
 
 import (
 	"errors"
-	"os"
-	"strconv"
 	"strings"
 	"testing"
 
@@ -16,20 +14,8 @@ import (
 // is closed at the end of the test.
 func openPTY(t *testing.T) string {
 	t.Helper()
-	fd, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	master := os.NewFile(uintptr(fd), "ptmx")
-	t.Cleanup(func() { master.Close() })
-	if err := unix.IoctlSetPointerInt(fd, unix.TIOCSPTLCK, 0); err != nil {
-		t.Fatal(err)
-	}
-	n, err := unix.IoctlGetUint32(fd, unix.TIOCGPTN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return "/dev/pts/" + strconv.Itoa(int(n))
+	_, path := openPair(t)
+	return path
 }
 
 func TestOpen(t *testing.T) {

@@ -3,7 +3,9 @@ package modbus
 import (
 	"os"
 	"sync"
+	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -18,27 +20,46 @@ import (
 // blocks the thread in a system call, which makes the runtime hand the
 // process's P to another thread and poll every 20 µs until it returns.
 // Where timerfd cannot be made, it falls back to time.Sleep.
+//
+// The timer is set and read with raw system calls, as the Line does its
+// I/O (see Line): a wake-up of the master then makes no call that wakes
+// the runtime's monitor thread. Go's poller only tells when the timer
+// fired (syscall.RawConn's Read).
 type sleeper struct {
 	once sync.Once
 	fd   int
-	f    *os.File // nil: time.Sleep
+	f    *os.File        // nil: time.Sleep
+	rc   syscall.RawConn // f's
+	spec unix.ItimerSpec
 	buf  [8]byte
+	done func(fd uintptr) bool // reads the expiry count; false until it fired
 }
 
 func (s *sleeper) sleep(d time.Duration) {
 	s.once.Do(s.open)
-	if s.f == nil {
+	if s.rc == nil {
 		time.Sleep(d)
 		return
 	}
-	ts := unix.NsecToTimespec(int64(d))
-	if err := unix.TimerfdSettime(s.fd, 0, &unix.ItimerSpec{Value: ts}, nil); err != nil {
+	s.spec.Value = unix.NsecToTimespec(int64(d))
+	if _, _, e := unix.RawSyscall6(unix.SYS_TIMERFD_SETTIME, uintptr(s.fd), 0, uintptr(unsafe.Pointer(&s.spec)), 0, 0, 0); e != 0 {
 		time.Sleep(d)
 		return
 	}
-	// Blocks (parks) until the timer fires: the read returns its count.
-	if _, err := s.f.Read(s.buf[:]); err != nil {
+	// Parks until the timer fires: the read then returns its count.
+	if err := s.rc.Read(s.done); err != nil {
 		time.Sleep(d)
+	}
+}
+
+// expired reads the timer's expiry count from fd: false while it has not
+// fired yet (EAGAIN), so that RawConn.Read waits on Go's poller.
+func (s *sleeper) expired(fd uintptr) bool {
+	for {
+		_, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&s.buf[0])), uintptr(len(s.buf)))
+		if e != unix.EINTR {
+			return e != unix.EAGAIN
+		}
 	}
 }
 
@@ -49,5 +70,11 @@ func (s *sleeper) open() {
 	}
 	// Non-blocking, so os.NewFile puts it in Go's poller; the file closes
 	// the descriptor when the master is garbage.
-	s.fd, s.f = fd, os.NewFile(uintptr(fd), "modbus-timer")
+	f := os.NewFile(uintptr(fd), "modbus-timer")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return
+	}
+	s.fd, s.f, s.rc, s.done = fd, f, rc, s.expired
 }
