@@ -672,9 +672,12 @@ func (l *Logger) kick() {
 }
 
 // publishLoop publishes acknowledgements and the committed row whenever
-// they change, and all of them again after a reconnect.
+// they change (a commit kicks it), and all of them again after a
+// reconnect, which its tick notices: once a second, so that an idle
+// logger does not wake for it more often (docs/performance.md); the
+// poller waits poller.ack_timeout (10 s) before it sends again.
 func (l *Logger) publishLoop(ctx context.Context, pub bus.Conn) {
-	tick := time.NewTicker(250 * time.Millisecond)
+	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	connected := false
 	announced := int64(-1)

@@ -208,6 +208,12 @@ type Store struct {
 	nowMs                   int64 // the logger's trusted clock during a Write (loggerNow)
 }
 
+// cacheKiB is the logger connection's page cache (SQLite's default is 2000
+// KiB). The logger appends: a commit touches the right edge of each B-tree
+// and its path from the root, a few dozen pages; the cache beyond that
+// holds pages no later write needs, as memory of a small device.
+const cacheKiB = 512
+
 // readingsPerStmt is how many readings one INSERT statement carries.
 const readingsPerStmt = 64
 
@@ -302,6 +308,7 @@ func open(ctx context.Context, o Options) (_ *Store, err error) {
 		fmt.Sprintf(`PRAGMA wal_autocheckpoint = %d`, s.walPages),
 		fmt.Sprintf(`PRAGMA journal_size_limit = %d`, s.walPages*4096),
 		`PRAGMA foreign_keys = OFF`,
+		fmt.Sprintf(`PRAGMA cache_size = -%d`, cacheKiB),
 	} {
 		if _, err := s.conn.ExecContext(ctx, p); err != nil {
 			return nil, fmt.Errorf("%s: %w", p, err)
