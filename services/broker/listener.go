@@ -144,7 +144,7 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 		// own from the keep-alive: a connection that never sends one
 		// would hold its goroutine for good.
 		_ = conn.SetDeadline(time.Now().Add(connectTimeout))
-		conn = connbuf.Coalesce(conn, writeTimeout)
+		conn = connbuf.Coalesce(connbuf.Raw(conn), writeTimeout)
 		if !l.track(conn) {
 			_ = conn.Close()
 			return

@@ -91,6 +91,7 @@ func (cl *Client) open(_ *url.URL, _ mqtt.ClientOptions) (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
+	raw = connbuf.Raw(raw) // a TLS connection stays as it is
 	l := &link{
 		raw:     raw,
 		w:       connbuf.Coalesce(raw, writeTimeout),

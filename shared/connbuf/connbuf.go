@@ -1,7 +1,8 @@
 // Package connbuf wraps a stream connection for MQTT traffic, many small
 // packets each way: Coalesce gathers small writes into one syscall per
-// wake-up of a flusher goroutine. The broker and the roles' client
-// (shared/bus) write through it.
+// wake-up of a flusher goroutine, and Raw makes a socket's reads and
+// writes raw system calls (see Raw for why). The broker and the roles'
+// client (shared/bus) use both.
 package connbuf
 
 import (
