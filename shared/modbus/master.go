@@ -71,9 +71,12 @@ type Master struct {
 	cur     Request    // the request in progress
 	// turn is, per slave id, how long after a request's end its reply
 	// began (as last measured, see readReply): the first read of a reply
-	// waits that long plus the reply's own time on the line, so that a
-	// device that keeps its pace costs one wake-up a transaction.
+	// waits that long plus the reply's own time on the line (and one
+	// character more), so that a device that keeps its pace costs one
+	// wake-up a transaction. whole counts, per slave id, the first reads
+	// in a row that found the whole reply (see learnTurn).
 	turn     [256]time.Duration
+	whole    [256]uint8
 	sleep    sleeper
 	txbuf    [MaxFrame]byte
 	rxbuf    [2 * MaxFrame]byte
@@ -214,8 +217,12 @@ func (m *Master) attempt(ctx context.Context, req *Request, frame []byte, timeou
 	// No reply can be complete before the device's turnaround and the
 	// reply's own time on the line have passed since the request left:
 	// sleep until then, so that the reply is taken with one read instead
-	// of a wake-up for its first bytes and more for the rest.
-	m.wait(time.Until(sent.Add(m.turn[req.Unit]+LineTime(m.baud, req.ReplyLen()))), time.Until(deadline))
+	// of a wake-up for its first bytes and more for the rest. One
+	// character more for a last byte that comes a little late (a
+	// device's or a driver's jitter): that costs the transaction one
+	// character time, where a read a little early costs a wake-up and a
+	// wait for the rest.
+	m.wait(time.Until(sent.Add(m.turn[req.Unit]+LineTime(m.baud, req.ReplyLen()+1))), time.Until(deadline))
 	return m.readReply(ctx, req, sent, deadline)
 }
 
@@ -300,7 +307,7 @@ func (m *Master) readReply(ctx context.Context, req *Request, sent, deadline tim
 			// (one wake-up per byte at 115200 baud otherwise). The bytes
 			// here arrived over LineTime(end-start) up to now.
 			rest := LineTime(m.baud, want-end)
-			if rest > CharTime(m.baud) {
+			if rest >= CharTime(m.baud) {
 				m.wait(rest, left)
 				if left = time.Until(deadline); left <= 0 {
 					left = time.Millisecond // one last look at what came
@@ -335,19 +342,29 @@ func (m *Master) readReply(ctx context.Context, req *Request, sent, deadline tim
 // learnTurn updates unit's turnaround from a reply of n bytes whose first
 // read got first bytes at firstAt. Part of the reply: it began about its
 // line time before firstAt. All of it: it was there sooner than assumed,
-// by an unknown amount, so the estimate shrinks by an eighth (an estimate
-// too long only delays each reply; too short costs a wake-up). The caller
-// skips a reply read with bytes before it (noise, a late reply).
+// by an unknown amount; after wholeRun such reads in a row the estimate
+// shrinks by an eighth (an estimate too long only delays each reply, too
+// short costs a wake-up: the shrinking finds a device that got faster, or
+// an estimate taken from one slow reply, and costs a partial read now and
+// then). The caller skips a reply read with bytes before it (noise, a
+// late reply).
 func (m *Master) learnTurn(unit byte, sent time.Time, first, n int, firstAt time.Time) {
 	switch {
 	case first <= 0 || first > n: // nothing read (cannot be), or more than the reply
 	case first == n:
-		m.turn[unit] -= m.turn[unit] / 8
+		if m.whole[unit]++; m.whole[unit] >= wholeRun {
+			m.turn[unit] -= m.turn[unit] / 8
+			m.whole[unit] = 0
+		}
 	default:
 		began := firstAt.Add(-LineTime(m.baud, first)).Sub(sent)
 		m.turn[unit] = min(max(began, 0), m.timeout)
+		m.whole[unit] = 0
 	}
 }
+
+// wholeRun is how many whole first reads in a row shrink a turnaround.
+const wholeRun = 4
 
 // ReadCoils reads quantity coils (function 1) from address on unit.
 func (m *Master) ReadCoils(ctx context.Context, unit byte, address, quantity uint16) ([]bool, error) {

@@ -303,9 +303,25 @@ func TestLearnTurn(t *testing.T) {
 	if got := m.turn[7]; got != 20*time.Millisecond {
 		t.Fatalf("after a partial first read: %v, want 20ms", got)
 	}
+	for i := 1; i < wholeRun; i++ {
+		m.learnTurn(7, sent, 45, 45, sent.Add(time.Second))
+		if got := m.turn[7]; got != 20*time.Millisecond {
+			t.Fatalf("after %d whole first reads: %v, want it unchanged until %d", i, got, wholeRun)
+		}
+	}
 	m.learnTurn(7, sent, 45, 45, sent.Add(time.Second))
 	if got := m.turn[7]; got != 20*time.Millisecond-20*time.Millisecond/8 {
-		t.Errorf("after a whole first read: %v, want it an eighth shorter", got)
+		t.Errorf("after %d whole first reads: %v, want it an eighth shorter", wholeRun, got)
+	}
+	// A partial read starts the count again.
+	m.learnTurn(9, sent, 5, 45, sent.Add(20*time.Millisecond+LineTime(9600, 5)))
+	for range wholeRun - 1 {
+		m.learnTurn(9, sent, 45, 45, sent.Add(time.Second))
+	}
+	m.learnTurn(9, sent, 5, 45, sent.Add(20*time.Millisecond+LineTime(9600, 5)))
+	m.learnTurn(9, sent, 45, 45, sent.Add(time.Second))
+	if got := m.turn[9]; got != 20*time.Millisecond {
+		t.Errorf("a whole read after a partial one shrank it: %v", got)
 	}
 	before := m.turn[7]
 	m.learnTurn(7, sent, 50, 45, sent.Add(time.Millisecond))
