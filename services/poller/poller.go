@@ -687,6 +687,9 @@ func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error 
 	go func() {
 		select {
 		case <-p.Started():
+			// A port down is reported before READY=1, so that no report
+			// of health taken after it judges this poller ok.
+			reportFailing(p, svc)
 			svc.Ready(p.Status())
 		case <-ctx.Done():
 			return
@@ -694,6 +697,16 @@ func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error 
 		reportPorts(ctx, p, svc)
 	}()
 	return p.Run(ctx, svc.Bus)
+}
+
+// reportFailing tells health, through svc.Failing, whether a port is not
+// open.
+func reportFailing(p *Poller, svc *service.Service) {
+	if s := p.Stats(); s.PortsOpen < s.Ports {
+		svc.Failing(fmt.Sprintf("%d of %d ports not open", s.Ports-s.PortsOpen, s.Ports))
+	} else {
+		svc.Failing("")
+	}
 }
 
 // reportPorts tells health, through svc.Failing, while a port is not open
@@ -706,11 +719,7 @@ func reportPorts(ctx context.Context, p *Poller, svc *service.Service) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		if s := p.Stats(); s.PortsOpen < s.Ports {
-			svc.Failing(fmt.Sprintf("%d of %d ports not open", s.Ports-s.PortsOpen, s.Ports))
-		} else {
-			svc.Failing("")
-		}
+		reportFailing(p, svc)
 		svc.Status("%s", p.Status())
 		select {
 		case <-ctx.Done():

@@ -99,6 +99,7 @@ type Service struct {
 	progress atomic.Uint64
 	idle     atomic.Bool
 	failing  atomic.Pointer[string]
+	beatNow  chan struct{} // Run sends a heartbeat at once (Failing)
 
 	mu     sync.Mutex
 	pub    bus.Publisher
@@ -140,6 +141,7 @@ func New(ctx context.Context, role topics.Role, cfg *config.Config, log *slog.Lo
 		started: clk.Now(),
 		epoch:   time.Now(),
 		limiter: lograte.New(time.Minute, 16),
+		beatNow: make(chan struct{}, 1),
 	}
 	if wd, err := sdnotify.WatchdogInterval(); err != nil {
 		log.Warn("watchdog settings unreadable; this role will not feed its own watchdog", "err", err)
@@ -344,12 +346,24 @@ func (s *Service) SetIdle(idle bool) { s.idle.Store(idle) }
 // it stands: health then reports the service degraded and restarts its unit
 // once the report has stood for health.failing_restart_after. Progress and
 // watchdog pings go on as usual: the service is alive.
+//
+// A changed report goes out at once in a heartbeat of its own, not with
+// the next one: health must not judge the service ok meanwhile (a remote
+// configuration that left a port unopenable would pass its check on a
+// heartbeat sent before the poller knew).
 func (s *Service) Failing(reason string) {
-	if reason == "" {
-		s.failing.Store(nil)
+	var next *string
+	if reason != "" {
+		next = &reason
+	}
+	prev := s.failing.Swap(next)
+	if (prev == nil) == (next == nil) && (prev == nil || *prev == reason) {
 		return
 	}
-	s.failing.Store(&reason)
+	select {
+	case s.beatNow <- struct{}{}:
+	default:
+	}
 }
 
 // SetExtra sets a function whose fields are added to every heartbeat.
@@ -425,6 +439,8 @@ func (s *Service) Run(ctx context.Context) error {
 		case <-t.C:
 			s.beat(ctx)
 			s.flushStatus(true)
+		case <-s.beatNow:
+			s.beat(ctx)
 		}
 	}
 }

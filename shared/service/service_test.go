@@ -219,3 +219,44 @@ func TestRunWith(t *testing.T) {
 		t.Errorf("state after the loop finished = %q, want %q", st, Stopping)
 	}
 }
+
+// A changed failing report goes out at once, in a heartbeat of its own,
+// not a heartbeat interval later: until then health would judge the
+// service ok on its last heartbeat.
+func TestFailingBeatsAtOnce(t *testing.T) {
+	t.Parallel()
+	testpeer.Need(t, "mosquitto")
+	cfg := testConfig(t)
+	cfg.Bus.HeartbeatInterval.Duration = time.Hour // only the first, and the ones Failing sends
+	port := testpeer.Port(t, cfg)
+	testpeer.Mosquitto(t, port)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	svc, err := Start(ctx, "poller", cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runDone := make(chan error, 1)
+	go func() { runDone <- svc.Run(ctx) }()
+	svc.Ready("polling")
+	sub := testpeer.Sub(t, port, "-v", "-t", "tinyscada/svc/poller/#")
+	// The retained state arrives however late the subscription is: what
+	// follows it is live.
+	testpeer.Expect(t, sub, 10*time.Second, "the retained state", func(l string) bool {
+		return strings.HasPrefix(l, "tinyscada/svc/poller/state ")
+	})
+	heartbeat := func(l string) bool { return strings.HasPrefix(l, "tinyscada/svc/poller/heartbeat ") }
+	svc.Failing("1 of 2 ports not open")
+	testpeer.Expect(t, sub, 5*time.Second, "a heartbeat with the report", func(l string) bool {
+		return heartbeat(l) && strings.Contains(l, `"failing":"1 of 2 ports not open"`)
+	})
+	svc.Failing("1 of 2 ports not open") // unchanged: no heartbeat
+	svc.Failing("")
+	testpeer.Expect(t, sub, 5*time.Second, "a heartbeat without it", func(l string) bool {
+		return heartbeat(l) && !strings.Contains(l, `"failing"`)
+	})
+	cancel()
+	if err := <-runDone; err != nil {
+		t.Fatal(err)
+	}
+}
