@@ -168,7 +168,6 @@ func (p *Poller) readLines(ctx context.Context, pr *portRun, port modbus.Port) e
 	if err := port.SetReadTimeout(100 * time.Millisecond); err != nil {
 		return fmt.Errorf("%w: set read timeout: %w", modbus.ErrPort, err)
 	}
-	_ = port.ResetInputBuffer() // a partial record from before we listened
 	buf := make([]byte, maxLine)
 	n := 0
 	discarding := true // until the first newline: we may have started mid-record

@@ -106,3 +106,42 @@ interval = "1s"
 		}
 	}
 }
+
+// What a line device sends once the poller has started (every port
+// tried) is read, however late the port's loop begins to read: the
+// input from before the open is flushed at the open, not by the loop.
+// The hook holds the loop back; it is a package variable, so the test is
+// not parallel.
+func TestLineKeepsWhatCameAfterStarted(t *testing.T) {
+	dir := t.TempDir()
+	pt, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pt.Close()
+	cfg := testConfig(t, dir, fmt.Sprintf(`
+[[poller.port]]
+name = "ascii"
+device = %q
+mode = "line"
+baud = 115200
+timeout = "2s"
+[[poller.device]]
+name = "probe"
+port = "ascii"
+interval = "1s"
+`, pt.SlavePath))
+	release := make(chan struct{})
+	testHookServe = func() { <-release }
+	t.Cleanup(func() { testHookServe = nil })
+	rec := newRecorder()
+	p := startPoller(t, cfg, rec)
+	<-p.Started()
+	if _, err := pt.Master.Write([]byte("\ntemp=1\n")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond) // the bytes reach the slave's input before the loop runs
+	close(release)
+	from := 0
+	rec.wait(t, &from, "tinyscada/data/probe", 5*time.Second, "the record sent after Started", nil)
+}

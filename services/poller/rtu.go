@@ -74,6 +74,11 @@ func openPort(pr *portRun) (*modbus.Line, func(), error) {
 			pr.log.Warn("cannot clear TIOCEXCL on the pseudo-terminal; a restarted poller may find it busy", "err", err)
 		}
 	}
+	// What the device sent before we listened is no use (a line device's
+	// partial record, an RTU reply to the poller before us). Flushed here,
+	// before the port counts as tried (Poller.Started), not by its serve
+	// function later: what arrives after Started is kept.
+	_ = port.ResetInputBuffer()
 	closeAll := func() {
 		port.Close()
 		held.Close()
@@ -120,6 +125,10 @@ func lockNode(pp *PortPlan) (*os.File, *flock.Held, error) {
 	return f, held, nil
 }
 
+// testHookServe, when set by a test, runs between a port's open and its
+// serve function (to widen the window between the two).
+var testHookServe func()
+
 // keepPort opens pr's port and runs serve on it until ctx ends, reopening
 // it with backoff whenever it cannot be opened or serve returns an error
 // (the port vanished). While the port is down its devices are offline and,
@@ -139,6 +148,9 @@ func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.C
 			if !pr.tried {
 				pr.tried = true
 				p.portTried()
+			}
+			if testHookServe != nil {
+				testHookServe()
 			}
 			err = serve(ctx, port)
 			closePort()
