@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/pty"
 )
 
@@ -22,6 +23,26 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
+// linePort opens a pseudo-terminal (closed at the end of the test) and
+// returns it with a configuration in dir of one line-mode port "ascii" on
+// it, at 115200 baud with timeout, and the devices given (TOML).
+func linePort(t *testing.T, dir, timeout, devices string) (*pty.PTY, *config.Config) {
+	t.Helper()
+	pt, err := pty.Open()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pt.Close() })
+	return pt, testConfig(t, dir, fmt.Sprintf(`
+[[poller.port]]
+name = "ascii"
+device = %q
+mode = "line"
+baud = 115200
+timeout = %q
+`, pt.SlavePath, timeout)+devices)
+}
+
 // TestLineRecordRules drives a line device without points on a real
 // pseudo-terminal: a repeated field is published once (the first value);
 // a fragment without a newline is dropped after the port's timeout of
@@ -30,24 +51,12 @@ func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool)
 // wildcard) is a bad record, counted, and never becomes a point.
 func TestLineRecordRules(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	pt, err := pty.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pt.Close()
-	cfg := testConfig(t, dir, fmt.Sprintf(`
-[[poller.port]]
-name = "ascii"
-device = %q
-mode = "line"
-baud = 115200
-timeout = "200ms"
+	pt, cfg := linePort(t, t.TempDir(), "200ms", `
 [[poller.device]]
 name = "probe"
 port = "ascii"
 interval = "1s"
-`, pt.SlavePath))
+`)
 	rec := newRecorder()
 	p := startPoller(t, cfg, rec)
 	<-p.Started()
@@ -113,24 +122,12 @@ interval = "1s"
 // The hook holds the loop back; it is a package variable, so the test is
 // not parallel.
 func TestLineKeepsWhatCameAfterStarted(t *testing.T) {
-	dir := t.TempDir()
-	pt, err := pty.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pt.Close()
-	cfg := testConfig(t, dir, fmt.Sprintf(`
-[[poller.port]]
-name = "ascii"
-device = %q
-mode = "line"
-baud = 115200
-timeout = "2s"
+	pt, cfg := linePort(t, t.TempDir(), "2s", `
 [[poller.device]]
 name = "probe"
 port = "ascii"
 interval = "1s"
-`, pt.SlavePath))
+`)
 	release := make(chan struct{})
 	testHookServe = func() { <-release }
 	t.Cleanup(func() { testHookServe = nil })

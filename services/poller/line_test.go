@@ -123,19 +123,7 @@ func FuzzLineRecord(f *testing.F) {
 // them, good and bad, and goes offline when the records stop.
 func TestLinePort(t *testing.T) {
 	t.Parallel()
-	dir := t.TempDir()
-	pt, err := pty.Open()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pt.Close()
-	cfg := testConfig(t, dir, fmt.Sprintf(`
-[[poller.port]]
-name = "ascii"
-device = %q
-mode = "line"
-baud = 115200
-timeout = "100ms"
+	pt, cfg := linePort(t, t.TempDir(), "100ms", `
 [[poller.device]]
 name = "meter"
 port = "ascii"
@@ -151,7 +139,7 @@ type = "u32"
 [[poller.device.point]]
 name = "on"
 type = "bool"
-`, pt.SlavePath))
+`)
 	rec := newRecorder()
 	p := startPoller(t, cfg, rec)
 	<-p.Started()
