@@ -47,7 +47,11 @@ import (
 // zeros, fsynced) unless it exists or the disk has less than twice its size
 // free. It reports whether the spare file is in place (true when Reserve is
 // 0).
-func (s *Store) EnsureReserve() bool {
+func (s *Store) EnsureReserve() bool { return s.ensureReserve(2 * s.opts.Reserve) }
+
+// ensureReserve is EnsureReserve creating the file only when the disk has
+// at least minFree bytes free.
+func (s *Store) ensureReserve(minFree int64) bool {
 	n := s.opts.Reserve
 	if n <= 0 {
 		return true
@@ -55,7 +59,7 @@ func (s *Store) EnsureReserve() bool {
 	if fi, err := os.Stat(s.reservePath); err == nil && fi.Size() >= n {
 		return true
 	}
-	if free, ok := s.diskFree(); ok && free < 2*n {
+	if free, ok := s.diskFree(); ok && free < minFree {
 		return false
 	}
 	f, err := os.OpenFile(s.reservePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
@@ -106,7 +110,7 @@ func (s *Store) Budget(z Size) (budget int64, tight bool) {
 	return budget, tight
 }
 
-func (s *Store) walMax() int64 { return int64(s.walPages) * 4096 }
+func (s *Store) walMax() int64 { return int64(s.walPages) * s.pageSize }
 
 // Dropped reasons: why unuploaded rows were deleted (gap.reason).
 const (
@@ -218,10 +222,14 @@ func (s *Store) MakeRoom(ctx context.Context, attempt int) (int64, error) {
 	}
 	// Give back only what the write-ahead log and the spare file need;
 	// the other free pages stay in the file for the next readings.
-	if err := s.vacuumPages(ctx, (2*s.walMax()+2*s.opts.Reserve)/4096); err != nil {
+	if err := s.vacuumPages(ctx, (2*s.walMax()+2*s.opts.Reserve)/s.pageSize); err != nil {
 		return n, err
 	}
-	s.EnsureReserve()
+	// The spare file comes back before the readings take the room this
+	// made, even with less than twice its size free: without it, a disk
+	// that fills again leaves no room for the checkpoint and the delete
+	// that would make room, and writes stop until someone frees space.
+	s.ensureReserve(s.opts.Reserve + s.opts.Reserve/4)
 	return n, nil
 }
 

@@ -204,6 +204,7 @@ type Store struct {
 	stallEnd                time.Time
 	tight                   bool // the file system is nearly full
 	walPages                int
+	pageSize                int64
 	reservePath             string
 	nowMs                   int64 // the logger's trusted clock during a Write (loggerNow)
 }
@@ -213,6 +214,16 @@ type Store struct {
 // and its path from the root, a few dozen pages; the cache beyond that
 // holds pages no later write needs, as memory of a small device.
 const cacheKiB = 512
+
+// pageSize is the page size of a new database. A commit of the logger
+// rewrites a handful of pages whatever it carries (the right edge of the
+// sample, reading and index B-trees, the run and boot rows, the header and
+// the pointer map when the file grows), and each goes whole into the
+// write-ahead log and again to the file at checkpoint: with SQLite's 4096
+// bytes that is 30 KiB or more for the few kilobytes of readings a small
+// device stores in a batch. 1024 bytes make those pages a quarter of the
+// size (docs/performance.md shows the flash writes of both).
+const pageSize = 1024
 
 // readingsPerStmt is how many readings one INSERT statement carries.
 const readingsPerStmt = 64
@@ -227,7 +238,12 @@ func DSN(path string, busy time.Duration, sync string, readOnly bool) string {
 	if readOnly {
 		q.Set("mode", "ro")
 	} else {
-		q.Add("_pragma", "journal_mode(WAL)")
+		// A new database takes its page size only while it is empty and
+		// not yet in WAL mode; an existing one keeps its own. The driver
+		// runs the _pragma list sorted by name, and _journal_mode after
+		// it.
+		q.Add("_pragma", fmt.Sprintf("page_size(%d)", pageSize))
+		q.Set("_journal_mode", "WAL")
 		q.Add("_pragma", "synchronous("+strings.ToUpper(sync)+")")
 		q.Set("_txlock", "immediate")
 	}
@@ -303,10 +319,14 @@ func open(ctx context.Context, o Options) (_ *Store, err error) {
 	if unix.Statfs(filepath.Dir(o.Path), &st) == nil {
 		budget = min(budget, int64(st.Blocks)*int64(st.Bsize))
 	}
-	s.walPages = int(min(max(budget/4096/32, 16), 1000))
+	if err := s.conn.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&s.pageSize); err != nil {
+		return nil, err
+	}
+	walBytes := min(max(budget/32, 64<<10), 4000<<10)
+	s.walPages = int(walBytes / s.pageSize)
 	for _, p := range []string{
 		fmt.Sprintf(`PRAGMA wal_autocheckpoint = %d`, s.walPages),
-		fmt.Sprintf(`PRAGMA journal_size_limit = %d`, s.walPages*4096),
+		fmt.Sprintf(`PRAGMA journal_size_limit = %d`, walBytes),
 		`PRAGMA foreign_keys = OFF`,
 		fmt.Sprintf(`PRAGMA cache_size = -%d`, cacheKiB),
 	} {
