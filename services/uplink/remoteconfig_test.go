@@ -382,7 +382,7 @@ func TestAffectedRoles(t *testing.T) {
 		{"", "", nil},
 		{"", "[run]\nrestart_backoff = \"1s\"\n", nil},
 		{"", "[logger]\nbatch_delay = \"2s\"\n", []string{"logger"}},
-		{"", "[poller]\nack_timeout = \"20s\"\n", []string{"logger", "poller"}}, // in start order
+		{"", "[poller]\nack_timeout = \"60s\"\n", []string{"logger", "poller"}}, // in start order
 		{"", "[poller]\nretain_values = false\n", []string{"broker", "logger", "poller"}},
 		{"", "[health]\nrestart_limit = 5\n", []string{"health"}},
 		{"", "[broker]\nmax_pending = 10\n", []string{"broker"}},

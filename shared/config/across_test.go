@@ -33,7 +33,7 @@ func TestAckTimeoutAboveBatchDelay(t *testing.T) {
 		name, doc, key string
 		line           int
 	}{
-		{"batch_delay raised", doc("version = 1", "[logger]", "batch_delay = '10s'"), "logger.batch_delay", 3},
+		{"batch_delay raised", doc("version = 1", "[logger]", "batch_delay = '40s'"), "logger.batch_delay", 3},
 		{"ack_timeout lowered", doc("version = 1", "[poller]", "ack_timeout = '2s'"), "poller.ack_timeout", 3},
 		{"both set", doc("version = 1", "[logger]", "batch_delay = '30s'", "[poller]", "ack_timeout = '30s'"), "poller.ack_timeout", 5},
 	} {
@@ -45,7 +45,7 @@ func TestAckTimeoutAboveBatchDelay(t *testing.T) {
 			}
 		})
 	}
-	if _, err := Parse("a.toml", []byte(doc("version = 1", "[logger]", "batch_delay = '9s'"))); err != nil {
-		t.Errorf("batch_delay 9s under the default ack_timeout: %v", err)
+	if _, err := Parse("a.toml", []byte(doc("version = 1", "[logger]", "batch_delay = '39s'"))); err != nil {
+		t.Errorf("batch_delay 39s under the default ack_timeout: %v", err)
 	}
 }

@@ -79,7 +79,7 @@ func defaultLogger() Logger {
 		DB:            "readings.db",
 		Synchronous:   "full",
 		BatchReadings: 10000,
-		BatchDelay:    Duration{5 * time.Second},
+		BatchDelay:    Duration{20 * time.Second},
 		BusyTimeout:   Duration{200 * time.Millisecond},
 		RetryMax:      Duration{5 * time.Second},
 		MaxDBSize:     64 << 20,

@@ -280,7 +280,7 @@ func defaultPoller() Poller {
 		}},
 		Device:            demoDevices(),
 		Outbox:            4096,
-		AckTimeout:        Duration{10 * time.Second},
+		AckTimeout:        Duration{40 * time.Second},
 		RetainValues:      true,
 		MaxGap:            8,
 		MaxRegisters:      maxReadRegisters,
