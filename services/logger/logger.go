@@ -345,7 +345,10 @@ func (l *Logger) Run(ctx context.Context, pub bus.Conn) error {
 func (l *Logger) writeLoop(ctx context.Context) error {
 	batch := make([]store.Item, 0, 64)
 	readings := 0
-	tick := time.NewTicker(time.Second)
+	// The tick hands over what the poller's heartbeats said, closes gaps
+	// and refreshes the heartbeat's figures: once per heartbeat interval
+	// is as often as those change, and each tick is a wake-up.
+	tick := time.NewTicker(max(l.cfg.Bus.HeartbeatInterval.Duration, 10*time.Millisecond))
 	defer tick.Stop()
 	lastMaint := time.Now()
 	lastMsg := time.Now()
@@ -673,11 +676,11 @@ func (l *Logger) kick() {
 
 // publishLoop publishes acknowledgements and the committed row whenever
 // they change (a commit kicks it), and all of them again after a
-// reconnect, which its tick notices: once a second, so that an idle
-// logger does not wake for it more often (docs/performance.md); the
-// poller waits poller.ack_timeout (10 s) before it sends again.
+// reconnect, which its tick notices: once per heartbeat interval, so that
+// an idle logger does not wake for it more often (docs/performance.md);
+// the poller waits poller.ack_timeout (40 s) before it sends again.
 func (l *Logger) publishLoop(ctx context.Context, pub bus.Conn) {
-	tick := time.NewTicker(time.Second)
+	tick := time.NewTicker(max(l.cfg.Bus.HeartbeatInterval.Duration, 10*time.Millisecond))
 	defer tick.Stop()
 	connected := false
 	announced := int64(-1)

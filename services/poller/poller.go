@@ -70,7 +70,9 @@ type Poller struct {
 	ports   []*portRun
 	devices []*device
 
+	tick       time.Duration // the sender's longest idle wait: the heartbeat interval
 	wake       chan struct{}
+	portsMoved chan struct{} // a port opened or closed (reportPorts)
 	started    chan struct{}
 	toStart    atomic.Int32
 	skipped    atomic.Uint64 // samples not taken: outbox full
@@ -107,18 +109,20 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 		opts.RunID = hex.EncodeToString(b[:])
 	}
 	p := &Poller{
-		cfg:     &cfg.Poller,
-		plan:    plan,
-		topics:  topics.Tree{Prefix: cfg.TopicPrefix},
-		clock:   opts.Clock,
-		log:     opts.Log,
-		run:     opts.RunID,
-		out:     NewOutbox(cfg.Poller.Outbox),
-		onRound: opts.OnRound,
-		watch:   opts.Watch,
-		limiter: lograte.New(cfg.Poller.LogInterval.Duration, 0),
-		wake:    make(chan struct{}, 1),
-		started: make(chan struct{}),
+		tick:       cfg.Bus.HeartbeatInterval.Duration,
+		cfg:        &cfg.Poller,
+		plan:       plan,
+		topics:     topics.Tree{Prefix: cfg.TopicPrefix},
+		clock:      opts.Clock,
+		log:        opts.Log,
+		run:        opts.RunID,
+		out:        NewOutbox(cfg.Poller.Outbox),
+		onRound:    opts.OnRound,
+		watch:      opts.Watch,
+		limiter:    lograte.New(cfg.Poller.LogInterval.Duration, 0),
+		wake:       make(chan struct{}, 1),
+		portsMoved: make(chan struct{}, 1),
+		started:    make(chan struct{}),
 
 		runFile: filepath.Join(cfg.StateDir, RunFileName),
 	}
@@ -159,6 +163,14 @@ func (p *Poller) Outbox() *Outbox { return p.out }
 
 // Started is closed once every port has been tried once (opened or not).
 func (p *Poller) Started() <-chan struct{} { return p.started }
+
+// portMoved tells reportPorts that a port opened or closed.
+func (p *Poller) portMoved() {
+	select {
+	case p.portsMoved <- struct{}{}:
+	default:
+	}
+}
 
 func (p *Poller) portTried() {
 	if p.toStart.Add(-1) == 0 {
@@ -504,9 +516,10 @@ const sendLinger = 100 * time.Millisecond
 func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 	ackTimeout := p.cfg.AckTimeout.Duration
 	// The tick notices a reconnect while no round wakes the sender, and
-	// what waited ack_timeout: a second is soon enough for both, and each
-	// tick is a wake-up of an otherwise idle poller.
-	tick := time.NewTicker(min(ackTimeout/4, time.Second))
+	// what waited ack_timeout: a quarter of ack_timeout, at most the
+	// heartbeat interval, is soon enough for both (rounds wake the sender
+	// sooner), and each tick is a wake-up of an otherwise idle poller.
+	tick := time.NewTicker(max(min(ackTimeout/4, p.tick), 10*time.Millisecond))
 	defer tick.Stop()
 	connected := false
 	var due []Pending
@@ -694,7 +707,7 @@ func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error 
 		case <-ctx.Done():
 			return
 		}
-		reportPorts(ctx, p, svc)
+		reportPorts(ctx, p, svc, svc.Config.Bus.HeartbeatInterval.Duration)
 	}()
 	return p.Run(ctx, svc.Bus)
 }
@@ -712,11 +725,13 @@ func reportFailing(p *Poller, svc *service.Service) {
 // reportPorts tells health, through svc.Failing, while a port is not open
 // (an adapter unplugged, a node that cannot be opened): the poller is alive
 // and retrying, but failing by its own report, so health shows it degraded
-// and, if it lasts, restarts it. It keeps the status line (STATUS= and the
-// retained state) on the live figures (svc.Status rate-limits). It returns
-// when ctx ends.
-func reportPorts(ctx context.Context, p *Poller, svc *service.Service) {
-	t := time.NewTicker(time.Second)
+// and, if it lasts, restarts it. It reports as soon as a port opens or
+// closes, and keeps the status line (STATUS= and the retained state) on
+// the live figures every interval (the heartbeat's: a tick is a wake-up of
+// the poller, and the figures change with every round). It returns when
+// ctx ends.
+func reportPorts(ctx context.Context, p *Poller, svc *service.Service, interval time.Duration) {
+	t := time.NewTicker(max(interval, 10*time.Millisecond))
 	defer t.Stop()
 	for {
 		reportFailing(p, svc)
@@ -725,6 +740,7 @@ func reportPorts(ctx context.Context, p *Poller, svc *service.Service) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-p.portsMoved:
 		}
 	}
 }

@@ -144,6 +144,7 @@ func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.C
 		if err == nil {
 			closed = false // pollRTU schedules afresh; a later failure is a new episode
 			pr.open.Store(true)
+			p.portMoved()
 			pr.log.Info("port open", "path", pr.plan.Path)
 			if !pr.tried {
 				pr.tried = true
@@ -155,6 +156,7 @@ func (p *Poller) keepPort(ctx context.Context, pr *portRun, serve func(context.C
 			err = serve(ctx, port)
 			closePort()
 			pr.open.Store(false)
+			p.portMoved()
 			if ctx.Err() != nil {
 				return
 			}
