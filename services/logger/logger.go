@@ -347,8 +347,9 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 	readings := 0
 	// The tick hands over what the poller's heartbeats said, closes gaps
 	// and refreshes the heartbeat's figures: once per heartbeat interval
-	// is as often as those change, and each tick is a wake-up.
-	tick := time.NewTicker(max(l.cfg.Bus.HeartbeatInterval.Duration, 10*time.Millisecond))
+	// (at least a second) is as often as those change, and each tick is a
+	// wake-up.
+	tick := time.NewTicker(l.idleTick())
 	defer tick.Stop()
 	lastMaint := time.Now()
 	lastMsg := time.Now()
@@ -425,6 +426,9 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 			if len(batch) == 0 && time.Since(lastMsg) > 2*l.cfg.Bus.HeartbeatInterval.Duration {
 				setIdle(true)
 			}
+			// A batch waiting out batch_delay is the loop at work, not
+			// a hang: health's stall_after may be shorter than the delay.
+			l.progress()
 			if err := l.handBeats(ctx); err != nil {
 				return err
 			}
@@ -667,6 +671,12 @@ func (l *Logger) noteAck(a store.Ack) {
 	l.mu.Unlock()
 }
 
+// idleTick is the period of the loops' ticks: the heartbeat interval, at
+// least a second.
+func (l *Logger) idleTick() time.Duration {
+	return max(l.cfg.Bus.HeartbeatInterval.Duration, time.Second)
+}
+
 func (l *Logger) kick() {
 	select {
 	case l.wake <- struct{}{}:
@@ -676,11 +686,12 @@ func (l *Logger) kick() {
 
 // publishLoop publishes acknowledgements and the committed row whenever
 // they change (a commit kicks it), and all of them again after a
-// reconnect, which its tick notices: once per heartbeat interval, so that
-// an idle logger does not wake for it more often (docs/performance.md);
-// the poller waits poller.ack_timeout (40 s) before it sends again.
+// reconnect, which its tick notices: once per heartbeat interval (at
+// least a second), so that an idle logger does not wake for it more often
+// (docs/performance.md); the poller waits poller.ack_timeout (40 s) before
+// it sends again.
 func (l *Logger) publishLoop(ctx context.Context, pub bus.Conn) {
-	tick := time.NewTicker(max(l.cfg.Bus.HeartbeatInterval.Duration, 10*time.Millisecond))
+	tick := time.NewTicker(l.idleTick())
 	defer tick.Stop()
 	connected := false
 	announced := int64(-1)

@@ -70,7 +70,7 @@ type Poller struct {
 	ports   []*portRun
 	devices []*device
 
-	tick       time.Duration // the sender's longest idle wait: the heartbeat interval
+	tick       time.Duration // the idle ticks' period: the heartbeat interval, at least 1 s
 	wake       chan struct{}
 	portsMoved chan struct{} // a port opened or closed (reportPorts)
 	started    chan struct{}
@@ -109,7 +109,7 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 		opts.RunID = hex.EncodeToString(b[:])
 	}
 	p := &Poller{
-		tick:       cfg.Bus.HeartbeatInterval.Duration,
+		tick:       max(cfg.Bus.HeartbeatInterval.Duration, time.Second),
 		cfg:        &cfg.Poller,
 		plan:       plan,
 		topics:     topics.Tree{Prefix: cfg.TopicPrefix},
@@ -516,9 +516,9 @@ const sendLinger = 100 * time.Millisecond
 func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 	ackTimeout := p.cfg.AckTimeout.Duration
 	// The tick notices a reconnect while no round wakes the sender, and
-	// what waited ack_timeout: a quarter of ack_timeout, at most the
-	// heartbeat interval, is soon enough for both (rounds wake the sender
-	// sooner), and each tick is a wake-up of an otherwise idle poller.
+	// what waited ack_timeout: a quarter of ack_timeout, at most p.tick,
+	// is soon enough for both (rounds wake the sender sooner), and each
+	// tick is a wake-up of an otherwise idle poller.
 	tick := time.NewTicker(max(min(ackTimeout/4, p.tick), 10*time.Millisecond))
 	defer tick.Stop()
 	connected := false
@@ -707,7 +707,7 @@ func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error 
 		case <-ctx.Done():
 			return
 		}
-		reportPorts(ctx, p, svc, svc.Config.Bus.HeartbeatInterval.Duration)
+		reportPorts(ctx, p, svc, p.tick)
 	}()
 	return p.Run(ctx, svc.Bus)
 }
@@ -727,11 +727,12 @@ func reportFailing(p *Poller, svc *service.Service) {
 // and retrying, but failing by its own report, so health shows it degraded
 // and, if it lasts, restarts it. It reports as soon as a port opens or
 // closes, and keeps the status line (STATUS= and the retained state) on
-// the live figures every interval (the heartbeat's: a tick is a wake-up of
-// the poller, and the figures change with every round). It returns when
-// ctx ends.
+// the live figures every interval (the heartbeat's, at least a second: a
+// tick is a wake-up of the poller, the figures change with every round,
+// and each change of the line republishes the retained state at the next
+// heartbeat). It returns when ctx ends.
 func reportPorts(ctx context.Context, p *Poller, svc *service.Service, interval time.Duration) {
-	t := time.NewTicker(max(interval, 10*time.Millisecond))
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		reportFailing(p, svc)
