@@ -30,6 +30,9 @@ import (
 // broker's access control only the poller may publish data.
 const Producer = string(topics.Poller)
 
+// firstBatchDelay is the most the first batch after a start waits.
+const firstBatchDelay = time.Second
+
 // retentionTick is how often the logger applies the retention and checks
 // the budget when nothing else made it do so.
 const retentionTick = time.Minute
@@ -362,6 +365,7 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 	}
 	var timer *time.Timer
 	var timerC <-chan time.Time
+	committed := false // a batch was committed since the start
 	add := func(m incoming) {
 		// Decoded into the memory of the item that was in this slot
 		// before.
@@ -444,8 +448,15 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 			l.updateStats(ctx)
 		}
 		if len(batch) > 0 && timer == nil {
-			// A batch is open: it is committed after the batch delay.
-			timer = time.NewTimer(l.lc.BatchDelay.Duration)
+			// A batch is open: it is committed after the batch delay;
+			// the first one after a start within a second, so that the
+			// database shows a stack that just started (or came back)
+			// at once, for one commit more a start.
+			delay := l.lc.BatchDelay.Duration
+			if !committed {
+				delay = min(delay, firstBatchDelay)
+			}
+			timer = time.NewTimer(delay)
 			timerC, in = timer.C, nil
 		}
 		if !flush && readings < l.lc.BatchReadings || len(batch) == 0 {
@@ -469,6 +480,7 @@ func (l *Logger) writeLoop(ctx context.Context) error {
 		perMsg := max(readings/len(batch), 1)
 		l.fullAt.Store(int64(min(max(l.lc.BatchReadings/perMsg, 1), cap(l.in)/2+1)))
 		in = l.in
+		committed = true
 		l.pending.Add(-int64(len(batch)))
 		batch, readings = batch[:0], 0
 		if err := l.maintain(ctx); err != nil {

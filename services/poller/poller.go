@@ -24,6 +24,7 @@ import (
 	"github.com/tinyscada/tinyscada/shared/clock"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/lograte"
+	"github.com/tinyscada/tinyscada/shared/modbus"
 	"github.com/tinyscada/tinyscada/shared/service"
 	"github.com/tinyscada/tinyscada/shared/topics"
 )
@@ -70,15 +71,16 @@ type Poller struct {
 	ports   []*portRun
 	devices []*device
 
-	tick       time.Duration // the idle ticks' period: the heartbeat interval, at least 1 s
-	wake       chan struct{}
-	portsMoved chan struct{} // a port opened or closed (reportPorts)
-	started    chan struct{}
-	toStart    atomic.Int32
-	skipped    atomic.Uint64 // samples not taken: outbox full
-	resent     atomic.Uint64 // data messages published again
-	badRecords atomic.Uint64 // line records that could not be parsed
-	pressured  atomic.Int64  // unix ms of the last back-pressure, 0 never
+	tick        time.Duration // the idle ticks' period: the heartbeat interval, at least 1 s
+	wake        chan struct{}
+	lingerSleep modbus.Sleeper // the sender's (linger)
+	portsMoved  chan struct{}  // a port opened or closed (reportPorts)
+	started     chan struct{}
+	toStart     atomic.Int32
+	skipped     atomic.Uint64 // samples not taken: outbox full
+	resent      atomic.Uint64 // data messages published again
+	badRecords  atomic.Uint64 // line records that could not be parsed
+	pressured   atomic.Int64  // unix ms of the last back-pressure, 0 never
 }
 
 // New compiles the configuration's poller section into a plan and returns
@@ -566,10 +568,26 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 // the outbox, at most the 64 messages one publishing pass takes (so that
 // lingering never brings the outbox near full, which would stop the
 // sampling). It returns false when ctx ended.
+//
+// With an outbox of 512 messages or more (the default is 4096) the rounds
+// of sendLinger (a line takes a millisecond or more a round) do not bring
+// it near full, and it sleeps the whole time on a kernel timer instead
+// (modbus.Sleeper; a pass of more than 64 is two passes): a Go
+// timer wakes the process twice, at the whole millisecond the runtime
+// rounds the wait down to and again for the rest, and the linger is most
+// of the sender's wake-ups. A stop then waits for the end of the linger.
 func (p *Poller) linger(ctx context.Context) bool {
+	burst := min(max(p.cfg.Outbox/8, 1), 64)
+	if p.cfg.Outbox >= 512 {
+		p.lingerSleep.Sleep(sendLinger)
+		select {
+		case <-p.wake: // the rounds that came meanwhile are published now
+		default:
+		}
+		return ctx.Err() == nil
+	}
 	t := time.NewTimer(sendLinger)
 	defer t.Stop()
-	burst := min(max(p.cfg.Outbox/8, 1), 64)
 	for p.out.Fresh(burst) < burst && p.out.Stats(time.Now()).Depth < p.cfg.Outbox-burst {
 		select {
 		case <-ctx.Done():

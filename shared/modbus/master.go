@@ -77,7 +77,7 @@ type Master struct {
 	// in a row that found the whole reply (see learnTurn).
 	turn     [256]time.Duration
 	whole    [256]uint8
-	sleep    sleeper
+	sleep    Sleeper
 	txbuf    [MaxFrame]byte
 	rxbuf    [2 * MaxFrame]byte
 	requests atomic.Uint64
@@ -226,10 +226,10 @@ func (m *Master) attempt(ctx context.Context, req *Request, frame []byte, timeou
 	return m.readReply(ctx, req, sent, deadline)
 }
 
-// wait sleeps d, at most left, never less; see sleeper.
+// wait sleeps d, at most left, never less; see Sleeper.
 func (m *Master) wait(d, left time.Duration) {
 	if d = min(d, left); d > 0 {
-		m.sleep.sleep(d)
+		m.sleep.Sleep(d)
 	}
 }
 

@@ -343,13 +343,13 @@ func TestLearnTurn(t *testing.T) {
 	}
 }
 
-// The sleeper never wakes early (every wait of the master is a "no sooner
+// The Sleeper never wakes early (every wait of the master is a "no sooner
 // than"), on a timerfd or the fallback alike.
 func TestSleeperNeverEarly(t *testing.T) {
-	var s sleeper
+	var s Sleeper
 	for _, d := range []time.Duration{50 * time.Microsecond, 1750 * time.Microsecond, 3 * time.Millisecond} {
 		start := time.Now()
-		s.sleep(d)
+		s.Sleep(d)
 		if got := time.Since(start); got < d {
 			t.Errorf("sleep(%v) returned after %v", d, got)
 		}

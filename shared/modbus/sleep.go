@@ -10,7 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sleeper waits on a timerfd(2) through Go's poller: the goroutine parks
+// Sleeper waits on a timerfd(2) through Go's poller: the goroutine parks
 // until the kernel timer fires, to the microsecond, with one wake-up of
 // the process. The master waits twice a transaction (for the reply, then
 // the silence before the next request), a few milliseconds each time, and
@@ -24,8 +24,10 @@ import (
 // The timer is set and read with raw system calls, as the Line does its
 // I/O (see Line): a wake-up of the master then makes no call that wakes
 // the runtime's monitor thread. Go's poller only tells when the timer
-// fired (syscall.RawConn's Read).
-type sleeper struct {
+// fired (syscall.RawConn's Read). The poller's sender lingers with one
+// too. The zero value is ready to use; a Sleeper is for one goroutine at
+// a time.
+type Sleeper struct {
 	once sync.Once
 	fd   int
 	f    *os.File        // nil: time.Sleep
@@ -35,7 +37,8 @@ type sleeper struct {
 	done func(fd uintptr) bool // reads the expiry count; false until it fired
 }
 
-func (s *sleeper) sleep(d time.Duration) {
+// Sleep returns after d, never sooner; it cannot be interrupted.
+func (s *Sleeper) Sleep(d time.Duration) {
 	s.once.Do(s.open)
 	if s.rc == nil {
 		time.Sleep(d)
@@ -54,7 +57,7 @@ func (s *sleeper) sleep(d time.Duration) {
 
 // expired reads the timer's expiry count from fd: false while it has not
 // fired yet (EAGAIN), so that RawConn.Read waits on Go's poller.
-func (s *sleeper) expired(fd uintptr) bool {
+func (s *Sleeper) expired(fd uintptr) bool {
 	for {
 		_, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&s.buf[0])), uintptr(len(s.buf)))
 		if e != unix.EINTR {
@@ -63,7 +66,7 @@ func (s *sleeper) expired(fd uintptr) bool {
 	}
 }
 
-func (s *sleeper) open() {
+func (s *Sleeper) open() {
 	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
 	if err != nil {
 		return
