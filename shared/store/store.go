@@ -1283,17 +1283,14 @@ func (s *Store) Size(ctx context.Context) (Size, error) {
 	if fi, err := os.Stat(s.opts.Path + "-wal"); err == nil {
 		z.WAL = fi.Size()
 	}
-	var pages, free, psize int64
+	var pages, free int64
 	if err := s.conn.QueryRowContext(ctx, `PRAGMA page_count`).Scan(&pages); err != nil {
 		return z, err
 	}
 	if err := s.conn.QueryRowContext(ctx, `PRAGMA freelist_count`).Scan(&free); err != nil {
 		return z, err
 	}
-	if err := s.conn.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&psize); err != nil {
-		return z, err
-	}
-	z.Used = (pages - free) * psize
+	z.Used = (pages - free) * s.pageSize
 	return z, nil
 }
 
