@@ -577,7 +577,6 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 // rounds the wait down to and again for the rest, and the linger is most
 // of the sender's wake-ups. A stop then waits for the end of the linger.
 func (p *Poller) linger(ctx context.Context) bool {
-	burst := min(max(p.cfg.Outbox/8, 1), 64)
 	if p.cfg.Outbox >= 512 {
 		p.lingerSleep.Sleep(sendLinger)
 		select {
@@ -586,6 +585,7 @@ func (p *Poller) linger(ctx context.Context) bool {
 		}
 		return ctx.Err() == nil
 	}
+	burst := min(max(p.cfg.Outbox/8, 1), 64)
 	t := time.NewTimer(sendLinger)
 	defer t.Stop()
 	for p.out.Fresh(burst) < burst && p.out.Stats(time.Now()).Depth < p.cfg.Outbox-burst {
