@@ -81,6 +81,7 @@ type Poller struct {
 	resent      atomic.Uint64 // data messages published again
 	badRecords  atomic.Uint64 // line records that could not be parsed
 	pressured   atomic.Int64  // unix ms of the last back-pressure, 0 never
+	loggerPID   atomic.Int64  // the logger process last seen ready (HandleLoggerState)
 }
 
 // New compiles the configuration's poller section into a plan and returns
@@ -227,6 +228,25 @@ func (p *Poller) HandleAck(payload []byte) {
 		return
 	}
 	p.out.Ack(a.Seq)
+}
+
+// HandleLoggerState takes the logger's retained state
+// (<prefix>/svc/logger/state). When a logger process other than the one
+// seen before is ready, the one before may have died with an open batch
+// it had taken but not committed: everything unacknowledged is published
+// again now, not after ack_timeout (40 s by default), so that a poller
+// stopped meanwhile does not leave those readings to a gap record. The
+// logger stores each (run, seq) once.
+func (p *Poller) HandleLoggerState(payload []byte) {
+	var st service.State
+	if json.Unmarshal(payload, &st) != nil || st.State != service.Ready || st.PID == 0 {
+		return
+	}
+	if prev := p.loggerPID.Swap(int64(st.PID)); prev == 0 || prev == int64(st.PID) {
+		return
+	}
+	p.out.Unsent()
+	p.wakeSender()
 }
 
 func (p *Poller) wakeSender() {
@@ -712,6 +732,10 @@ func ServeLocked(ctx context.Context, svc *service.Service, locks *Locks) error 
 	ackTopic := svc.Topics.Ack(svc.Name)
 	if err := svc.Bus.Subscribe(ackTopic, 1, func(_ string, b []byte) { p.HandleAck(b) }); err != nil {
 		svc.Log.Warn("subscribe to acknowledgements failed; retried on reconnect", "topic", ackTopic, "err", err)
+	}
+	loggerState := svc.Topics.SvcState(string(topics.Logger))
+	if err := svc.Bus.Subscribe(loggerState, 1, func(_ string, b []byte) { p.HandleLoggerState(b) }); err != nil {
+		svc.Log.Warn("subscribe to the logger's state failed; retried on reconnect", "topic", loggerState, "err", err)
 	}
 	svc.SetExtra(p.HeartbeatFields)
 	svc.Log.Info("polling", "run", p.run, "ports", len(p.plan.Ports), "requests_per_round", p.plan.Requests())
