@@ -1,7 +1,11 @@
 package health
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
+	"io/fs"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -189,5 +193,21 @@ func TestProcStat(t *testing.T) {
 	}
 	if _, _, err := procStat(1 << 30); err == nil {
 		t.Error("a pid that does not exist: no error")
+	}
+}
+
+func TestReadProcFile(t *testing.T) {
+	// Longer than procStat's buffer: the read goes on until the end.
+	want, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := readProcFile("/proc/cpuinfo", make([]byte, 0, 16))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Errorf("got %d bytes (%v), want the %d of os.ReadFile", len(got), err, len(want))
+	}
+	_, err = readProcFile("/proc/1073741824/stat", nil)
+	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "/proc/1073741824/stat") {
+		t.Errorf("missing file: %v, want ErrNotExist naming the path", err)
 	}
 }

@@ -9,8 +9,10 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"unsafe"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
+	"golang.org/x/sys/unix"
 
 	"github.com/tinyscada/tinyscada/shared/sdnotify"
 )
@@ -229,7 +231,8 @@ func (RunSupervisor) Close() {}
 // procStat returns the parent pid and command name of pid from
 // /proc/<pid>/stat. A zombie counts as gone.
 func procStat(pid int) (ppid int, comm string, err error) {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	var buf [512]byte
+	b, err := readProcFile("/proc/"+strconv.Itoa(pid)+"/stat", buf[:0])
 	if err != nil {
 		return 0, "", fmt.Errorf("pid %d: %w", pid, err)
 	}
@@ -252,4 +255,42 @@ func procStat(pid int) (ppid int, comm string, err error) {
 		return 0, "", fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
 	}
 	return ppid, comm, nil
+}
+
+// readProcFile appends the contents of a /proc file to buf, with raw
+// system calls: opening, reading and closing a /proc file return at once,
+// and os.ReadFile's blocking-style calls (seven for a /proc file: open, an
+// epoll registration the kernel refuses, fcntl, fstat, two reads, close)
+// each told the scheduler the thread might block, which on an idle health
+// woke the runtime's monitor thread and handed the processor to another
+// thread, every interval for every service (docs/performance.md, "Issue
+// 13, fourth round").
+func readProcFile(path string, buf []byte) ([]byte, error) {
+	p, err := unix.BytePtrFromString(path)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	cwd := unix.AT_FDCWD
+	r, _, e := unix.RawSyscall6(unix.SYS_OPENAT, uintptr(cwd), uintptr(unsafe.Pointer(p)), unix.O_RDONLY|unix.O_CLOEXEC, 0, 0, 0)
+	if e != 0 {
+		return nil, &os.PathError{Op: "open", Path: path, Err: e}
+	}
+	fd := r
+	defer unix.RawSyscall(unix.SYS_CLOSE, fd, 0, 0)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		room := buf[len(buf):cap(buf)]
+		n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&room[0])), uintptr(len(room)))
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			return nil, &os.PathError{Op: "read", Path: path, Err: e}
+		case n == 0:
+			return buf, nil
+		}
+		buf = buf[:len(buf)+int(n)]
+	}
 }

@@ -12,7 +12,9 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,6 +67,16 @@ func CanNotifyPID() bool {
 // sendTimeout bounds a send to a socket whose queue is full.
 const sendTimeout = 5 * time.Second
 
+// sock is the process's notify socket: opened at the first send and kept
+// for the next ones (each role pings its watchdog every few seconds,
+// health for every role each interval), non-blocking, unbound; the address
+// goes with each datagram, so a changed NOTIFY_SOCKET needs no new socket.
+var sock struct {
+	sync.Mutex
+	fd   int
+	open bool
+}
+
 // send sends state; pid > 0 attaches explicit credentials with that pid.
 func send(pid int, state string) (bool, error) {
 	name := os.Getenv("NOTIFY_SOCKET")
@@ -82,23 +94,10 @@ func send(pid int, state string) (bool, error) {
 			Gid: uint32(os.Getgid()),
 		})
 	}
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return false, fmt.Errorf("sdnotify: socket: %w", err)
-	}
-	defer unix.Close(fd)
-	// systemd reads promptly; a full queue must not block a caller forever.
-	tv := unix.NsecToTimeval(int64(sendTimeout))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return false, fmt.Errorf("sdnotify: set send timeout: %w", err)
-	}
-	// A name starting with '@' becomes an abstract address (leading NUL).
-	to := &unix.SockaddrUnix{Name: name}
-	for {
-		err = unix.Sendmsg(fd, []byte(state), oob, to, unix.MSG_NOSIGNAL)
-		if err != unix.EINTR {
-			break
-		}
+	err := sendNow(name, state, oob)
+	if err == unix.EAGAIN {
+		// systemd's queue is full: wait for room, as long as sendTimeout.
+		err = sendWaiting(name, state, oob)
 	}
 	switch {
 	case err == nil:
@@ -109,6 +108,96 @@ func send(pid int, state string) (bool, error) {
 		return false, fmt.Errorf("sdnotify: send to %s for pid %d: %w", name, pid, err)
 	default:
 		return false, fmt.Errorf("sdnotify: send to %s: %w", name, err)
+	}
+}
+
+// sendNow sends one datagram on the kept socket without waiting:
+// unix.EAGAIN when the receiver's queue is full.
+//
+// It is a raw system call (sendmsg with MSG_DONTWAIT returns at once). Go's
+// blocking-style calls (unix.Sendmsg, and the socket, setsockopt and close
+// a socket per send took) tell the scheduler a thread may block: on an
+// otherwise idle process that wakes the runtime's monitor thread, which
+// then polls every 20 µs while the call lasts and may hand the processor to
+// another thread. For health, which pings every role each interval, that
+// was most of its wake-ups (docs/performance.md, "Issue 13, fourth round").
+func sendNow(name, state string, oob []byte) error {
+	var sa unix.RawSockaddrUnix
+	path := (*[len(sa.Path)]byte)(unsafe.Pointer(&sa.Path))
+	if len(name) >= len(path) {
+		return fmt.Errorf("socket name of %d bytes, longer than %d: %w", len(name), len(path)-1, unix.EINVAL)
+	}
+	sa.Family = unix.AF_UNIX
+	copy(path[:], name)
+	size := 2 + len(name) + 1 // the family, the path and its NUL
+	if name[0] == '@' {
+		path[0] = 0 // abstract: a leading NUL, and no trailing one
+		size--
+	}
+	var iov unix.Iovec
+	if p := []byte(state); len(p) > 0 {
+		iov.Base = &p[0]
+		iov.SetLen(len(p))
+	}
+	var msg unix.Msghdr
+	msg.Name = (*byte)(unsafe.Pointer(&sa))
+	msg.Namelen = uint32(size)
+	msg.Iov = &iov
+	msg.SetIovlen(1)
+	if len(oob) > 0 {
+		msg.Control = &oob[0]
+		msg.SetControllen(len(oob))
+	}
+	fd, err := socket()
+	if err != nil {
+		return err
+	}
+	for {
+		_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(fd), uintptr(unsafe.Pointer(&msg)), unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT)
+		switch e {
+		case 0:
+			return nil
+		case unix.EINTR:
+			continue
+		}
+		return e
+	}
+}
+
+// socket returns the kept socket, opening it at the first call.
+func socket() (int, error) {
+	sock.Lock()
+	defer sock.Unlock()
+	if !sock.open {
+		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+		if err != nil {
+			return 0, fmt.Errorf("socket: %w", err)
+		}
+		sock.fd, sock.open = fd, true
+	}
+	return sock.fd, nil
+}
+
+// sendWaiting sends one datagram on a socket of its own that waits up to
+// sendTimeout for room in the receiver's queue.
+func sendWaiting(name, state string, oob []byte) error {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("socket: %w", err)
+	}
+	defer unix.Close(fd)
+	// systemd reads promptly; a full queue must not block a caller forever.
+	tv := unix.NsecToTimeval(int64(sendTimeout))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		return fmt.Errorf("set send timeout: %w", err)
+	}
+	// A name starting with '@' becomes an abstract address (leading NUL).
+	to := &unix.SockaddrUnix{Name: name}
+	for {
+		err = unix.Sendmsg(fd, []byte(state), oob, to, unix.MSG_NOSIGNAL)
+		if err != unix.EINTR {
+			return err
+		}
 	}
 }
 

@@ -252,3 +252,45 @@ func TestWatchdogInterval(t *testing.T) {
 		})
 	}
 }
+
+// TestNotifyFullQueue fills the receiver's queue (nothing reads it), then
+// notifies: the send waits for room instead of failing at once, and fails
+// only after sendTimeout.
+func TestNotifyFullQueue(t *testing.T) {
+	conn := listen(t, filepath.Join(t.TempDir(), "notify.sock"))
+	name := os.Getenv("NOTIFY_SOCKET")
+	queued := 0
+	for {
+		err := sendNow(name, "STATUS=filling the queue", nil)
+		if err == unix.EAGAIN {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if queued++; queued > 1<<16 {
+			t.Fatal("the queue never filled")
+		}
+	}
+	if queued == 0 {
+		t.Fatal("not one datagram queued")
+	}
+	// Room comes after 200 ms: the notification must wait for it.
+	read := make(chan error, 1)
+	go func() {
+		time.Sleep(200 * time.Millisecond)
+		_, _, _, _, err := conn.ReadMsgUnix(make([]byte, 64), make([]byte, 64))
+		read <- err
+	}()
+	start := time.Now()
+	if ok, err := Notify("WATCHDOG=1"); !ok || err != nil {
+		t.Fatalf("Notify with the queue full for 200 ms = (%v, %v), want (true, nil) after waiting", ok, err)
+	}
+	if waited := time.Since(start); waited < 150*time.Millisecond {
+		t.Errorf("Notify returned after %s, before the receiver made room", waited)
+	}
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d datagrams filled the queue", queued)
+}
