@@ -84,6 +84,9 @@ func clamp(v, lo, hi int) int { return min(max(v, lo), hi) }
 // listeners, bound but not serving. On error nothing stays bound.
 func newServer(cfg *config.Config, passwords map[string]string, log *slog.Logger) (*mqtt.Server, []*listener, error) {
 	srv := mqtt.New(options(cfg, log))
+	if err := slowHousekeeping(srv, housekeeping); err != nil {
+		log.Warn("mochi's housekeeping stays every second", "err", err)
+	}
 	var lns []*listener
 	fail := func(err error) (*mqtt.Server, []*listener, error) {
 		_ = srv.Close()
