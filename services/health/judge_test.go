@@ -2,10 +2,12 @@ package health
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -187,11 +189,14 @@ func TestStatusLine(t *testing.T) {
 }
 
 func TestProcStat(t *testing.T) {
-	ppid, comm, err := procStat(1)
-	if err != nil || ppid != 0 || comm == "" {
-		t.Errorf("pid 1: ppid %d, comm %q, %v", ppid, comm, err)
+	p, err := procStat(1)
+	if err != nil || p.ppid != 0 || p.comm == "" {
+		t.Errorf("pid 1: %+v, %v", p, err)
 	}
-	if _, _, err := procStat(1 << 30); err == nil {
+	if p, err := procStat(os.Getpid()); err != nil || p.ppid != os.Getppid() || p.start == 0 {
+		t.Errorf("our pid: %+v, %v; want our parent %d and a start time", p, err, os.Getppid())
+	}
+	if _, err := procStat(1 << 30); err == nil {
 		t.Error("a pid that does not exist: no error")
 	}
 }
@@ -209,5 +214,72 @@ func TestReadProcFile(t *testing.T) {
 	_, err = readProcFile("/proc/1073741824/stat", nil)
 	if !errors.Is(err, fs.ErrNotExist) || !strings.Contains(err.Error(), "/proc/1073741824/stat") {
 		t.Errorf("missing file: %v, want ErrNotExist naming the path", err)
+	}
+}
+
+// TestSystemdVerifyAsksOnce: systemd is asked for a unit's MainPID when
+// its main process is new, not at every interval; again at once for a new
+// process, never from a failed answer, and again after reverify.
+func TestSystemdVerifyAsksOnce(t *testing.T) {
+	ctx := context.Background()
+	calls := 0
+	main := uint32(os.Getpid())
+	var fail error
+	s := &Systemd{mainPID: func(context.Context, string) (uint32, error) {
+		calls++
+		return main, fail
+	}}
+	for range 5 {
+		if err := s.Verify(ctx, "tinyscada-poller.service", os.Getpid()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 1 {
+		t.Errorf("5 verifications of one process: %d calls to systemd, want 1", calls)
+	}
+
+	child := exec.Command("sleep", "10")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	main = uint32(child.Process.Pid) // the unit restarted
+	if err := s.Verify(ctx, "tinyscada-poller.service", child.Process.Pid); err != nil {
+		t.Fatal(err)
+	}
+	if calls != 2 {
+		t.Errorf("a new main process: %d calls in all, want 2", calls)
+	}
+	if err := s.Verify(ctx, "tinyscada-poller.service", os.Getpid()); err == nil || !strings.Contains(err.Error(), "not the main process") {
+		t.Errorf("the old process after the restart: %v, want refused", err)
+	}
+
+	main = uint32(os.Getpid()) // another unit, whose main process we are
+	fail = errors.New("systemd D-Bus: connection lost")
+	for range 2 {
+		if err := s.Verify(ctx, "tinyscada-logger.service", os.Getpid()); err == nil {
+			t.Error("a failed MainPID call: verified")
+		}
+	}
+	fail = nil
+	before := calls
+	if err := s.Verify(ctx, "tinyscada-logger.service", os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if calls != before+1 {
+		t.Errorf("after failed calls: %d calls, want 1 more (a failure is not remembered)", calls-before)
+	}
+
+	s.mu.Lock()
+	v := s.verified["tinyscada-logger.service"]
+	v.at = v.at.Add(-reverify)
+	s.verified["tinyscada-logger.service"] = v
+	s.mu.Unlock()
+	before = calls
+	if err := s.Verify(ctx, "tinyscada-logger.service", os.Getpid()); err != nil {
+		t.Fatal(err)
+	}
+	if calls != before+1 {
+		t.Errorf("after %s: %d calls, want 1 more", reverify, calls-before)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 	"unsafe"
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
@@ -57,7 +58,25 @@ func ping(pid int) error {
 type Systemd struct {
 	mu   sync.Mutex
 	conn *sddbus.Conn
+	// verified is, per unit, the main process last confirmed over D-Bus
+	// (its pid, its start time) and when; see Verify.
+	verified map[string]verifiedMain
+	// mainPID asks systemd for a unit's MainPID; nil: over D-Bus (tests
+	// count the calls with their own).
+	mainPID func(ctx context.Context, unit string) (uint32, error)
 }
+
+// verifiedMain is a unit's main process as Verify last confirmed it.
+type verifiedMain struct {
+	pid   int
+	start uint64 // the process's start time, /proc/<pid>/stat field 22
+	at    time.Time
+}
+
+// reverify is how long a confirmed main process is taken as the unit's
+// while it lives (the same pid and start time) before systemd is asked
+// again.
+const reverify = time.Minute
 
 // DialSystemd connects to systemd. It returns an error naming both attempts
 // when neither the private socket (/run/systemd/private) nor the system bus
@@ -119,24 +138,62 @@ func (s *Systemd) UnitOf(ctx context.Context, pid int) (string, error) {
 }
 
 // Verify implements Supervisor: pid must equal the unit's MainPID.
+//
+// Health verifies every service it pings each interval. systemd is asked
+// (a D-Bus call, which wakes systemd and health) when the unit's main
+// process is new to it, and then once a minute; in between, the same pid
+// with the same start time in /proc is the same process, still the
+// unit's: a restart of the unit is a new process (another pid, or the same
+// pid with a later start time), asked about at once. Five roles every 2 s
+// were 2.5 calls to systemd a second.
 func (s *Systemd) Verify(ctx context.Context, unit string, pid int) error {
-	c, err := s.get(ctx)
+	st, err := procStat(pid)
 	if err != nil {
 		return err
 	}
-	p, err := c.GetServicePropertyContext(ctx, unit, "MainPID")
-	if err != nil {
-		s.drop(c)
-		return fmt.Errorf("MainPID of %s: %w", unit, err)
+	now := time.Now()
+	s.mu.Lock()
+	v, ok := s.verified[unit]
+	s.mu.Unlock()
+	if ok && v.pid == pid && v.start == st.start && now.Sub(v.at) < reverify {
+		return nil
 	}
-	main, ok := p.Value.Value().(uint32)
-	if !ok {
-		return fmt.Errorf("MainPID of %s: unexpected value %v", unit, p.Value)
+	main, err := s.queryMainPID(ctx, unit)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.verified, unit)
+	if err != nil {
+		return err
 	}
 	if int(main) != pid {
 		return fmt.Errorf("pid %d is not the main process of %s (MainPID %d)", pid, unit, main)
 	}
+	if s.verified == nil {
+		s.verified = make(map[string]verifiedMain)
+	}
+	s.verified[unit] = verifiedMain{pid: pid, start: st.start, at: now}
 	return nil
+}
+
+// queryMainPID asks systemd for unit's MainPID.
+func (s *Systemd) queryMainPID(ctx context.Context, unit string) (uint32, error) {
+	if s.mainPID != nil {
+		return s.mainPID(ctx, unit)
+	}
+	c, err := s.get(ctx)
+	if err != nil {
+		return 0, err
+	}
+	p, err := c.GetServicePropertyContext(ctx, unit, "MainPID")
+	if err != nil {
+		s.drop(c)
+		return 0, fmt.Errorf("MainPID of %s: %w", unit, err)
+	}
+	main, ok := p.Value.Value().(uint32)
+	if !ok {
+		return 0, fmt.Errorf("MainPID of %s: unexpected value %v", unit, p.Value)
+	}
+	return main, nil
 }
 
 // Ping implements Supervisor.
@@ -189,24 +246,24 @@ type RunSupervisor struct {
 // UnitOf implements Supervisor: under run a process has no unit; a child of
 // the supervisor is "run:<command name>".
 func (r RunSupervisor) UnitOf(_ context.Context, pid int) (string, error) {
-	ppid, comm, err := procStat(pid)
+	p, err := procStat(pid)
 	if err != nil {
 		return "", err
 	}
-	if ppid != r.Parent {
-		return "", fmt.Errorf("pid %d (%s) is not a child of the run supervisor (pid %d)", pid, comm, r.Parent)
+	if p.ppid != r.Parent {
+		return "", fmt.Errorf("pid %d (%s) is not a child of the run supervisor (pid %d)", pid, p.comm, r.Parent)
 	}
-	return "run:" + comm, nil
+	return "run:" + p.comm, nil
 }
 
 // Verify implements Supervisor: pid must be a live child of Parent.
 func (r RunSupervisor) Verify(_ context.Context, _ string, pid int) error {
-	ppid, comm, err := procStat(pid)
+	p, err := procStat(pid)
 	if err != nil {
 		return err
 	}
-	if ppid != r.Parent {
-		return fmt.Errorf("pid %d (%s) is not a child of the run supervisor (pid %d)", pid, comm, r.Parent)
+	if p.ppid != r.Parent {
+		return fmt.Errorf("pid %d (%s) is not a child of the run supervisor (pid %d)", pid, p.comm, r.Parent)
 	}
 	return nil
 }
@@ -228,33 +285,43 @@ func (r RunSupervisor) Restart(ctx context.Context, unit string, pid int) error 
 // Close implements Supervisor.
 func (RunSupervisor) Close() {}
 
-// procStat returns the parent pid and command name of pid from
-// /proc/<pid>/stat. A zombie counts as gone.
-func procStat(pid int) (ppid int, comm string, err error) {
+// procInfo is what health reads of a process in /proc/<pid>/stat.
+type procInfo struct {
+	ppid  int
+	comm  string
+	start uint64 // start time after boot, in clock ticks (field 22)
+}
+
+// procStat returns the parent pid, command name and start time of pid
+// from /proc/<pid>/stat. A zombie counts as gone.
+func procStat(pid int) (procInfo, error) {
 	var buf [512]byte
 	b, err := readProcFile("/proc/"+strconv.Itoa(pid)+"/stat", buf[:0])
 	if err != nil {
-		return 0, "", fmt.Errorf("pid %d: %w", pid, err)
+		return procInfo{}, fmt.Errorf("pid %d: %w", pid, err)
 	}
 	// pid (comm) state ppid ...; comm may hold spaces and parentheses.
 	s := string(b)
 	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
 	if open < 0 || end < open {
-		return 0, "", fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
+		return procInfo{}, fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
 	}
-	comm = s[open+1 : end]
+	p := procInfo{comm: s[open+1 : end]}
+	// f[0] is field 3 (state), f[1] field 4 (ppid), f[19] field 22.
 	f := strings.Fields(s[end+1:])
-	if len(f) < 2 {
-		return 0, "", fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
+	if len(f) < 20 {
+		return procInfo{}, fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
 	}
 	if f[0] == "Z" || f[0] == "X" {
-		return 0, "", fmt.Errorf("pid %d (%s) has exited", pid, comm)
+		return procInfo{}, fmt.Errorf("pid %d (%s) has exited", pid, p.comm)
 	}
-	ppid, err = strconv.Atoi(f[1])
-	if err != nil {
-		return 0, "", fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
+	var err1, err2 error
+	p.ppid, err1 = strconv.Atoi(f[1])
+	p.start, err2 = strconv.ParseUint(f[19], 10, 64)
+	if err1 != nil || err2 != nil {
+		return procInfo{}, fmt.Errorf("pid %d: unreadable /proc stat %q", pid, s)
 	}
-	return ppid, comm, nil
+	return p, nil
 }
 
 // readProcFile appends the contents of a /proc file to buf, with raw
