@@ -283,3 +283,21 @@ func TestSystemdVerifyAsksOnce(t *testing.T) {
 		t.Errorf("after %s: %d calls, want 1 more", reverify, calls-before)
 	}
 }
+
+// A pid /proc does not show is asked about every time, never remembered.
+func TestSystemdVerifyUnseenPID(t *testing.T) {
+	calls := 0
+	const gone = 1 << 30
+	s := &Systemd{mainPID: func(context.Context, string) (uint32, error) {
+		calls++
+		return gone, nil
+	}}
+	for range 3 {
+		if err := s.Verify(context.Background(), "tinyscada-poller.service", gone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 3 {
+		t.Errorf("3 verifications of a pid /proc does not show: %d calls to systemd, want 3", calls)
+	}
+}

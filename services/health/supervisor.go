@@ -147,15 +147,14 @@ func (s *Systemd) UnitOf(ctx context.Context, pid int) (string, error) {
 // pid with a later start time), asked about at once. Five roles every 2 s
 // were 2.5 calls to systemd a second.
 func (s *Systemd) Verify(ctx context.Context, unit string, pid int) error {
-	st, err := procStat(pid)
-	if err != nil {
-		return err
-	}
+	// A process /proc does not show (gone, or hidden from health) is
+	// asked about every time, as systemd knows best.
+	st, statErr := procStat(pid)
 	now := time.Now()
 	s.mu.Lock()
 	v, ok := s.verified[unit]
 	s.mu.Unlock()
-	if ok && v.pid == pid && v.start == st.start && now.Sub(v.at) < reverify {
+	if statErr == nil && ok && v.pid == pid && v.start == st.start && now.Sub(v.at) < reverify {
 		return nil
 	}
 	main, err := s.queryMainPID(ctx, unit)
@@ -167,6 +166,9 @@ func (s *Systemd) Verify(ctx context.Context, unit string, pid int) error {
 	}
 	if int(main) != pid {
 		return fmt.Errorf("pid %d is not the main process of %s (MainPID %d)", pid, unit, main)
+	}
+	if statErr != nil {
+		return nil
 	}
 	if s.verified == nil {
 		s.verified = make(map[string]verifiedMain)
