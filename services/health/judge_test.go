@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -202,12 +203,14 @@ func TestProcStat(t *testing.T) {
 }
 
 func TestReadProcFile(t *testing.T) {
-	// Longer than procStat's buffer: the read goes on until the end.
-	want, err := os.ReadFile("/proc/cpuinfo")
-	if err != nil {
+	// Longer than its buffer: the read goes on until the end. A file of
+	// our own, as /proc files such as cpuinfo change between two reads.
+	want := bytes.Repeat([]byte("0123456789abcdef\n"), 300)
+	path := filepath.Join(t.TempDir(), "stat")
+	if err := os.WriteFile(path, want, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	got, err := readProcFile("/proc/cpuinfo", make([]byte, 0, 16))
+	got, err := readProcFile(path, make([]byte, 0, 16))
 	if err != nil || !bytes.Equal(got, want) {
 		t.Errorf("got %d bytes (%v), want the %d of os.ReadFile", len(got), err, len(want))
 	}
