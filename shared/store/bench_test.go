@@ -91,7 +91,7 @@ func BenchmarkRawInsert(b *testing.B) {
 						default:
 							val = v.I
 						}
-						s.args = append(s.args, id, int64(p+1), val)
+						s.args = append(s.args, ReadingID(id, int64(p+1)), val)
 						s.nrows++
 					}
 					if s.nrows+pointsPerRound > readingsPerStmt {

@@ -315,7 +315,7 @@ func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string, g *dr
 		if !first.Valid || first.Int64 > last {
 			return nil
 		}
-		if err := s.conn.QueryRowContext(ctx, `SELECT count(*) FROM reading WHERE sample <= ?`, last).Scan(&readings); err != nil {
+		if err := s.conn.QueryRowContext(ctx, `SELECT count(*) FROM reading WHERE id <= ?`, ReadingID(last, MaxPointID)).Scan(&readings); err != nil {
 			return err
 		}
 		if from := max(first.Int64, s.uploaded+1); from <= last {
@@ -325,7 +325,8 @@ func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string, g *dr
 				from, last).Scan(&n, &tFrom, &tTo); err != nil {
 				return err
 			}
-			if err := s.conn.QueryRowContext(ctx, `SELECT count(*) FROM reading WHERE sample BETWEEN ? AND ?`, from, last).Scan(&nr); err != nil {
+			firstID, lastID := readingIDs(from-1, last)
+			if err := s.conn.QueryRowContext(ctx, `SELECT count(*) FROM reading WHERE id BETWEEN ? AND ?`, firstID, lastID).Scan(&nr); err != nil {
 				return err
 			}
 			if g.id != 0 && g.lastRow == from-1 {
@@ -350,13 +351,11 @@ func (s *Store) deleteUpTo(ctx context.Context, last int64, reason string, g *dr
 			s.log.Debug("deleted readings that were not uploaded; recorded as a gap", "first_row", from, "last_row", last,
 				"samples", n, "readings", nr, "reason", reason)
 		}
-		for _, q := range []string{
-			`DELETE FROM reading WHERE sample <= ?`,
-			`DELETE FROM bad WHERE sample <= ?`,
-		} {
-			if _, err := s.exec(ctx, q, last); err != nil {
-				return err
-			}
+		if _, err := s.exec(ctx, `DELETE FROM reading WHERE id <= ?`, ReadingID(last, MaxPointID)); err != nil {
+			return err
+		}
+		if _, err := s.exec(ctx, `DELETE FROM bad WHERE sample <= ?`, last); err != nil {
+			return err
 		}
 		res, err := s.exec(ctx, `DELETE FROM sample WHERE id <= ?`, last)
 		if err != nil {

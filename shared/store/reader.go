@@ -146,28 +146,28 @@ func (r *Reader) Samples(ctx context.Context, after, upTo int64, maxEntries int)
 	return out, err
 }
 
-// samples reads up to limit entries (-1: all) of the samples in (after,
-// upTo]; complete is false when the limit stopped it.
-func (r *Reader) samples(ctx context.Context, after, upTo int64, limit int) (out []Sample, complete bool, err error) {
-	if limit > 0 {
-		// Bound the range first, by the sample of the limit-th reading
-		// (the primary key's order): the query below sorts what is in
-		// its range, which must not be the whole backlog.
-		var bound sql.NullInt64
-		err := r.db.QueryRowContext(ctx, `SELECT sample FROM reading WHERE sample > ? AND sample <= ? ORDER BY sample, point LIMIT 1 OFFSET ?`,
-			after, upTo, limit-1).Scan(&bound)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-		case err != nil:
-			return nil, false, fmt.Errorf("read samples after row %d: %w", after, err)
-		case bound.Valid:
-			upTo = min(upTo, bound.Int64)
-		}
+// samplesSQL returns the queries of samples: bound, the sample of the
+// ?3+1-th reading in (?1, ?2], and the entries of the samples in (?1, ?2],
+// at most ?3 (-1: all). ?4 and ?5 are the row ids of the range's readings
+// (readingIDs): version 5 finds a sample's readings by row id; a database
+// of version 4 or before (one the logger has not migrated yet) by its
+// (sample, point) key, and ?4 and ?5 are then unused (the driver binds
+// the parameters a statement has, and ignores further arguments).
+func samplesSQL(v5 bool) (bound, entries string) {
+	bound = `SELECT id >> ` + pointBits + ` FROM reading WHERE id BETWEEN ?4 AND ?5 ORDER BY id LIMIT 1 OFFSET ?3`
+	readings := `FROM reading r JOIN sample s ON s.id = r.id >> ` + pointBits + `
+		JOIN point p ON p.id = r.id & ` + pointMask + ` JOIN device d ON d.id = p.device
+		WHERE r.id BETWEEN ?4 AND ?5`
+	has := readingsOf("r", "s.id")
+	if !v5 {
+		bound = `SELECT sample FROM reading WHERE sample > ?1 AND sample <= ?2 ORDER BY sample, point LIMIT 1 OFFSET ?3`
+		readings = `FROM reading r JOIN sample s ON s.id = r.sample JOIN point p ON p.id = r.point JOIN device d ON d.id = p.device
+		WHERE r.sample > ?1 AND r.sample <= ?2`
+		has = "r.sample = s.id"
 	}
-	q := `SELECT row, tm, wall, clock, device, point, kind, v, reason FROM (
+	entries = `SELECT row, tm, wall, clock, device, point, kind, v, reason FROM (
 		SELECT s.id AS row, coalesce(s.tc, s.t) AS tm, s.t AS wall, s.clock AS clock, d.name AS device, p.name AS point, p.kind AS kind, r.v AS v, NULL AS reason, r.point AS pid
-		FROM reading r JOIN sample s ON s.id = r.sample JOIN point p ON p.id = r.point JOIN device d ON d.id = p.device
-		WHERE r.sample > ?1 AND r.sample <= ?2
+		` + readings + `
 		UNION ALL
 		SELECT s.id, coalesce(s.tc, s.t), s.t, s.clock, d.name, p.name, 'bad', NULL, x.text, b.point
 		FROM bad b JOIN sample s ON s.id = b.sample JOIN point p ON p.id = b.point JOIN device d ON d.id = p.device JOIN reason x ON x.id = b.reason
@@ -176,9 +176,37 @@ func (r *Reader) samples(ctx context.Context, after, upTo int64, limit int) (out
 		SELECT s.id, coalesce(s.tc, s.t), s.t, s.clock, d.name, NULL, 'empty', NULL, NULL, -1
 		FROM sample s JOIN device d ON d.id = s.device
 		WHERE s.id > ?1 AND s.id <= ?2
-			AND NOT EXISTS (SELECT 1 FROM reading WHERE sample = s.id) AND NOT EXISTS (SELECT 1 FROM bad WHERE sample = s.id)
+			AND NOT EXISTS (SELECT 1 FROM reading r WHERE ` + has + `) AND NOT EXISTS (SELECT 1 FROM bad WHERE sample = s.id)
 	) ORDER BY row, pid LIMIT ?3`
-	rows, err := r.db.QueryContext(ctx, q, after, upTo, limit)
+	return bound, entries
+}
+
+// samples reads up to limit entries (-1: all) of the samples in (after,
+// upTo]; complete is false when the limit stopped it.
+func (r *Reader) samples(ctx context.Context, after, upTo int64, limit int) (out []Sample, complete bool, err error) {
+	v5, err := rowIDReadings(ctx, r.db)
+	if err != nil {
+		return nil, false, fmt.Errorf("read samples after row %d: %w", after, err)
+	}
+	bound, q := samplesSQL(v5)
+	firstID, lastID := readingIDs(after, upTo)
+	if limit > 0 {
+		// Bound the range first, by the sample of the limit-th reading
+		// (the primary key's order): the query below sorts what is in
+		// its range, which must not be the whole backlog.
+		var last sql.NullInt64
+		err := r.db.QueryRowContext(ctx, bound, after, upTo, limit-1, firstID, lastID).Scan(&last)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+		case err != nil:
+			return nil, false, fmt.Errorf("read samples after row %d: %w", after, err)
+		case last.Valid:
+			upTo = min(upTo, last.Int64)
+			firstID, lastID = readingIDs(after, upTo)
+		}
+	}
+	args := []any{after, upTo, limit, firstID, lastID}
+	rows, err := r.db.QueryContext(ctx, q, args...)
 	if err != nil {
 		return nil, false, fmt.Errorf("read samples after row %d: %w", after, err)
 	}

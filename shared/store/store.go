@@ -344,7 +344,7 @@ func open(ctx context.Context, o Options) (_ *Store, err error) {
 	if s.stBad, err = s.conn.PrepareContext(ctx, `INSERT OR REPLACE INTO bad(sample, point, reason) VALUES (?, ?, ?)`); err != nil {
 		return nil, err
 	}
-	s.args = make([]any, 0, 3*readingsPerStmt)
+	s.args = make([]any, 0, 2*readingsPerStmt)
 	if err := s.load(ctx); err != nil {
 		return nil, err
 	}
@@ -874,6 +874,11 @@ func (s *Store) point(ctx context.Context, dev int64, name []byte, kind string) 
 	if err != nil {
 		return pointInfo{}, err
 	}
+	if id > MaxPointID {
+		// A reading's row id holds the point id in its low bits. The
+		// transaction is rolled back with the point.
+		return pointInfo{}, fmt.Errorf("point %q: id %d is above %d, the most points a database holds", name, id, MaxPointID)
+	}
 	p := pointInfo{id: id, kind: kind}
 	pts[string(name)] = p
 	return p, nil
@@ -995,7 +1000,7 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 			}
 			continue
 		}
-		pid := p.id
+		rid := ReadingID(id, p.id)
 		stored++
 		var val any
 		switch v.Kind {
@@ -1006,7 +1011,7 @@ func (s *Store) insert(ctx context.Context, r *runState, it *Item) (int, error) 
 		case KindText:
 			val = string(v.Text)
 		}
-		s.args = append(s.args, sid, pid, val)
+		s.args = append(s.args, rid, val)
 		s.nrows++
 		if s.nrows == readingsPerStmt {
 			if err := s.flushReadings(ctx); err != nil {
@@ -1044,12 +1049,12 @@ func (s *Store) flushReadings(ctx context.Context) error {
 	st := s.stReading[s.nrows]
 	if st == nil {
 		var b strings.Builder
-		b.WriteString(`INSERT OR REPLACE INTO reading(sample, point, v) VALUES `)
+		b.WriteString(`INSERT OR REPLACE INTO reading(id, v) VALUES `)
 		for i := range s.nrows {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			b.WriteString("(?,?,?)")
+			b.WriteString("(?,?)")
 		}
 		var err error
 		if st, err = s.conn.PrepareContext(ctx, b.String()); err != nil {
