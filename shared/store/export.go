@@ -121,13 +121,13 @@ func Export(ctx context.Context, db *sql.DB, f ExportFilter, format string, w io
 	if err != nil {
 		return 0, fmt.Errorf("export: %w", err)
 	}
-	join := "r.sample = s.id"
+	join, point := "r.sample = s.id", "r.point"
 	if v5 {
-		join = readingsOf("r", "s.id")
+		join, point = readingsOf("r", "s.id"), pointOf("r")
 	}
 	q := `SELECT row, tm, wall, clock, device, point, kind, v, reason FROM (
 		SELECT s.id AS row, coalesce(s.tc, s.t) AS tm, s.t AS wall, s.clock AS clock, d.name AS device, p.name AS point, p.kind AS kind, r.v AS v, NULL AS reason, r.point AS pid
-		FROM sample s JOIN reading r ON ` + join + ` JOIN point p ON p.id = r.point JOIN device d ON d.id = p.device` + cond + `
+		FROM sample s JOIN reading r ON ` + join + ` JOIN point p ON p.id = ` + point + ` JOIN device d ON d.id = p.device` + cond + `
 		UNION ALL
 		SELECT s.id, coalesce(s.tc, s.t), s.t, s.clock, d.name, p.name, 'bad', NULL, x.text, b.point
 		FROM bad b JOIN sample s ON s.id = b.sample JOIN point p ON p.id = b.point JOIN device d ON d.id = p.device JOIN reason x ON x.id = b.reason` + cond + `

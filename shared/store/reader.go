@@ -156,7 +156,7 @@ func (r *Reader) Samples(ctx context.Context, after, upTo int64, maxEntries int)
 func samplesSQL(v5 bool) (bound, entries string) {
 	bound = `SELECT id >> ` + pointBits + ` FROM reading WHERE id BETWEEN ?4 AND ?5 ORDER BY id LIMIT 1 OFFSET ?3`
 	readings := `FROM reading r JOIN sample s ON s.id = r.id >> ` + pointBits + `
-		JOIN point p ON p.id = r.id & ` + pointMask + ` JOIN device d ON d.id = p.device
+		JOIN point p ON p.id = ` + pointOf("r") + ` JOIN device d ON d.id = p.device
 		WHERE r.id BETWEEN ?4 AND ?5`
 	has := readingsOf("r", "s.id")
 	if !v5 {
