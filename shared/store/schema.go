@@ -206,8 +206,8 @@ func readingIDs(after, upTo int64) (first, last int64) {
 // split, SQLite shared its cells with its left siblings, and a commit
 // wrote those again. Rows appended to a row id table fill their pages
 // (SQLite starts a new right-most leaf with the new row), and the key
-// takes about the bytes the two integers took: the table is a tenth
-// smaller, and so are the write-ahead log and the checkpoints at field
+// takes about the bytes the two integers took: the table is a twentieth
+// to a tenth smaller, and so are the write-ahead log and the checkpoints at field
 // rate (docs/performance.md). Copying in key order appends; the database
 // needs free space of about the size of the readings while it runs.
 func migrateV4(ctx context.Context, c *sql.Conn) error {
