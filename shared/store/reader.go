@@ -18,6 +18,7 @@ type Reader struct {
 	db       *sql.DB
 	gen      string
 	dev, ino uint64
+	v5       bool // the file was seen at schema version 5 (see rowIDReadings)
 }
 
 // OpenReader opens the database at path read-only (see OpenReadOnly) and
@@ -184,11 +185,14 @@ func samplesSQL(v5 bool) (bound, entries string) {
 // samples reads up to limit entries (-1: all) of the samples in (after,
 // upTo]; complete is false when the limit stopped it.
 func (r *Reader) samples(ctx context.Context, after, upTo int64, limit int) (out []Sample, complete bool, err error) {
-	v5, err := rowIDReadings(ctx, r.db)
-	if err != nil {
-		return nil, false, fmt.Errorf("read samples after row %d: %w", after, err)
+	// A version only grows: once the logger has migrated the file, no
+	// need to ask again.
+	if !r.v5 {
+		if r.v5, err = rowIDReadings(ctx, r.db); err != nil {
+			return nil, false, fmt.Errorf("read samples after row %d: %w", after, err)
+		}
 	}
-	bound, q := samplesSQL(v5)
+	bound, q := samplesSQL(r.v5)
 	firstID, lastID := readingIDs(after, upTo)
 	if limit > 0 {
 		// Bound the range first, by the sample of the limit-th reading

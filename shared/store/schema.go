@@ -13,9 +13,10 @@ import (
 // The schema is designed for small disks: names live once in their own
 // tables (device, point, run, boot, reason) and a reading is a value in a
 // table whose row id packs its sample and point (version 5, see
-// migrateV4), about 12 to 17 bytes on disk. A sample is one data message (one poll round of one device) with
-// its timestamps; its id is the row id the uplink tails. docs/logger.md
-// describes every column and gives example queries.
+// migrateV4), about 12 to 17 bytes on disk. A sample is one data message
+// (one poll round of one device) with its timestamps; its id is the row id
+// the uplink tails. docs/logger.md describes every column and gives
+// example queries.
 //
 // PRAGMA user_version is the schema version. migrations[i] takes a
 // database from version i to i+1; version 0 is an empty file. Each runs in
@@ -220,8 +221,8 @@ func migrateV4(ctx context.Context, c *sql.Conn) error {
 	}
 	for _, q := range []string{
 		`DROP VIEW readings`,
-		createReadingV5("reading_new"),
-		fmt.Sprintf(`INSERT INTO reading_new(id, v) SELECT sample << %d | point, v FROM reading ORDER BY sample, point`, PointBits),
+		createReadingV5,
+		`INSERT INTO reading_new(id, v) SELECT sample << ` + pointBits + ` | point, v FROM reading ORDER BY sample, point`,
 		`DROP TABLE reading`,
 		`ALTER TABLE reading_new RENAME TO reading`,
 		viewReadingsV5,
@@ -233,16 +234,13 @@ func migrateV4(ctx context.Context, c *sql.Conn) error {
 	return nil
 }
 
-// createReadingV5 is the statement that creates version 5's reading
-// table under name.
-func createReadingV5(name string) string {
-	return fmt.Sprintf(`CREATE TABLE %s (
-	id     INTEGER PRIMARY KEY,    -- sample id << %d | point id (ReadingID)
+// createReadingV5 creates version 5's reading table as reading_new.
+var createReadingV5 = `CREATE TABLE reading_new (
+	id     INTEGER PRIMARY KEY,    -- sample id << ` + pointBits + ` | point id (ReadingID)
 	v,                             -- integer, real, 0/1 for bool, text for u64 > 2^63-1
-	sample INTEGER GENERATED ALWAYS AS (id >> %[2]d) VIRTUAL,
-	point  INTEGER GENERATED ALWAYS AS (id & %d) VIRTUAL
-)`, name, PointBits, MaxPointID)
-}
+	sample INTEGER GENERATED ALWAYS AS (id >> ` + pointBits + `) VIRTUAL,
+	point  INTEGER GENERATED ALWAYS AS (` + pointOf("") + `) VIRTUAL
+)`
 
 // viewReadingsV5 is the readings view of version 5: as version 4's, the
 // readings of a sample found by their row ids, their points by the
@@ -268,7 +266,7 @@ JOIN device d ON d.id = p.device
 JOIN boot b ON b.id = s.boot
 JOIN run u ON u.id = s.run`, readingsOf("r", "s.id"), pointOf("r"))
 
-// rowIDReadings reports whether the database on q has version 5's
+// rowIDReadings reports whether the database db has version 5's
 // reading table (row ids), not the (sample, point) key of before: a
 // reader may open a database that the logger migrates later.
 func rowIDReadings(ctx context.Context, db *sql.DB) (bool, error) {
@@ -283,13 +281,20 @@ func rowIDReadings(ctx context.Context, db *sql.DB) (bool, error) {
 // a condition on the virtual column r.point lets SQLite build an
 // automatic index of the whole table for the query (a query of one point
 // in the view did), one on the expression does not.
-func pointOf(r string) string { return r + ".id & " + pointMask }
+// r "" is the table's own id.
+func pointOf(r string) string {
+	if r == "" {
+		return "id & " + pointMask
+	}
+	return r + ".id & " + pointMask
+}
 
 // readingsOf is the condition that the readings r are those of the
 // sample with id sample: a range of row ids, which SQLite looks up
 // directly (r.sample = sample would read the whole table).
 func readingsOf(r, sample string) string {
-	return fmt.Sprintf("%[1]s.id BETWEEN %[2]s << %[3]d AND (%[2]s << %[3]d) | %[4]d", r, sample, PointBits, MaxPointID)
+	first := sample + " << " + pointBits
+	return r + ".id BETWEEN " + first + " AND (" + first + ") | " + pointMask
 }
 
 // migrateV3 adds boot.last_m, the newest monotonic time of a boot's
