@@ -170,8 +170,8 @@ func TestProcOfThisProcess(t *testing.T) {
 		t.Fatalf("readStat(self) = ppid %d, %v; want %d", ppid, err, os.Getppid())
 	}
 	pss, err := readPSS("/proc", pid)
-	if err != nil || pss == 0 {
-		t.Errorf("readPSS(self) = %d kB, %v; want > 0", pss, err)
+	if err != nil || pss.Total == 0 || pss.Anon == 0 || pss.Anon > pss.Total {
+		t.Errorf("readPSS(self) = %+v kB, %v; want 0 < Anon <= Total", pss, err)
 	}
 	f, err := os.CreateTemp(t.TempDir(), "w")
 	if err != nil {
@@ -240,13 +240,38 @@ func TestRoleOf(t *testing.T) {
 	}
 }
 
+// A kernel whose smaps_rollup has no Pss_Anon line (before 5.14) gets
+// an error that names the file, not a PSS whose anonymous part reads 0.
+func TestReadPSSNoAnon(t *testing.T) {
+	proc := t.TempDir()
+	dir := filepath.Join(proc, "42")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rollup := "00400000-7ffd000 ---p 00000000 00:00 0 [rollup]\nRss:  2048 kB\nPss:  1024 kB\n"
+	if err := os.WriteFile(filepath.Join(dir, "smaps_rollup"), []byte(rollup), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := readPSS(proc, 42)
+	if err == nil || !strings.Contains(err.Error(), filepath.Join(dir, "smaps_rollup")) || !strings.Contains(err.Error(), "Pss_Anon") {
+		t.Fatalf("readPSS without Pss_Anon: %v; want an error naming the file and the line", err)
+	}
+	rollup += "Pss_Anon:  512 kB\nPss_File:  512 kB\n"
+	if err := os.WriteFile(filepath.Join(dir, "smaps_rollup"), []byte(rollup), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := readPSS(proc, 42); err != nil || p != (pss{Total: 1024, Anon: 512}) {
+		t.Fatalf("readPSS = %+v, %v; want {1024 512}", p, err)
+	}
+}
+
 // The report divides sums by sums, totals only the four roles, and takes
 // the mean of the rounds' PSS.
 func TestSummarize(t *testing.T) {
 	mk := func(label string, round int, readings, tx int64, cpu float64, pss float64) *runResult {
 		r := &runResult{Label: label, Round: round, WindowS: 10, Readings: readings, Transactions: tx, Roles: map[string]*roleRun{}}
 		for _, role := range append(append([]string{}, summedRoles...), otherRoles...) {
-			r.Roles[role] = &roleRun{CPUus: cpu, WriteBytes: uint64(readings), Voluntary: uint64(tx), PSSkB: pss, PSSMaxkB: uint64(pss) + 1024}
+			r.Roles[role] = &roleRun{CPUus: cpu, WriteBytes: uint64(readings), Voluntary: uint64(tx), PSSkB: pss, PSSMaxkB: uint64(pss) + 1024, PSSAnonkB: pss / 2}
 		}
 		return r
 	}
@@ -267,6 +292,8 @@ func TestSummarize(t *testing.T) {
 	near("A broker PSS MB", a.Roles["broker"].PSSMB, 2)
 	near("A total PSS MB", a.Roles["total"].PSSMB, 8)
 	near("A broker PSS max MB", a.Roles["broker"].PSSMaxMB, 4)
+	near("A broker PSS anon MB", a.Roles["broker"].PSSAnonMB, 1)
+	near("A total PSS anon MB", a.Roles["total"].PSSAnonMB, 4)
 	near("A logger written B/reading", a.Roles["logger"].WriteBytesPerReading, 1)
 	near("A total written B/reading", a.Roles["total"].WriteBytesPerReading, 4)
 	near("A transactions/s", *a.TransactionsPerS, 5)
@@ -294,7 +321,7 @@ func TestSummarize(t *testing.T) {
 	if err := rep.writeTable(&out); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"readings/s stored", "B vs A", "+100.0%", "wake-ups/transaction",
+	for _, want := range []string{"readings/s stored", "B vs A", "+100.0%", "wake-ups/transaction", "PSS anon MB",
 		"machine: 2 CPUs, Test CPU 9000, kernel 6.1.0-test, bench built with go1.99; load average 0.10 0.20 0.30 before, 1.00 2.00 3.00 after",
 		"(-stack direct)", "B: /b (go1.99 linux/arm GOARM=5) under /usr/bin/qemu-arm-static", "A: /a (unknown)"} {
 		if !strings.Contains(out.String(), want) {

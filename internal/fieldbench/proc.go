@@ -89,14 +89,32 @@ func keyValue(b []byte, key string) (uint64, error) {
 	return 0, fmt.Errorf("no %s line", key)
 }
 
-// readPSS returns the proportional set size of pid in kB, from
-// /proc/PID/smaps_rollup.
-func readPSS(proc string, pid int) (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(proc, strconv.Itoa(pid), "smaps_rollup"))
+// pss is a process's proportional set size, in kB, and the part of it
+// that is anonymous memory (heap, stacks, the runtime's, SQLite's cache):
+// what the kernel cannot drop. The rest is mostly the executable's pages,
+// shared by every process of the stack and clean, so reclaimable under
+// memory pressure.
+type pss struct {
+	Total, Anon uint64
+}
+
+// readPSS returns the proportional set size of pid from
+// /proc/PID/smaps_rollup (its Pss and Pss_Anon lines; Pss_Anon is in
+// Linux since 5.14).
+func readPSS(proc string, pid int) (pss, error) {
+	file := filepath.Join(proc, strconv.Itoa(pid), "smaps_rollup")
+	b, err := os.ReadFile(file)
 	if err != nil {
-		return 0, err
+		return pss{}, err
 	}
-	return keyValue(b, "Pss")
+	var p pss
+	if p.Total, err = keyValue(b, "Pss"); err != nil {
+		return pss{}, fmt.Errorf("%s: %w", file, err)
+	}
+	if p.Anon, err = keyValue(b, "Pss_Anon"); err != nil {
+		return pss{}, fmt.Errorf("%s: %w", file, err)
+	}
+	return p, nil
 }
 
 // readCounters reads the cumulative counters of pid.

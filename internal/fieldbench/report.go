@@ -55,6 +55,7 @@ type roleReport struct {
 	CPUsPerMinute        float64  `json:"cpu_s_per_minute"`
 	PSSMB                float64  `json:"pss_mb"`
 	PSSMaxMB             float64  `json:"pss_max_mb"`
+	PSSAnonMB            float64  `json:"pss_anon_mb"`
 	WriteBytesPerReading float64  `json:"write_bytes_per_reading"`
 	WakeupsPerTx         *float64 `json:"wakeups_per_transaction"`
 }
@@ -72,8 +73,8 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 		var readings, bad, samples, tx int64
 		txKnown := true
 		type acc struct {
-			cpu, pss, pssMax float64
-			write, wake      uint64
+			cpu, pss, pssMax, anon float64
+			write, wake            uint64
 		}
 		sums := map[string]*acc{}
 		for _, r := range runs {
@@ -97,6 +98,7 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 				}
 				a.cpu += rr.CPUus
 				a.pss += rr.PSSkB
+				a.anon += rr.PSSAnonkB
 				a.pssMax = math.Max(a.pssMax, float64(rr.PSSMaxkB))
 				a.write += rr.WriteBytes
 				a.wake += rr.Voluntary
@@ -121,6 +123,7 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 				CPUsPerMinute:        cpuPerMinute(a.cpu, secs),
 				PSSMB:                a.pss / n / 1024,
 				PSSMaxMB:             a.pssMax / 1024,
+				PSSAnonMB:            a.anon / n / 1024,
 				WriteBytesPerReading: float64(a.write) / float64(readings),
 			}
 			if br.TransactionsPerS != nil {
@@ -133,6 +136,7 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 					total.cpu += a.cpu
 					total.pss += a.pss
 					total.pssMax += a.pssMax
+					total.anon += a.anon
 					total.write += a.write
 					total.wake += a.wake
 				}
@@ -143,6 +147,7 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 			CPUsPerMinute:        cpuPerMinute(total.cpu, secs),
 			PSSMB:                total.pss / n / 1024,
 			PSSMaxMB:             total.pssMax / 1024, // sum of the roles' maxima
+			PSSAnonMB:            total.anon / n / 1024,
 			WriteBytesPerReading: float64(total.write) / float64(readings),
 		}
 		if br.TransactionsPerS != nil {
@@ -244,6 +249,7 @@ func (rep *report) writeTable(w io.Writer) error {
 		{"CPU µs/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.CPUusPerReading, true }},
 		{"CPU s/minute", "%.3f", func(r *roleReport) (float64, bool) { return r.CPUsPerMinute, true }},
 		{"PSS MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSMB, true }},
+		{"PSS anon MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSAnonMB, true }},
 		{"written B/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.WriteBytesPerReading, true }},
 		{"wake-ups/transaction", "%.2f", func(r *roleReport) (float64, bool) {
 			if r.WakeupsPerTx == nil {

@@ -41,6 +41,8 @@ type roleRun struct {
 	Voluntary  uint64  `json:"wakeups"`
 	PSSkB      float64 `json:"pss_kb_mean"`
 	PSSMaxkB   uint64  `json:"pss_kb_max"`
+	// PSSAnonkB is the mean of the anonymous part of the PSS samples.
+	PSSAnonkB float64 `json:"pss_anon_kb_mean"`
 }
 
 // runResult is one run of one binary.
@@ -163,18 +165,18 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 	if err != nil {
 		return nil, err
 	}
-	pss := map[string][]uint64{}
+	samples := map[string][]pss{}
 	step := b.Window / pssSamples
 	for i := 0; i < pssSamples; i++ {
 		if err := sleep(ctx, time.Until(t0.Add(time.Duration(i)*step+step/2))); err != nil {
 			return nil, err
 		}
 		for role, pid := range pids {
-			kb, err := readPSS(b.Proc, pid)
+			p, err := readPSS(b.Proc, pid)
 			if err != nil {
 				return nil, fmt.Errorf("%s (pid %d) during the window: %w", role, pid, err)
 			}
-			pss[role] = append(pss[role], kb)
+			samples[role] = append(samples[role], p)
 		}
 	}
 	if err := sleep(ctx, time.Until(t0.Add(b.Window))); err != nil {
@@ -225,12 +227,14 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 			WriteBytes: c1[role].WriteBytes - c0[role].WriteBytes,
 			Voluntary:  c1[role].Voluntary - c0[role].Voluntary,
 		}
-		var sum uint64
-		for _, kb := range pss[role] {
-			sum += kb
-			r.PSSMaxkB = max(r.PSSMaxkB, kb)
+		var sum, anon uint64
+		for _, p := range samples[role] {
+			sum += p.Total
+			anon += p.Anon
+			r.PSSMaxkB = max(r.PSSMaxkB, p.Total)
 		}
-		r.PSSkB = float64(sum) / float64(len(pss[role]))
+		r.PSSkB = float64(sum) / float64(len(samples[role]))
+		r.PSSAnonkB = float64(anon) / float64(len(samples[role]))
 		res.Roles[role] = r
 	}
 	if res.Readings <= 0 {
