@@ -1,7 +1,7 @@
 // Package crash keeps the evidence of crashes and hangs on disk: a panic or
 // fatal error of the runtime is written to a per-process file that the next
 // start turns into a report for the uplink, and SIGUSR1 dumps every
-// goroutine's stack.
+// goroutine's stack, after the runtime's account of the process's memory.
 //
 // Files in the crash directory, for a role such as "poller":
 //
@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"slices"
 	"strconv"
 	"strings"
@@ -271,6 +272,8 @@ func Dump(dir, role string) (string, error) {
 	now := time.Now()
 	var b strings.Builder
 	fmt.Fprintf(&b, "goroutine dump of %s pid %d at %s\n\n", role, os.Getpid(), now.UTC().Format(time.RFC3339Nano))
+	writeMemory(&b)
+	b.WriteString("\n")
 	b.Write(allStacks())
 	text := []byte(b.String())
 	os.Stderr.Write(text)
@@ -290,6 +293,36 @@ func Dump(dir, role string) (string, error) {
 		}
 		return path, nil
 	}
+}
+
+// writeMemory writes what the Go runtime says the process's memory is
+// made of (runtime/metrics: every /memory/classes/ figure, the collector's
+// goal and settings, the goroutines), a line each, so that a dump answers
+// "where does this role's memory go" as well as "what is it doing".
+func writeMemory(b *strings.Builder) {
+	var samples []metrics.Sample
+	for _, d := range metrics.All() {
+		if d.Kind == metrics.KindUint64 && (strings.HasPrefix(d.Name, "/memory/classes/") || memoryExtra[d.Name]) {
+			samples = append(samples, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(samples)
+	b.WriteString("memory (runtime/metrics):\n")
+	for _, s := range samples {
+		if s.Value.Kind() == metrics.KindUint64 {
+			fmt.Fprintf(b, "  %-48s %d\n", s.Name, s.Value.Uint64())
+		}
+	}
+}
+
+// memoryExtra are the figures writeMemory adds to the memory classes.
+var memoryExtra = map[string]bool{
+	"/gc/heap/goal:bytes":          true,
+	"/gc/heap/live:bytes":          true,
+	"/gc/gogc:percent":             true,
+	"/gc/gomemlimit:bytes":         true,
+	"/gc/cycles/total:gc-cycles":   true,
+	"/sched/goroutines:goroutines": true,
 }
 
 // allStacks returns runtime.Stack of all goroutines, growing the buffer

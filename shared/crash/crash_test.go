@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -305,7 +306,8 @@ func TestDumpOnSignal(t *testing.T) {
 	}
 	// The helper goroutine shows wherever it is (it may still be returning
 	// from writing "ready" rather than asleep).
-	for _, want := range []string{"goroutine ", "crash.helper("} {
+	for _, want := range []string{"goroutine ", "crash.helper(", "memory (runtime/metrics):\n",
+		"/memory/classes/heap/objects:bytes", "/memory/classes/heap/stacks:bytes", "/memory/classes/total:bytes", "/gc/heap/goal:bytes"} {
 		if !strings.Contains(string(text), want) {
 			t.Errorf("dump lacks %q:\n%s", want, text)
 		}
@@ -337,5 +339,45 @@ func TestDumpBounded(t *testing.T) {
 	files, _ = filepath.Glob(filepath.Join(dir, "broker-*.stacks"))
 	if len(files) != MaxStacks {
 		t.Errorf("%d files after pruning, want %d", len(files), MaxStacks)
+	}
+}
+
+// The memory section comes before the stacks and carries real figures: a
+// running Go process has heap objects and a total above them.
+func TestDumpMemory(t *testing.T) {
+	path, err := Dump(t.TempDir(), "logger")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(b)
+	mem, stacks := strings.Index(text, "memory (runtime/metrics):"), strings.Index(text, "\ngoroutine ")
+	if mem < 0 || stacks < 0 || mem > stacks {
+		t.Fatalf("want the memory section before the stacks:\n%s", text)
+	}
+	figure := func(name string) uint64 {
+		t.Helper()
+		for _, line := range strings.Split(text[mem:stacks], "\n") {
+			f := strings.Fields(line)
+			if len(f) == 2 && f[0] == name {
+				v, err := strconv.ParseUint(f[1], 10, 64)
+				if err != nil {
+					t.Fatalf("%s: %v", line, err)
+				}
+				return v
+			}
+		}
+		t.Fatalf("no %s line in:\n%s", name, text[mem:stacks])
+		return 0
+	}
+	objects, total := figure("/memory/classes/heap/objects:bytes"), figure("/memory/classes/total:bytes")
+	if objects == 0 || total <= objects {
+		t.Errorf("heap objects %d, total %d: want 0 < objects < total", objects, total)
+	}
+	if g := figure("/sched/goroutines:goroutines"); g == 0 {
+		t.Error("no goroutine counted")
 	}
 }
