@@ -240,7 +240,7 @@ func TestRoleOf(t *testing.T) {
 	}
 }
 
-// A kernel whose smaps_rollup has no Pss_Anon line (before 5.14) gets
+// A kernel whose smaps_rollup has no Pss_Anon line (before 5.3) gets
 // an error that names the file, not a PSS whose anonymous part reads 0.
 func TestReadPSSNoAnon(t *testing.T) {
 	proc := t.TempDir()

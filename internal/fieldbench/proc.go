@@ -100,7 +100,7 @@ type pss struct {
 
 // readPSS returns the proportional set size of pid from
 // /proc/PID/smaps_rollup (its Pss and Pss_Anon lines; Pss_Anon is in
-// Linux since 5.14).
+// Linux since 5.3).
 func readPSS(proc string, pid int) (pss, error) {
 	file := filepath.Join(proc, strconv.Itoa(pid), "smaps_rollup")
 	b, err := os.ReadFile(file)
