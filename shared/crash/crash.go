@@ -309,9 +309,7 @@ func writeMemory(b *strings.Builder) {
 	metrics.Read(samples)
 	b.WriteString("memory (runtime/metrics):\n")
 	for _, s := range samples {
-		if s.Value.Kind() == metrics.KindUint64 {
-			fmt.Fprintf(b, "  %-48s %d\n", s.Name, s.Value.Uint64())
-		}
+		fmt.Fprintf(b, "  %-48s %d\n", s.Name, s.Value.Uint64())
 	}
 }
 
