@@ -19,6 +19,7 @@ import (
 // SIGTERM); otherwise systemd over D-Bus, and it fails (so that systemd
 // restarts it) when D-Bus cannot be reached.
 func runHealth(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	dropDevices(cfg)
 	var sup health.Supervisor
 	if name, value, _ := strings.Cut(supervisor.UnderRun, "="); os.Getenv(name) == value {
 		sup = health.RunSupervisor{Parent: os.Getppid()}

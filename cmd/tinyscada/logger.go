@@ -15,6 +15,7 @@ import (
 // the logger's persistent session have somewhere to go the moment it
 // connects.
 func runLogger(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+	dropDevices(cfg)
 	l, err := logger.New(ctx, cfg, logger.Options{Log: log})
 	if err != nil {
 		return err
