@@ -32,7 +32,9 @@ const (
 // malformed.
 func DecodeItem(it *Item, device string, payload []byte) {
 	it.Device = device
+	capValues, capBad := cap(it.Msg.Values), cap(it.Msg.Bad)
 	it.Err = Decode(payload, &it.Msg)
+	it.Msg.detach(capValues, capBad)
 	if it.Err != nil {
 		return
 	}
@@ -86,7 +88,7 @@ func (d *decoder) fail(format string, args ...any) error {
 // or exponent are floats; integers are KindInt, or KindText above 2⁶³-1.
 // On success no memory is allocated unless strings hold escapes.
 func Decode(payload []byte, m *Message) error {
-	*m = Message{Values: m.Values[:0], Bad: m.Bad[:0]}
+	*m = Message{Values: m.Values[:0], Bad: m.Bad[:0], own: m.own}
 	if len(payload) > MaxPayload {
 		// Never taken, but its run and seq are read from its start if
 		// they come first (as the poller writes them), so that it can be
@@ -94,7 +96,7 @@ func Decode(payload []byte, m *Message) error {
 		d := decoder{b: payload[:MaxPayload]}
 		_ = d.message(m)
 		hasID, run, seq := m.HasID, m.Run, m.Seq
-		*m = Message{Values: m.Values[:0], Bad: m.Bad[:0], HasID: hasID, Run: run, Seq: seq}
+		*m = Message{Values: m.Values[:0], Bad: m.Bad[:0], HasID: hasID, Run: run, Seq: seq, own: m.own}
 		return &DecodeError{Offset: MaxPayload, Msg: fmt.Sprintf("payload of %d bytes (at most %d)", len(payload), MaxPayload)}
 	}
 	d := decoder{b: payload}

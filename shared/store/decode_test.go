@@ -249,3 +249,38 @@ func TestDecodeItemDeviceName(t *testing.T) {
 		t.Errorf("device meter: err %v, item %+v", it.Err, it)
 	}
 }
+
+// The logger holds a batch of decoded items: an item must keep none of its
+// payload (each is hundreds of bytes, its names a few) and no spare room
+// in its values; decoding again into it reuses its memory.
+func TestDecodeItemDetaches(t *testing.T) {
+	payload := []byte(goodMsg)
+	var it Item
+	DecodeItem(&it, "meter", payload)
+	if it.Err != nil {
+		t.Fatal(it.Err)
+	}
+	for i := range payload {
+		payload[i] = 'X' // the payload's memory, reused by its next owner
+	}
+	m := &it.Msg
+	if string(m.Run) != "a1b2c3" || string(m.Boot) != "boot-1" || len(m.Values) != 6 ||
+		string(m.Values[0].Name) != "voltage" || m.Values[0].F != 230.1 ||
+		string(m.Values[4].Name) != "big" || string(m.Values[4].Text) != "18446744073709551615" ||
+		len(m.Bad) != 1 || string(m.Bad[0].Name) != "current" || string(m.Bad[0].Why) != `exception 2 ("x")` {
+		t.Fatalf("after the payload was overwritten: %+v", *m)
+	}
+	if cap(m.Values) != len(m.Values) || cap(m.Bad) != len(m.Bad) {
+		t.Errorf("values: len %d cap %d; bad: len %d cap %d", len(m.Values), cap(m.Values), len(m.Bad), cap(m.Bad))
+	}
+	// (goodMsg's escaped reason takes an allocation of Decode's own.)
+	again := []byte(`{"run":"a1b2c3d4","seq":123,"t":1700000000123,"m":5000000000,"b":"0b1c2d3e-0000-4000-8000-1234567890ab","v":{"voltage":230.1,"current":1.25,"power":287.6,"energy":123456,"frequency":49.99,"ct_ratio":100,"breaker_closed":true,"alarm":false}}`)
+	if n := testing.AllocsPerRun(100, func() { DecodeItem(&it, "meter", again) }); n != 0 {
+		t.Errorf("decoding into a used item allocates %v times", n)
+	}
+	// A malformed message keeps its run for the gap it is recorded as.
+	DecodeItem(&it, "meter", []byte(`{"run":"r9","seq":4,"t":"x"}`))
+	if it.Err == nil || !it.Msg.HasID || string(it.Msg.Run) != "r9" {
+		t.Errorf("malformed: err %v, msg %+v", it.Err, it.Msg)
+	}
+}

@@ -59,4 +59,57 @@ type Message struct {
 	// HasID says Run and Seq were read, even when decoding failed later:
 	// the message can then be recorded as malformed and acknowledged.
 	HasID bool
+
+	own []byte // the bytes of the slices above after detach, reused
+}
+
+// detach moves m out of the payload it was decoded from, for a message
+// that is kept while its payload is not needed (DecodeItem: the logger
+// holds a batch's worth, 500 messages at field rate): the bytes its
+// slices hold (run, boot, names, texts, reasons: a few bytes each) go to
+// m's own buffer, reused from the message decoded in m before, so that
+// the payload (hundreds of bytes) can be freed; and Values and Bad, when
+// a decode grew them, go to arrays of their length, without the spare
+// room of append's doubling that a reused message would keep (12 of 32
+// values for a device of 20 points).
+func (m *Message) detach(capValues, capBad int) {
+	if cap(m.Values) != capValues && cap(m.Values) > len(m.Values) {
+		m.Values = append([]Value(nil), m.Values...)
+	}
+	if cap(m.Bad) != capBad && cap(m.Bad) > len(m.Bad) {
+		m.Bad = append([]Bad(nil), m.Bad...)
+	}
+	n := len(m.Run) + len(m.Boot)
+	for i := range m.Values {
+		n += len(m.Values[i].Name) + len(m.Values[i].Text)
+	}
+	for i := range m.Bad {
+		n += len(m.Bad[i].Name) + len(m.Bad[i].Why)
+	}
+	if cap(m.own) < n {
+		m.own = make([]byte, 0, n)
+	}
+	own := bytesArena{b: m.own[:0]}
+	m.Run, m.Boot = own.take(m.Run), own.take(m.Boot)
+	for i := range m.Values {
+		v := &m.Values[i]
+		v.Name, v.Text = own.take(v.Name), own.take(v.Text)
+	}
+	for i := range m.Bad {
+		b := &m.Bad[i]
+		b.Name, b.Why = own.take(b.Name), own.take(b.Why)
+	}
+	m.own = own.b
+}
+
+// bytesArena hands out copies from one array that has room for all of
+// them, so that no copy handed out before moves.
+type bytesArena struct{ b []byte }
+
+func (a *bytesArena) take(p []byte) []byte {
+	if p == nil {
+		return nil
+	}
+	a.b = append(a.b, p...)
+	return a.b[len(a.b)-len(p) : len(a.b) : len(a.b)]
 }
