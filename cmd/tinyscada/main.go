@@ -15,7 +15,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
-	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/tinyscada/tinyscada/services/broker"
 	"github.com/tinyscada/tinyscada/shared/config"
 	"github.com/tinyscada/tinyscada/shared/logging"
 	"github.com/tinyscada/tinyscada/shared/topics"
@@ -147,7 +147,7 @@ func run(args []string) int {
 // GOMEMLIMIT: a soft limit per role below its unit's MemoryMax, so that
 // the collector works harder before systemd's limit kills the role.
 func tuneRuntime(role string) {
-	releaseTestTables()
+	broker.ReleaseTestTables()
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(1)
 	}
@@ -158,13 +158,6 @@ func tuneRuntime(role string) {
 		debug.SetMemoryLimit(l)
 	}
 }
-
-// releaseTestTables lets the collector free what a library builds at
-// init for its own tests, which nothing here reads: mochi's packets
-// package builds TPacketData, its codec's test cases (368 KB of heap,
-// GODEBUG=inittrace=1 tinyscada version), in every process of this binary,
-// the broker's or not, and keeps it for the process's lifetime.
-func releaseTestTables() { packets.TPacketData = nil }
 
 // dropDevices empties the poller's device list in cfg, for a role that
 // reads none of it (health, logger): with many points the list is most of
