@@ -335,8 +335,8 @@ func (c *Config) Encode() ([]byte, error) {
 // from an encoding). It also moves each other slice to an array of its
 // length: the decoder grows a slice an element at a time, which leaves up
 // to half of its array unused, and every role keeps its configuration for
-// its lifetime (a field configuration's 1000 points took 278 KB of heap
-// in each process before, 160 KB after).
+// its lifetime (go test -bench ParseRetained ./shared/config: a field
+// configuration of 1000 points kept 403 KB of heap before, 280 KB after).
 func normalize(v reflect.Value) {
 	switch v.Kind() {
 	case reflect.Pointer, reflect.Interface:

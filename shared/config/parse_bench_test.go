@@ -1,7 +1,9 @@
 package config
 
 import (
+	"fmt"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -43,4 +45,41 @@ func TestParseEffectiveAllocates(t *testing.T) {
 	if n := after.TotalAlloc - before.TotalAlloc; n > 2<<20 {
 		t.Errorf("Parse of the %d-byte effective configuration allocated %d bytes, want under 2 MiB", len(doc), n)
 	}
+}
+
+// BenchmarkParseRetained parses a field configuration (50 devices of 20
+// holding registers, the shape of internal/fieldbench's field workload)
+// and reports the heap the parsed configuration keeps after a collection
+// (retained-B): what every role that keeps its configuration holds for
+// as long as it runs.
+func BenchmarkParseRetained(b *testing.B) {
+	var doc strings.Builder
+	doc.WriteString("version = 1\nstate_dir = \"/tmp/x\"\n[[poller.port]]\nname = \"field\"\ndevice = \"/dev/ttyS0\"\nbaud = 115200\ntimeout = \"200ms\"\n")
+	for u := 1; u <= 50; u++ {
+		fmt.Fprintf(&doc, "\n[[poller.device]]\nname = \"meter%02d\"\nport = \"field\"\nunit = %d\ninterval = \"1s\"\n", u, u)
+		for r := range 20 {
+			fmt.Fprintf(&doc, "[[poller.device.point]]\nname = \"r%02d\"\ntable = \"holding\"\naddress = %d\n", r, r)
+		}
+	}
+	data := []byte(doc.String())
+	live := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	var kept *Config
+	var retained uint64
+	for b.Loop() {
+		kept = nil
+		before := live()
+		c, err := Parse("field.toml", data)
+		if err != nil {
+			b.Fatal(err)
+		}
+		kept = c
+		retained = live() - before
+	}
+	runtime.KeepAlive(kept)
+	b.ReportMetric(float64(retained), "retained-B")
 }
