@@ -81,6 +81,7 @@ func startPoller(t testing.TB, cfg *config.Config, pub bus.Conn) *Poller {
 type recorder struct {
 	mu        sync.Mutex
 	msgs      []bus.Message
+	at        []time.Time // when each of msgs was published
 	cond      chan struct{} // closed and replaced on every message
 	down      atomic.Bool
 	autoAck   atomic.Bool
@@ -97,6 +98,7 @@ func (r *recorder) Publish(ctx context.Context, m bus.Message) error {
 	m.Payload = bytes.Clone(m.Payload)
 	r.mu.Lock()
 	r.msgs = append(r.msgs, m)
+	r.at = append(r.at, time.Now())
 	close(r.cond)
 	r.cond = make(chan struct{})
 	ack := r.ack

@@ -274,6 +274,7 @@ func (p *Poller) record(d *device, line []byte) bool {
 			d.setValue(i, pt, v)
 		}
 		p.publishRound(d, stamp)
+		p.wakeSender()
 	} else {
 		p.publishFields(d, stamp)
 	}

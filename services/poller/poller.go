@@ -71,8 +71,9 @@ type Poller struct {
 	ports   []*portRun
 	devices []*device
 
-	tick        time.Duration // the idle ticks' period: the heartbeat interval, at least 1 s
-	wake        chan struct{}
+	tick        time.Duration  // the idle ticks' period: the heartbeat interval, at least 1 s
+	wake        chan struct{}  // publish after a linger (wakeSender)
+	flush       chan struct{}  // publish now (flushSender)
 	lingerSleep modbus.Sleeper // the sender's (linger)
 	portsMoved  chan struct{}  // a port opened or closed (reportPorts)
 	started     chan struct{}
@@ -82,6 +83,11 @@ type Poller struct {
 	badRecords  atomic.Uint64 // line records that could not be parsed
 	pressured   atomic.Int64  // unix ms of the last back-pressure, 0 never
 	loggerPID   atomic.Int64  // the logger process last seen ready (HandleLoggerState)
+	// waiting is the unix ns at which the oldest RTU round not yet handed
+	// to the sender was added (0: none), waitingN how many such rounds
+	// there are: what the port goroutines decide on (sendDue).
+	waiting  atomic.Int64
+	waitingN atomic.Int32
 }
 
 // New compiles the configuration's poller section into a plan and returns
@@ -124,6 +130,7 @@ func New(cfg *config.Config, opts Options) (*Poller, error) {
 		watch:      opts.Watch,
 		limiter:    lograte.New(cfg.Poller.LogInterval.Duration, 0),
 		wake:       make(chan struct{}, 1),
+		flush:      make(chan struct{}, 1),
 		portsMoved: make(chan struct{}, 1),
 		started:    make(chan struct{}),
 
@@ -254,6 +261,55 @@ func (p *Poller) wakeSender() {
 	case p.wake <- struct{}{}:
 	default:
 	}
+}
+
+// flushSender makes the sender publish what waits now, without a linger.
+func (p *Poller) flushSender() {
+	select {
+	case p.flush <- struct{}{}:
+	default:
+	}
+}
+
+// roundWaits notes that an RTU round was added to the outbox and waits
+// for its port's goroutine to hand it to the sender (see sendDue).
+func (p *Poller) roundWaits(now time.Time) {
+	p.waiting.CompareAndSwap(0, now.UnixNano())
+	p.waitingN.Add(1)
+}
+
+// sendDue hands the waiting RTU rounds to the sender when they should
+// not wait longer: a burst's worth waits, the oldest has waited
+// sendLinger, or (idle) no round of the port that calls it is due within
+// sendLinger. The port goroutines call it at the end of each round (idle
+// says whether their line now rests) and before each request, which is
+// when they are awake anyway: the sender then publishes in the same
+// wake-up of the process, instead of being woken by a timer for it (the
+// linger), and the rounds of a pass over a line go out as one burst (the
+// demo's two devices: one write to the broker and one batch of
+// acknowledgements a second instead of two). A round then waits for the
+// sender at most sendLinger, or until the request in progress on its
+// line when that comes due ends (a device that times out).
+func (p *Poller) sendDue(now time.Time, idle bool) {
+	since := p.waiting.Load()
+	if since == 0 {
+		return
+	}
+	burst := min(max(p.cfg.Outbox/8, 1), 64)
+	if idle || int(p.waitingN.Load()) >= burst || now.UnixNano()-since >= int64(sendLinger) {
+		p.flushSender()
+	}
+}
+
+// lineRests reports whether no device of pr is due within sendLinger of
+// now: the port's goroutine will wait before its next round.
+func lineRests(pr *portRun, now time.Time) bool {
+	for _, d := range pr.devices {
+		if d.due.Sub(now) < sendLinger {
+			return false
+		}
+	}
+	return true
 }
 
 // Stats is a snapshot of the poller for the heartbeat.
@@ -553,8 +609,12 @@ func (p *Poller) send(ctx context.Context, pub bus.Conn) {
 			if !p.linger(ctx) {
 				return
 			}
+		case <-p.flush:
 		case <-tick.C:
 		}
+		// What this pass publishes no longer waits (sendDue).
+		p.waiting.Store(0)
+		p.waitingN.Store(0)
 		up := pub.Connected()
 		if up && !connected {
 			p.out.Unsent()

@@ -247,6 +247,7 @@ func (p *Poller) closedRound(d *device, why string) {
 		d.res[i] = result{why: why}
 	}
 	p.publishRound(d, p.clock.Now())
+	p.wakeSender()
 	p.schedule(d, now, false)
 }
 
@@ -329,6 +330,7 @@ func (p *Poller) roundRTU(ctx context.Context, pr *portRun, m *modbus.Master, d 
 			continue
 		}
 		req := modbus.Request{Unit: byte(dp.Config.Unit), Function: r.Function, Address: r.Address, Quantity: r.Quantity}
+		p.sendDue(time.Now(), false)
 		pr.loop.Busy(requestBound(dp.Timeout, pr.plan.Config.Retries, pr.plan.Config.Baud))
 		data, err := m.Do(ctx, &req, dp.Timeout)
 		var ex *modbus.ExceptionError
@@ -358,12 +360,15 @@ func (p *Poller) roundRTU(ctx context.Context, pr *portRun, m *modbus.Master, d 
 		stamp = p.clock.Now()
 	}
 	p.publishRound(d, stamp)
+	p.roundWaits(time.Now())
 	if fail != nil {
 		p.setState(d, fmt.Errorf("unit %d: %w", dp.Config.Unit, fail))
 	} else {
 		p.setState(d, nil)
 	}
-	p.schedule(d, time.Now(), fail == nil)
+	now := time.Now()
+	p.schedule(d, now, fail == nil)
+	p.sendDue(now, lineRests(pr, now))
 	return nil
 }
 
@@ -378,7 +383,8 @@ func lineDelta(a, b modbus.Stats) LineCounts {
 }
 
 // publishRound puts the round's message (d.res, d.text) into the outbox
-// (a place must be reserved) and counts the round.
+// (a place must be reserved) and counts the round. The caller has the
+// sender publish it (wakeSender, or roundWaits and sendDue).
 func (p *Poller) publishRound(d *device, stamp clock.Stamp) {
 	p.out.Add(d.dataTopic, time.Now(), func(seq uint64) []byte {
 		d.msg.begin(p.run, seq, stamp)
@@ -394,7 +400,6 @@ func (p *Poller) publishRound(d *device, stamp clock.Stamp) {
 		b := d.msg.end()
 		return append(make([]byte, 0, len(b)), b...)
 	})
-	p.wakeSender()
 	d.rounds.Add(1)
 	p.onRound()
 }
