@@ -162,6 +162,32 @@ func TestParseStat(t *testing.T) {
 	}
 }
 
+// cpuMicros takes the threads' nanoseconds while they agree with the
+// ticks, and the ticks when a thread's time went missing or there is no
+// schedstat.
+func TestCPUMicros(t *testing.T) {
+	a := counters{CPUTicks: 100, CPUns: 1_003_000_000}
+	for _, c := range []struct {
+		b       counters
+		us      float64
+		precise bool
+	}{
+		{counters{CPUTicks: 150, CPUns: 1_504_321_000}, 501_321, true},
+		{counters{CPUTicks: 151, CPUns: 1_504_321_000}, 501_321, true},  // within two ticks
+		{counters{CPUTicks: 150, CPUns: 1_203_000_000}, 500_000, false}, // a thread that ran 0.3 s exited
+		{counters{CPUTicks: 150, CPUns: 900_000_000}, 500_000, false},   // fewer ns than before
+		{counters{CPUTicks: 150}, 500_000, false},                       // no schedstat
+	} {
+		us, precise := cpuMicros(a, c.b)
+		if us != c.us || precise != c.precise {
+			t.Errorf("cpuMicros(%+v, %+v) = %v, %v; want %v, %v", a, c.b, us, precise, c.us, c.precise)
+		}
+	}
+	if us, precise := cpuMicros(counters{CPUTicks: 5}, counters{CPUTicks: 9, CPUns: 40_000_000}); precise || us != 40_000 {
+		t.Errorf("without a first schedstat reading: %v, %v; want the ticks", us, precise)
+	}
+}
+
 // The /proc readers on this very process and on a child.
 func TestProcOfThisProcess(t *testing.T) {
 	pid := os.Getpid()
@@ -199,6 +225,20 @@ func TestProcOfThisProcess(t *testing.T) {
 	}
 	if !onTmpfs(t.TempDir()) && c1.WriteBytes-c0.WriteBytes < 1<<20 {
 		t.Errorf("write_bytes grew by %d after writing and syncing 1 MiB", c1.WriteBytes-c0.WriteBytes)
+	}
+	// The threads' run times: to the nanosecond, and in step with the
+	// ticks over some work.
+	if c0.CPUns == 0 {
+		t.Fatalf("no schedstat run time read: %+v", c0)
+	}
+	for until := time.Now().Add(300 * time.Millisecond); time.Now().Before(until); {
+	}
+	c2, err := readCounters("/proc", pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if us, precise := cpuMicros(c1, c2); !precise || us < 1e5 {
+		t.Errorf("cpuMicros over a 300 ms busy loop = %.0f µs, precise %v (ticks %d→%d, ns %d→%d)", us, precise, c1.CPUTicks, c2.CPUTicks, c1.CPUns, c2.CPUns)
 	}
 
 	child := exec.Command("/bin/sleep", "30")

@@ -195,10 +195,21 @@ func (rep *report) writeTable(w io.Writer) error {
 		}
 		fmt.Fprintf(w, "%s: %s (%s)%s\n", br.Label, br.Bin, orUnknown(br.Build), under)
 	}
-	// CPU times come in ticks: say what one tick is worth here.
+	// Say where the CPU times come from; in ticks, what one is worth here.
+	ticks := false
 	for _, br := range rep.Results {
-		if br.ReadingsPerS > 0 {
-			fmt.Fprintf(w, "CPU time is counted in %d ms ticks: one tick is %.2f µs/reading here\n",
+		for _, run := range br.Runs {
+			for _, rr := range run.Roles {
+				ticks = ticks || rr.CPUTicks
+			}
+		}
+	}
+	if !ticks {
+		fmt.Fprintln(w, "CPU time is each process's threads' run time from /proc/PID/task/TID/schedstat, to the nanosecond")
+	}
+	for _, br := range rep.Results {
+		if ticks && br.ReadingsPerS > 0 {
+			fmt.Fprintf(w, "CPU time of some processes is counted in %d ms ticks (see the warnings): one tick is %.2f µs/reading here\n",
 				1000/userHZ, 1e6/userHZ/(br.ReadingsPerS*rep.WindowS*float64(rep.Rounds)))
 			break
 		}

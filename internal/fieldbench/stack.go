@@ -43,6 +43,9 @@ type roleRun struct {
 	PSSMaxkB   uint64  `json:"pss_kb_max"`
 	// PSSAnonkB is the mean of the anonymous part of the PSS samples.
 	PSSAnonkB float64 `json:"pss_anon_kb_mean"`
+	// CPUTicks says CPUus comes from the process's ticks, not to the
+	// nanosecond from its threads' schedstat (cpuMicros).
+	CPUTicks bool `json:"cpu_from_ticks,omitempty"`
 }
 
 // runResult is one run of one binary.
@@ -223,9 +226,13 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 	for role, pid := range pids {
 		r := &roleRun{
 			PID:        pid,
-			CPUus:      float64(c1[role].CPUTicks-c0[role].CPUTicks) * 1e6 / userHZ,
 			WriteBytes: c1[role].WriteBytes - c0[role].WriteBytes,
 			Voluntary:  c1[role].Voluntary - c0[role].Voluntary,
+		}
+		var precise bool
+		if r.CPUus, precise = cpuMicros(c0[role], c1[role]); !precise {
+			r.CPUTicks = true
+			res.Warnings = append(res.Warnings, role+": CPU time from the process's 10 ms ticks (its threads' schedstat disagrees or is missing)")
 		}
 		var sum, anon uint64
 		for _, p := range samples[role] {
