@@ -81,7 +81,7 @@ func startPoller(t testing.TB, cfg *config.Config, pub bus.Conn) *Poller {
 type recorder struct {
 	mu        sync.Mutex
 	msgs      []bus.Message
-	at        []time.Time // when each of msgs was published
+	at        []time.Time   // when each of msgs was published
 	cond      chan struct{} // closed and replaced on every message
 	down      atomic.Bool
 	autoAck   atomic.Bool
