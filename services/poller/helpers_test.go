@@ -76,6 +76,23 @@ func startPoller(t testing.TB, cfg *config.Config, pub bus.Conn) *Poller {
 	return p
 }
 
+// runAckedPoller runs a Poller for cfg, publishing to rec, which
+// acknowledges its data messages at once as a logger would, until the
+// test ends.
+func runAckedPoller(t *testing.T, cfg *config.Config, rec *recorder) *Poller {
+	t.Helper()
+	p, err := New(cfg, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	rec.ack = p.HandleAck
+	rec.mu.Unlock()
+	rec.autoAck.Store(true)
+	runTestPoller(t, p, rec)
+	return p
+}
+
 // recorder is a Publisher that keeps what it is given, in order, and can
 // acknowledge data messages like the logger does.
 type recorder struct {

@@ -38,15 +38,7 @@ func TestClosedPortLeavesRounds(t *testing.T) {
 	link := simLink(t, dir)
 	_, stop := startSim(t, twoUnits, link)
 	rec := newRecorder()
-	p, err := New(testConfig(t, dir, twoDevices("100ms", "50ms", "50ms")), Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec.mu.Lock()
-	rec.ack = p.HandleAck
-	rec.mu.Unlock()
-	rec.autoAck.Store(true)
-	runTestPoller(t, p, rec)
+	p := runAckedPoller(t, testConfig(t, dir, twoDevices("100ms", "50ms", "50ms")), rec)
 
 	good, victim := "tinyscada/data/good", "tinyscada/data/victim"
 	gfrom, vfrom := 0, 0

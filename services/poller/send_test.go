@@ -38,15 +38,7 @@ func TestPassIsOneBurst(t *testing.T) {
 		t.Fatalf("want the demo's two devices on one port, have %d", n)
 	}
 	rec := newRecorder()
-	p, err := New(cfg, Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec.mu.Lock()
-	rec.ack = p.HandleAck
-	rec.mu.Unlock()
-	rec.autoAck.Store(true)
-	runTestPoller(t, p, rec)
+	runAckedPoller(t, cfg, rec)
 
 	// The first pass also publishes the devices' first states (with a
 	// linger): judge the three passes after it.
