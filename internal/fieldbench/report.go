@@ -200,7 +200,7 @@ func (rep *report) writeTable(w io.Writer) error {
 	for _, br := range rep.Results {
 		for _, run := range br.Runs {
 			for _, rr := range run.Roles {
-				ticks = ticks || rr.CPUTicks
+				ticks = ticks || rr.CPUFromTicks
 			}
 		}
 	}

@@ -43,9 +43,9 @@ type roleRun struct {
 	PSSMaxkB   uint64  `json:"pss_kb_max"`
 	// PSSAnonkB is the mean of the anonymous part of the PSS samples.
 	PSSAnonkB float64 `json:"pss_anon_kb_mean"`
-	// CPUTicks says CPUus comes from the process's ticks, not to the
+	// CPUFromTicks says CPUus comes from the process's ticks, not to the
 	// nanosecond from its threads' schedstat (cpuMicros).
-	CPUTicks bool `json:"cpu_from_ticks,omitempty"`
+	CPUFromTicks bool `json:"cpu_from_ticks,omitempty"`
 }
 
 // runResult is one run of one binary.
@@ -231,7 +231,7 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 		}
 		var precise bool
 		if r.CPUus, precise = cpuMicros(c0[role], c1[role]); !precise {
-			r.CPUTicks = true
+			r.CPUFromTicks = true
 			res.Warnings = append(res.Warnings, role+": CPU time from the process's 10 ms ticks (its threads' schedstat disagrees or is missing)")
 		}
 		var sum, anon uint64
