@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -9,8 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -241,6 +245,31 @@ func TestProcOfThisProcess(t *testing.T) {
 		t.Errorf("cpuMicros over a 300 ms busy loop = %.0f µs, precise %v (ticks %d→%d, ns %d→%d)", us, precise, c1.CPUTicks, c2.CPUTicks, c1.CPUns, c2.CPUns)
 	}
 
+	// The pages in memory, each once: as many as smaps_rollup's Rss
+	// (within what the process maps meanwhile), for root; for others the
+	// kernel hides the frame numbers, which must say so.
+	frames := map[uint64]struct{}{}
+	if err := addFrames("/proc", pid, frames); os.Geteuid() != 0 {
+		if !errors.Is(err, errFramesHidden) {
+			t.Errorf("addFrames(self) as uid %d = %v, want errFramesHidden", os.Geteuid(), err)
+		}
+	} else if err != nil {
+		t.Errorf("addFrames(self) as root: %v", err)
+	} else {
+		rollup, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rss, err := keyValue(rollup, "Rss")
+		if err != nil {
+			t.Fatal(err)
+		}
+		kB := uint64(len(frames)) * uint64(os.Getpagesize()) / 1024
+		if kB < rss/2 || kB > rss*2 {
+			t.Errorf("addFrames(self) found %d kB in memory; smaps_rollup says Rss %d kB", kB, rss)
+		}
+	}
+
 	child := exec.Command("/bin/sleep", "30")
 	if err := child.Start(); err != nil {
 		t.Skip("no /bin/sleep:", err)
@@ -305,6 +334,70 @@ func TestReadPSSNoAnon(t *testing.T) {
 	}
 }
 
+// addFrames counts a page once however many processes map it, and only
+// pages in memory; a reservation without access is not read; hidden
+// frame numbers are an error.
+func TestAddFrames(t *testing.T) {
+	page := uint64(os.Getpagesize())
+	proc := t.TempDir()
+	// mkproc writes a process whose pagemap covers pages 0 to pages-1,
+	// with entries at the given pages (0 where none is given).
+	mkproc := func(pid int, pages uint64, maps string, entries map[uint64]uint64) {
+		t.Helper()
+		dir := filepath.Join(proc, strconv.Itoa(pid))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "maps"), []byte(maps), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 8*pages)
+		for p, e := range entries {
+			binary.LittleEndian.PutUint64(b[8*p:], e)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "pagemap"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	at := func(p uint64) string { return strconv.FormatUint(p*page, 16) }
+	// pid 1: text at pages 16–19 (frames 100–102 in memory, page 19 not),
+	// a reservation at 20–23 whose entries would say frame 900, heap at
+	// 32–33 (frame 200). pid 2 maps the same text (frames 100, 101) and
+	// its own heap page (frame 300), one page swapped out (bit 62 only).
+	mkproc(1, 64, at(16)+"-"+at(20)+" r-xp 00000000 08:01 42 /usr/local/bin/tinyscada\n"+
+		at(20)+"-"+at(24)+" ---p 00000000 00:00 0 \n"+
+		at(32)+"-"+at(34)+" rw-p 00000000 00:00 0 \n",
+		map[uint64]uint64{16: pagePresent | 100, 17: pagePresent | 101, 18: pagePresent | 102,
+			20: pagePresent | 900, 21: pagePresent | 900, 32: pagePresent | 200})
+	mkproc(2, 64, at(16)+"-"+at(18)+" r-xp 00000000 08:01 42 /usr/local/bin/tinyscada\n"+
+		at(40)+"-"+at(42)+" rw-p 00000000 00:00 0 [heap]\n",
+		map[uint64]uint64{16: pagePresent | 100, 17: pagePresent | 101, 40: pagePresent | 300, 41: 1<<62 | 7})
+	frames := map[uint64]struct{}{}
+	for _, pid := range []int{1, 2} {
+		if err := addFrames(proc, pid, frames); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []uint64
+	for f := range frames {
+		got = append(got, f)
+	}
+	slices.Sort(got)
+	if want := []uint64{100, 101, 102, 200, 300}; !slices.Equal(got, want) {
+		t.Errorf("frames of pids 1 and 2 = %v, want %v", got, want)
+	}
+	// A page in memory with frame 0: the kernel hides the frames.
+	mkproc(3, 64, at(16)+"-"+at(17)+" r--p 00000000 00:00 0 \n", map[uint64]uint64{16: pagePresent})
+	if err := addFrames(proc, 3, map[uint64]struct{}{}); !errors.Is(err, errFramesHidden) {
+		t.Errorf("addFrames with hidden frames = %v, want errFramesHidden", err)
+	}
+	// A pagemap shorter than the maps say: an error naming the file.
+	mkproc(4, 32, at(16)+"-"+at(64)+" rw-p 00000000 00:00 0 \n", map[uint64]uint64{16: pagePresent | 5})
+	if err := addFrames(proc, 4, map[uint64]struct{}{}); err == nil || !strings.Contains(err.Error(), filepath.Join(proc, "4", "pagemap")) {
+		t.Errorf("addFrames with a short pagemap = %v, want an error naming it", err)
+	}
+}
+
 // The report divides sums by sums, totals only the four roles, and takes
 // the mean of the rounds' PSS.
 func TestSummarize(t *testing.T) {
@@ -317,6 +410,9 @@ func TestSummarize(t *testing.T) {
 	}
 	bins := binFlag{labels: []string{"A", "B"}, paths: []string{"/a", "/b"}}
 	runs := []*runResult{mk("A", 1, 1000, 50, 1000, 1024), mk("B", 1, 1000, -1, 2000, 2048), mk("B", 2, 3000, 150, 2000, 4096), mk("A", 2, 1000, 50, 3000, 3072)}
+	// The roles' memory, each page once: A's two rounds have it, one of
+	// B's does not.
+	runs[0].ResidentkB, runs[3].ResidentkB, runs[2].ResidentkB = 4096, 6144, 8192
 	rep := summarize("w", 10*time.Second, 5*time.Second, 2, bins, runs)
 	a, b := rep.Results[0], rep.Results[1]
 	near := func(what string, got, want float64) {
@@ -347,6 +443,15 @@ func TestSummarize(t *testing.T) {
 	near("B logger CPU µs/reading", b.Roles["logger"].CPUusPerReading, 1)
 	if b.TransactionsPerS != nil || b.Roles["poller"].WakeupsPerTx != nil {
 		t.Error("B has a round without transactions: they must be unknown, not a partial sum")
+	}
+	if r := a.Roles["total"].ResidentMB; r == nil || *r != 5 {
+		t.Errorf("A total resident MB = %v, want 5 (the mean of 4 and 6)", r)
+	}
+	if r := b.Roles["total"].ResidentMB; r != nil {
+		t.Errorf("B total resident MB = %v, want unknown (a round without it)", *r)
+	}
+	if a.Roles["poller"].ResidentMB != nil {
+		t.Error("a role has a resident figure of its own; only the total has one")
 	}
 	var out bytes.Buffer
 	if err := rep.writeTable(&out); err != nil {
@@ -384,6 +489,10 @@ func TestSummarize(t *testing.T) {
 	}
 	if want := []string{"broker 0.012", "poller 0.012", "logger 0.012", "health 0.012", "total 0.048", "simulator 0.012", "run 0.012"}; !slices.Equal(rows, want) {
 		t.Errorf("CPU s/minute rows (role, A) = %q, want %q\n%s", rows, want, out.String())
+	}
+	// The roles' resident memory: one row, the total's, unknown for B.
+	if got := regexp.MustCompile(`(?m)^resident MB, once +total +(\S+) +(\S+) *$`).FindStringSubmatch(out.String()); got == nil || got[1] != "5.00" || got[2] != "-" {
+		t.Errorf("resident row = %q, want total 5.00 for A and - for B:\n%s", got, out.String())
 	}
 	if i, j := strings.Index(out.String(), "CPU µs/reading"), strings.Index(out.String(), "CPU s/minute"); i < 0 || j < i {
 		t.Errorf("CPU s/minute does not follow CPU µs/reading:\n%s", out.String())

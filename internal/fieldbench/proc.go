@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -235,4 +236,72 @@ func isZombie(stat []byte) bool {
 		return false
 	}
 	return stat[i+2] == 'Z' || stat[i+2] == 'X'
+}
+
+// pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
+const (
+	pagePresent = 1 << 63
+	pageFrame   = 1<<55 - 1
+)
+
+// errFramesHidden says the kernel shows page frame numbers as 0: only a
+// process with CAP_SYS_ADMIN sees them (Linux 4.2 and later).
+var errFramesHidden = fmt.Errorf("/proc/PID/pagemap shows no page frame numbers to this process (needs CAP_SYS_ADMIN, e.g. root)")
+
+// addFrames adds to frames the page frame number of every page of pid
+// that is in memory, from /proc/PID/maps and /proc/PID/pagemap. Pages
+// that several processes map (the executable's, shared libraries') are
+// one frame however many map them, so the size of frames over a set of
+// processes is the memory they hold together, each page once: what
+// their PSS adds up to when no other process maps any of those pages.
+func addFrames(proc string, pid int, frames map[uint64]struct{}) error {
+	dir := filepath.Join(proc, strconv.Itoa(pid))
+	maps, err := os.ReadFile(filepath.Join(dir, "maps"))
+	if err != nil {
+		return err
+	}
+	pm, err := os.Open(filepath.Join(dir, "pagemap"))
+	if err != nil {
+		return err
+	}
+	defer pm.Close()
+	page := uint64(os.Getpagesize())
+	buf := make([]byte, 8*512)
+	for line := range bytes.Lines(maps) {
+		f := bytes.Fields(line)
+		if len(f) < 2 || bytes.HasPrefix(f[1], []byte("---")) {
+			continue // a reservation without access holds no page
+		}
+		lo, hi, ok := bytes.Cut(f[0], []byte("-"))
+		if !ok {
+			return fmt.Errorf("%s/maps: bad line %q", dir, line)
+		}
+		start, err1 := strconv.ParseUint(string(lo), 16, 64)
+		end, err2 := strconv.ParseUint(string(hi), 16, 64)
+		if err1 != nil || err2 != nil || end < start {
+			return fmt.Errorf("%s/maps: bad range %q", dir, f[0])
+		}
+		if len(f) >= 6 && string(f[5]) == "[vsyscall]" {
+			continue // above the range pagemap covers
+		}
+		for p := start / page; p < end/page; {
+			n := min(end/page-p, uint64(len(buf)/8))
+			b := buf[:8*n]
+			if _, err := pm.ReadAt(b, int64(p*8)); err != nil {
+				return fmt.Errorf("%s/pagemap at page %#x: %w", dir, p, err)
+			}
+			for i := range n {
+				e := binary.LittleEndian.Uint64(b[8*i:])
+				if e&pagePresent == 0 {
+					continue
+				}
+				if e&pageFrame == 0 {
+					return errFramesHidden
+				}
+				frames[e&pageFrame] = struct{}{}
+			}
+			p += n
+		}
+	}
+	return nil
 }

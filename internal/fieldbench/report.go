@@ -58,6 +58,11 @@ type roleReport struct {
 	PSSAnonMB            float64  `json:"pss_anon_mb"`
 	WriteBytesPerReading float64  `json:"write_bytes_per_reading"`
 	WakeupsPerTx         *float64 `json:"wakeups_per_transaction"`
+	// ResidentMB, of the total only, is the memory the summed roles hold
+	// together, each page once (the mean of the runs' ResidentkB): their
+	// PSS on a device, where no simulator shares their pages; null when a
+	// run could not measure it.
+	ResidentMB *float64 `json:"resident_mb,omitempty"`
 }
 
 // summarize folds the runs into one binReport per binary, in the order of
@@ -69,9 +74,9 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 		if bins.execs != nil {
 			br.Exec = bins.execs[i]
 		}
-		var secs float64
+		var secs, resident float64
 		var readings, bad, samples, tx int64
-		txKnown := true
+		txKnown, residentKnown := true, true
 		type acc struct {
 			cpu, pss, pssMax, anon float64
 			write, wake            uint64
@@ -90,6 +95,8 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 				txKnown = false
 			}
 			tx += r.Transactions
+			resident += r.ResidentkB
+			residentKnown = residentKnown && r.ResidentkB > 0
 			for role, rr := range r.Roles {
 				a := sums[role]
 				if a == nil {
@@ -153,6 +160,10 @@ func summarize(workload string, window, warmup time.Duration, rounds int, bins b
 		if br.TransactionsPerS != nil {
 			v := float64(total.wake) / float64(tx)
 			t.WakeupsPerTx = &v
+		}
+		if residentKnown {
+			v := resident / n / 1024
+			t.ResidentMB = &v
 		}
 		br.Roles["total"] = t
 		rep.Results = append(rep.Results, br)
@@ -256,21 +267,32 @@ func (rep *report) writeTable(w io.Writer) error {
 	measures := []struct {
 		name, format string
 		get          func(*roleReport) (float64, bool)
+		totalOnly    bool // a figure of the roles together, not of each
 	}{
-		{"CPU µs/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.CPUusPerReading, true }},
-		{"CPU s/minute", "%.3f", func(r *roleReport) (float64, bool) { return r.CPUsPerMinute, true }},
-		{"PSS MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSMB, true }},
-		{"PSS anon MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSAnonMB, true }},
-		{"written B/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.WriteBytesPerReading, true }},
+		{"CPU µs/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.CPUusPerReading, true }, false},
+		{"CPU s/minute", "%.3f", func(r *roleReport) (float64, bool) { return r.CPUsPerMinute, true }, false},
+		{"PSS MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSMB, true }, false},
+		{"PSS anon MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSAnonMB, true }, false},
+		{"resident MB, once", "%.2f", func(r *roleReport) (float64, bool) {
+			if r.ResidentMB == nil {
+				return 0, false
+			}
+			return *r.ResidentMB, true
+		}, true},
+		{"written B/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.WriteBytesPerReading, true }, false},
 		{"wake-ups/transaction", "%.2f", func(r *roleReport) (float64, bool) {
 			if r.WakeupsPerTx == nil {
 				return 0, false
 			}
 			return *r.WakeupsPerTx, true
-		}},
+		}, false},
 	}
 	for _, m := range measures {
-		for i, role := range tableRoles {
+		roles := tableRoles
+		if m.totalOnly {
+			roles = []string{"total"}
+		}
+		for i, role := range roles {
 			name := ""
 			if i == 0 {
 				name = m.name

@@ -58,7 +58,11 @@ type runResult struct {
 	Samples      int64               `json:"samples"`
 	Transactions int64               `json:"transactions"` // -1: unknown
 	Roles        map[string]*roleRun `json:"roles"`
-	Warnings     []string            `json:"warnings,omitempty"`
+	// ResidentkB is the mean over the PSS samples of the memory the
+	// summed roles hold together, each page once (residentkB); 0 when it
+	// could not be measured (a warning says why).
+	ResidentkB float64  `json:"roles_resident_kb_mean,omitempty"`
+	Warnings   []string `json:"warnings,omitempty"`
 }
 
 // freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
@@ -169,6 +173,8 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 		return nil, err
 	}
 	samples := map[string][]pss{}
+	var resident []uint64 // kB of the summed roles, each page once
+	var residentErr error
 	step := b.Window / pssSamples
 	for i := 0; i < pssSamples; i++ {
 		if err := sleep(ctx, time.Until(t0.Add(time.Duration(i)*step+step/2))); err != nil {
@@ -180,6 +186,11 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 				return nil, fmt.Errorf("%s (pid %d) during the window: %w", role, pid, err)
 			}
 			samples[role] = append(samples[role], p)
+		}
+		if residentErr == nil {
+			var kB uint64
+			kB, residentErr = b.residentkB(pids)
+			resident = append(resident, kB)
 		}
 	}
 	if err := sleep(ctx, time.Until(t0.Add(b.Window))); err != nil {
@@ -244,11 +255,39 @@ func (b *bench) run(ctx context.Context, round int) (res *runResult, err error) 
 		r.PSSAnonkB = float64(anon) / float64(len(samples[role]))
 		res.Roles[role] = r
 	}
+	if residentErr != nil {
+		res.Warnings = append(res.Warnings, "resident memory of the roles not measured: "+residentErr.Error())
+	} else {
+		var sum uint64
+		for _, kB := range resident {
+			sum += kB
+		}
+		res.ResidentkB = float64(sum) / float64(len(resident))
+	}
 	if res.Readings <= 0 {
 		return nil, fmt.Errorf("no reading stored over the %s window", b.Window)
 	}
 	b.Log("%s round %d: %d readings in %.1fs; stopping", b.Label, round, res.Readings, res.WindowS)
 	return res, nil
+}
+
+// residentkB is the memory the summed roles of pids hold together, in
+// kB: every page in memory that any of them maps, counted once
+// (addFrames). Their PSS splits a page of the executable with every
+// process that maps it, the simulator and run among them, which a device
+// does not have; this does not.
+func (b *bench) residentkB(pids map[string]int) (uint64, error) {
+	frames := map[uint64]struct{}{}
+	for _, role := range summedRoles {
+		pid, ok := pids[role]
+		if !ok {
+			continue
+		}
+		if err := addFrames(b.Proc, pid, frames); err != nil {
+			return 0, fmt.Errorf("%s (pid %d): %w", role, pid, err)
+		}
+	}
+	return uint64(len(frames)) * uint64(os.Getpagesize()) / 1024, nil
 }
 
 // snapshot reads every process's counters and the time.
