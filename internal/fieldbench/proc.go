@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -246,7 +247,7 @@ const (
 
 // errFramesHidden says the kernel shows page frame numbers as 0: only a
 // process with CAP_SYS_ADMIN sees them (Linux 4.2 and later).
-var errFramesHidden = fmt.Errorf("/proc/PID/pagemap shows no page frame numbers to this process (needs CAP_SYS_ADMIN, e.g. root)")
+var errFramesHidden = errors.New("/proc/PID/pagemap shows no page frame numbers to this process (needs CAP_SYS_ADMIN, e.g. root)")
 
 // addFrames adds to frames the page frame number of every page of pid
 // that is in memory, from /proc/PID/maps and /proc/PID/pagemap. Pages

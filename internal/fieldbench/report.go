@@ -258,12 +258,7 @@ func (rep *report) writeTable(w io.Writer) error {
 	line("readings/s stored", "", "%.1f", func(br *binReport) (float64, bool) { return br.ReadingsPerS, br.ReadingsPerS > 0 })
 	line("bad points/s", "", "%.1f", func(br *binReport) (float64, bool) { return br.BadPerS, br.ReadingsPerS > 0 })
 	line("poll rounds/s stored", "", "%.1f", func(br *binReport) (float64, bool) { return br.SamplesPerS, br.ReadingsPerS > 0 })
-	line("Modbus transactions/s", "", "%.1f", func(br *binReport) (float64, bool) {
-		if br.TransactionsPerS == nil {
-			return 0, false
-		}
-		return *br.TransactionsPerS, true
-	})
+	line("Modbus transactions/s", "", "%.1f", func(br *binReport) (float64, bool) { return known(br.TransactionsPerS) })
 	measures := []struct {
 		name, format string
 		get          func(*roleReport) (float64, bool)
@@ -273,19 +268,9 @@ func (rep *report) writeTable(w io.Writer) error {
 		{"CPU s/minute", "%.3f", func(r *roleReport) (float64, bool) { return r.CPUsPerMinute, true }, false},
 		{"PSS MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSMB, true }, false},
 		{"PSS anon MB", "%.2f", func(r *roleReport) (float64, bool) { return r.PSSAnonMB, true }, false},
-		{"resident MB, once", "%.2f", func(r *roleReport) (float64, bool) {
-			if r.ResidentMB == nil {
-				return 0, false
-			}
-			return *r.ResidentMB, true
-		}, true},
+		{"resident MB, once", "%.2f", func(r *roleReport) (float64, bool) { return known(r.ResidentMB) }, true},
 		{"written B/reading", "%.2f", func(r *roleReport) (float64, bool) { return r.WriteBytesPerReading, true }, false},
-		{"wake-ups/transaction", "%.2f", func(r *roleReport) (float64, bool) {
-			if r.WakeupsPerTx == nil {
-				return 0, false
-			}
-			return *r.WakeupsPerTx, true
-		}, false},
+		{"wake-ups/transaction", "%.2f", func(r *roleReport) (float64, bool) { return known(r.WakeupsPerTx) }, false},
 	}
 	for _, m := range measures {
 		roles := tableRoles
@@ -307,6 +292,14 @@ func (rep *report) writeTable(w io.Writer) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// known is *v and true, or false when v is nil (a figure not measured).
+func known(v *float64) (float64, bool) {
+	if v == nil {
+		return 0, false
+	}
+	return *v, true
 }
 
 func orUnknown(s string) string {
