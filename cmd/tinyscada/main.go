@@ -96,6 +96,7 @@ func run(args []string) int {
 		}
 		if topics.IsRole(c.name) || c.name == "simulate" {
 			tuneRuntime(c.name)
+			defer startProfile(c.name, os.Stderr)()
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()

@@ -20,9 +20,15 @@ import (
 // prints and returns it, the command and its stderr so far.
 func startSimulate(t *testing.T, args ...string) (path string, cmd *exec.Cmd, logs func() string) {
 	t.Helper()
+	return startSimulateEnv(t, nil, args...)
+}
+
+// startSimulateEnv is startSimulate with env added to its environment.
+func startSimulateEnv(t *testing.T, env []string, args ...string) (path string, cmd *exec.Cmd, logs func() string) {
+	t.Helper()
 	cmd = exec.Command(binary(t), append([]string{"simulate"}, args...)...)
 	// Without -config, no configuration file of the environment's.
-	cmd.Env = append(os.Environ(), "TINYSCADA_CONFIG=")
+	cmd.Env = append(append(os.Environ(), "TINYSCADA_CONFIG="), env...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
