@@ -15,42 +15,46 @@ import (
 // "a", "b", "[2]", "c.d".
 func splitPath(path string) []string {
 	var parts []string
-	for i := 0; i < len(path); {
-		switch c := path[i]; {
-		case c == '.':
-			i++
-		case c == '[':
-			j := strings.IndexByte(path[i:], ']')
-			if j < 0 {
-				return append(parts, path[i:])
-			}
-			parts = append(parts, path[i:i+j+1])
-			i += j + 1
-		case c == '"':
-			j := i + 1
-			for j < len(path) && path[j] != '"' {
-				if path[j] == '\\' {
-					j++
-				}
-				j++
-			}
-			j = min(j+1, len(path))
-			s, err := strconv.Unquote(path[i:j])
-			if err != nil {
-				s = path[i:j]
-			}
-			parts = append(parts, s)
-			i = j
-		default:
-			j := i
-			for j < len(path) && path[j] != '.' && path[j] != '[' {
-				j++
-			}
-			parts = append(parts, path[i:j])
-			i = j
-		}
+	for part, rest, ok := cutPart(path); ok; part, rest, ok = cutPart(rest) {
+		parts = append(parts, part)
 	}
 	return parts
+}
+
+// cutPart returns the first part of a key path (as splitPath splits it)
+// and the rest of the path after it; ok is false when there is none. It
+// allocates only to unquote a quoted key.
+func cutPart(path string) (part, rest string, ok bool) {
+	path = strings.TrimLeft(path, ".")
+	switch {
+	case path == "":
+		return "", "", false
+	case path[0] == '[':
+		j := strings.IndexByte(path, ']')
+		if j < 0 {
+			return path, "", true
+		}
+		return path[:j+1], path[j+1:], true
+	case path[0] == '"':
+		j := 1
+		for j < len(path) && path[j] != '"' {
+			if path[j] == '\\' {
+				j++
+			}
+			j++
+		}
+		j = min(j+1, len(path))
+		s, err := strconv.Unquote(path[:j])
+		if err != nil {
+			s = path[:j]
+		}
+		return s, path[j:], true
+	}
+	j := strings.IndexAny(path, ".[")
+	if j < 0 {
+		return path, "", true
+	}
+	return path[:j], path[j:], true
 }
 
 // typeAt returns the Go type a key path decodes into, or nil if there is
@@ -61,7 +65,7 @@ func typeAt(path string) reflect.Type { return typeAtCase(path, true) }
 // typeAtCase is typeAt; with fold false keys must match exactly.
 func typeAtCase(path string, fold bool) reflect.Type {
 	t := reflect.TypeFor[Config]()
-	for _, part := range splitPath(path) {
+	for part, rest, ok := cutPart(path); ok; part, rest, ok = cutPart(rest) {
 		switch {
 		case t.Kind() == reflect.Interface:
 			return t // holds anything
@@ -88,13 +92,11 @@ func typeAtCase(path string, fold bool) reflect.Type {
 	return t
 }
 
-// tomlName returns the key of a struct field: its toml tag, or its name.
-func tomlName(f reflect.StructField) string {
-	name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
-	if name == "" {
-		name = f.Name
-	}
-	return name
+// keyField is a field of a struct that a key decodes into, with that key:
+// its toml tag, or its name.
+type keyField struct {
+	key string
+	reflect.StructField
 }
 
 // fieldByKey finds the field of struct type t that key decodes into, as
@@ -104,38 +106,40 @@ func tomlName(f reflect.StructField) string {
 func fieldByKey(t reflect.Type, key string, fold bool) (reflect.StructField, bool) {
 	fields := keyFields(t)
 	for _, f := range fields {
-		if tomlName(f) == key {
-			return f, true
+		if f.key == key {
+			return f.StructField, true
 		}
 	}
 	for _, f := range fields {
-		if fold && strings.EqualFold(tomlName(f), key) {
-			return f, true
+		if fold && strings.EqualFold(f.key, key) {
+			return f.StructField, true
 		}
 	}
 	return reflect.StructField{}, false
 }
 
 // fieldsOf caches keyFields by type: it is asked for every level of every
-// key's path, and listing a struct's fields allocates them all (parsing
-// a configuration with every key written out, as `tinyscada run` passes
-// it to its roles, took 10 MB without the cache, and every role kept most
-// of that heap).
-var fieldsOf sync.Map // reflect.Type → []reflect.StructField
+// key's path, several times a key, and listing a struct's fields
+// allocates them all (parsing a configuration with every key written out,
+// as `tinyscada run` passes it to its roles, took 10 MB without the cache,
+// and every role kept most of that heap); it keeps each field's key too,
+// which reading from the tag took a third of a field configuration's
+// parse (BenchmarkParseRetained).
+var fieldsOf sync.Map // reflect.Type → []keyField
 
 // keyFields lists the fields of struct type t that keys decode into. The
 // slice is shared: do not modify it.
-func keyFields(t reflect.Type) []reflect.StructField {
+func keyFields(t reflect.Type) []keyField {
 	if f, ok := fieldsOf.Load(t); ok {
-		return f.([]reflect.StructField)
+		return f.([]keyField)
 	}
 	f := listKeyFields(t)
 	fieldsOf.Store(t, f)
 	return f
 }
 
-func listKeyFields(t reflect.Type) []reflect.StructField {
-	var out []reflect.StructField
+func listKeyFields(t reflect.Type) []keyField {
+	var out []keyField
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
@@ -148,7 +152,10 @@ func listKeyFields(t reflect.Type) []reflect.StructField {
 		case f.Anonymous && name == "" && ft.Kind() == reflect.Struct:
 			out = append(out, listKeyFields(ft)...)
 		case f.IsExported():
-			out = append(out, f)
+			if name == "" {
+				name = f.Name
+			}
+			out = append(out, keyField{name, f})
 		}
 	}
 	return out
@@ -217,8 +224,8 @@ func suggest(path string) string {
 	key := parts[len(parts)-1]
 	best, bestD := "", max(1, (len(key)+1)/3)+1
 	for _, f := range keyFields(t) {
-		if d := editDistance(strings.ToLower(key), tomlName(f)); d < bestD {
-			best, bestD = tomlName(f), d
+		if d := editDistance(strings.ToLower(key), f.key); d < bestD {
+			best, bestD = f.key, d
 		}
 	}
 	if best == "" || best == key {
