@@ -30,9 +30,9 @@ func TestSplitPath(t *testing.T) {
 	}
 }
 
-// typeAt finds the field a key path decodes into, through tables, arrays
-// of tables and embedded structs, with go-toml's case folding, and nil
-// for a path that Config has no field for.
+// typeAt finds the field a key path decodes into, through tables and
+// arrays of tables, with go-toml's case folding, and nil for a path that
+// Config has no field for.
 func TestTypeAt(t *testing.T) {
 	for _, c := range []struct {
 		path string
@@ -41,7 +41,7 @@ func TestTypeAt(t *testing.T) {
 	}{
 		{"version", false, reflect.TypeFor[int]()},
 		{"poller.device[3].point[0]", false, reflect.TypeFor[PollerPoint]()},
-		{"poller.device[3].point[0].address", false, reflect.TypeFor[PollerPoint]().Field(fieldIndex(t, "Address")).Type},
+		{"poller.device[3].point[0].address", false, reflect.TypeFor[int]()},
 		{"Poller.Device[3]", true, reflect.TypeFor[PollerDevice]()},
 		{"Poller.Device[3]", false, nil},
 		{"poller.nosuch", true, nil},
@@ -51,12 +51,4 @@ func TestTypeAt(t *testing.T) {
 			t.Errorf("typeAtCase(%q, %v) = %v, want %v", c.path, c.fold, got, c.want)
 		}
 	}
-}
-
-func fieldIndex(t *testing.T, name string) int {
-	f, ok := reflect.TypeFor[PollerPoint]().FieldByName(name)
-	if !ok || len(f.Index) != 1 {
-		t.Fatalf("PollerPoint has no field %s", name)
-	}
-	return f.Index[0]
 }
